@@ -1,0 +1,78 @@
+"""The codec contract: what a protocol plugs into the core (DESIGN.md section 4).
+
+A codec object lives on one side of one connection. On the downstream side it
+decodes requests and encodes responses and error replies; on the upstream side
+it encodes requests and decodes responses. Codecs are pure: no IO, no clock.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+from metaprotocol.core.message import ErrorType, Message, Mutation, NeedData
+
+__all__ = ["Codec", "CodecFactory", "Ordering", "Side"]
+
+
+class Side(enum.Enum):
+    DOWNSTREAM = "downstream"  # faces clients: decodes requests, encodes responses
+    UPSTREAM = "upstream"  # faces servers: encodes requests, decodes responses
+
+
+class Ordering(enum.Enum):
+    """How responses find their requests on an upstream connection."""
+
+    MULTIPLEXED = "multiplexed"  # request ids: many requests share a connection, any order
+    ORDERED = "ordered"  # no ids: FIFO pipelining, responses come back in request order
+    EXCLUSIVE = "exclusive"  # one request at a time per connection
+
+
+@runtime_checkable
+class Codec(Protocol):
+    """One side of one connection.
+
+    Rules:
+    - ``decode`` consumes exactly one message's bytes from ``buffer`` (``del
+      buffer[:n]``) and returns it, or returns ``NEED_DATA`` and consumes
+      nothing. Malformed bytes raise ``ProtocolError``. Any prefix of a valid
+      stream gives ``NEED_DATA``, never an error.
+    - ``encode`` with no mutation and ``request_id`` None returns
+      ``message.frame`` itself (zero-copy pass-through).
+    - ``encode_error`` builds a protocol-correct error reply for ``request``
+      (None when the request could not be decoded at all); None means the
+      protocol has no way to answer (the core then closes).
+    """
+
+    name: ClassVar[str]
+    ordering: ClassVar[Ordering]
+    supports_mutation: ClassVar[bool]
+
+    def decode(self, buffer: bytearray) -> Message | NeedData: ...
+
+    def encode(
+        self,
+        message: Message,
+        *,
+        request_id: int | None = None,
+        mutation: Mutation | None = None,
+    ) -> bytes: ...
+
+    def encode_error(self, request: Message | None, error: ErrorType, detail: str) -> bytes | None: ...
+
+    def encode_heartbeat_reply(self, heartbeat: Message) -> bytes | None: ...
+
+
+class CodecFactory(Protocol):
+    """A codec class: ``factory(side, options, max_message_size)`` builds one codec."""
+
+    # Plain (not ClassVar) members: mypy never matches a ClassVar protocol member against a
+    # class object, so with ClassVar here no codec class could be passed as a CodecFactory.
+    name: str
+    ordering: Ordering
+    supports_mutation: bool
+
+    def __call__(
+        self, side: Side, options: Mapping[str, Any], max_message_size: int
+    ) -> Codec: ...

@@ -1,0 +1,247 @@
+"""The core's frozen configuration (DESIGN.md sections 5 and 6).
+
+These dataclasses are what the YAML loader (``metaprotocol.config``) produces and
+what an embedding user may build in Python directly. Durations are seconds as
+floats, sizes are bytes. Defaults live here, in one place, and the README lists them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from metaprotocol.core.message import ErrorType, Mutation
+
+__all__ = [
+    "DEFAULT_CONNECT_TIMEOUT",
+    "DEFAULT_IDLE_TIMEOUT",
+    "DEFAULT_MAX_MESSAGE_SIZE",
+    "DEFAULT_MAX_PENDING_REQUESTS",
+    "DEFAULT_MAX_UPSTREAM_CONNECTIONS_PER_ENDPOINT",
+    "DEFAULT_REQUEST_TIMEOUT",
+    "AdminConfig",
+    "CircuitBreakers",
+    "ClusterConfig",
+    "Config",
+    "Endpoint",
+    "FaultConfig",
+    "FilterConfig",
+    "GlobalRateLimitConfig",
+    "ListenerConfig",
+    "LocalRateLimitCondition",
+    "LocalRateLimitConfig",
+    "MirrorPolicy",
+    "OutlierDetection",
+    "RetryPolicy",
+    "RouteAction",
+    "RouteConfig",
+    "RouteMatch",
+    "StringMatcher",
+    "TokenBucket",
+    "WeightedCluster",
+]
+
+DEFAULT_IDLE_TIMEOUT = 300.0
+DEFAULT_REQUEST_TIMEOUT = 30.0
+DEFAULT_CONNECT_TIMEOUT = 5.0
+DEFAULT_MAX_MESSAGE_SIZE = 8 * 1024 * 1024
+DEFAULT_MAX_PENDING_REQUESTS = 1024
+DEFAULT_MAX_UPSTREAM_CONNECTIONS_PER_ENDPOINT = 4
+
+MatcherKind = Literal["exact", "prefix", "suffix", "regex", "present"]
+
+
+@dataclass(frozen=True, slots=True)
+class StringMatcher:
+    kind: MatcherKind
+    value: str = ""
+    invert: bool = False
+    _regex: re.Pattern[str] | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.kind == "regex" and self._regex is None:
+            object.__setattr__(self, "_regex", re.compile(self.value))
+
+    def matches(self, actual: str | None) -> bool:
+        """Whether ``actual`` (None: the key is absent) satisfies this matcher."""
+        if actual is None:
+            hit = False
+        elif self.kind == "exact":
+            hit = actual == self.value
+        elif self.kind == "prefix":
+            hit = actual.startswith(self.value)
+        elif self.kind == "suffix":
+            hit = actual.endswith(self.value)
+        elif self.kind == "present":
+            hit = True
+        else:
+            assert self._regex is not None
+            hit = self._regex.fullmatch(actual) is not None
+        return hit != self.invert
+
+
+@dataclass(frozen=True, slots=True)
+class RouteMatch:
+    """An AND of metadata matchers; empty matches everything."""
+
+    metadata: tuple[tuple[str, StringMatcher], ...] = ()
+
+    def matches(self, properties: Mapping[str, str]) -> bool:
+        get = properties.get
+        return all(m.matches(get(k)) for k, m in self.metadata)
+
+
+@dataclass(frozen=True, slots=True)
+class WeightedCluster:
+    cluster: str
+    weight: int
+
+
+@dataclass(frozen=True, slots=True)
+class MirrorPolicy:
+    cluster: str
+    fraction: float = 1.0
+
+
+RetryOn = Literal["connect_failure", "reset", "timeout"]
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    attempts: int = 1  # retries after the first try
+    retry_on: frozenset[str] = frozenset({"connect_failure", "reset"})
+
+
+@dataclass(frozen=True, slots=True)
+class RouteAction:
+    cluster: str | None = None
+    weighted_clusters: tuple[WeightedCluster, ...] = ()
+    hash_policy: tuple[str, ...] = ()
+    mirror: tuple[MirrorPolicy, ...] = ()
+    request_mutation: Mutation | None = None
+    response_mutation: Mutation | None = None
+    timeout: float | None = None  # None: the listener's request_timeout
+    retries: RetryPolicy | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RouteConfig:
+    name: str
+    action: RouteAction
+    match: RouteMatch = RouteMatch()
+
+
+@dataclass(frozen=True, slots=True)
+class TokenBucket:
+    max_tokens: int
+    tokens_per_fill: int
+    fill_interval: float
+
+
+@dataclass(frozen=True, slots=True)
+class LocalRateLimitCondition:
+    match: RouteMatch
+    token_bucket: TokenBucket
+
+
+@dataclass(frozen=True, slots=True)
+class LocalRateLimitConfig:
+    token_bucket: TokenBucket | None = None  # the default bucket; None: unlimited
+    conditions: tuple[LocalRateLimitCondition, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class GlobalRateLimitConfig:
+    """A shared limit, looked up through an ``ExternalCall(kind="global_ratelimit")``.
+
+    The call payload is ``{"domain", "descriptor": [[key, value], ...], "limit", "unit"}``;
+    the result is True (allowed) or False (over limit).
+    """
+
+    domain: str
+    descriptors: tuple[str, ...]  # metadata keys
+    requests_per_unit: int
+    unit: float = 1.0  # seconds
+    failure_mode_deny: bool = False
+    timeout: float = 0.1
+
+
+@dataclass(frozen=True, slots=True)
+class FaultConfig:
+    abort_percent: float = 0.0
+    abort_error: ErrorType = ErrorType.UNSPECIFIED
+    delay_percent: float = 0.0
+    delay: float = 0.0
+
+
+FilterConfig = LocalRateLimitConfig | GlobalRateLimitConfig | FaultConfig
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerConfig:
+    name: str
+    host: str
+    port: int
+    codec: str
+    routes: tuple[RouteConfig, ...]
+    codec_options: Mapping[str, Any] = field(default_factory=dict)
+    filters: tuple[FilterConfig, ...] = ()  # the router is always the terminal filter
+    idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT
+    request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    max_pending_requests: int = DEFAULT_MAX_PENDING_REQUESTS
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    host: str
+    port: int
+    weight: int = 1
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitBreakers:
+    max_connections: int = 1024
+    max_pending_requests: int = 1024  # requests waiting for a connection
+    max_requests: int = 10000  # requests in flight
+
+
+@dataclass(frozen=True, slots=True)
+class OutlierDetection:
+    consecutive_failures: int = 5
+    base_ejection_time: float = 30.0
+    max_ejection_percent: float = 50.0
+
+
+LbPolicy = Literal["round_robin", "random", "least_request", "ring_hash", "maglev"]
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    name: str
+    endpoints: tuple[Endpoint, ...]
+    lb_policy: LbPolicy = "round_robin"
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    max_connections_per_endpoint: int = DEFAULT_MAX_UPSTREAM_CONNECTIONS_PER_ENDPOINT
+    circuit_breakers: CircuitBreakers = CircuitBreakers()
+    outlier_detection: OutlierDetection | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    host: str = "127.0.0.1"
+    port: int = 9901
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    listeners: tuple[ListenerConfig, ...]
+    clusters: tuple[ClusterConfig, ...]
+    admin: AdminConfig | None = None
+    access_log: str | None = None  # a file path, "-" for stdout, None for none
+    raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)

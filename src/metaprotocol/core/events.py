@@ -1,0 +1,108 @@
+"""Input events: what happened, in the past tense. Adapters feed them to ``Proxy.handle``.
+
+Every event names a connection by a plain int id. Downstream connection ids are
+chosen by the adapter on accept; upstream ids are chosen by the core in
+``OpenUpstream`` and echoed back by the adapter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "Accepted",
+    "Closed",
+    "DataReceived",
+    "EofReceived",
+    "Event",
+    "ExternalCallCompleted",
+    "TimePassed",
+    "UpstreamConnectFailed",
+    "UpstreamConnected",
+    "WriteBufferHigh",
+    "WriteBufferLow",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """A downstream connection was accepted on the listener named ``listener``."""
+
+    conn: int
+    listener: str
+    peer: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DataReceived:
+    conn: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class EofReceived:
+    """The peer half-closed its sending side."""
+
+    conn: int
+
+
+@dataclass(frozen=True, slots=True)
+class Closed:
+    """The connection is gone (peer reset, or our close completed). ``error`` is a hint."""
+
+    conn: int
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamConnected:
+    conn: int
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamConnectFailed:
+    conn: int
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class WriteBufferHigh:
+    """The adapter's write buffer for ``conn`` rose above its high watermark."""
+
+    conn: int
+
+
+@dataclass(frozen=True, slots=True)
+class WriteBufferLow:
+    """The adapter's write buffer for ``conn`` fell below its low watermark."""
+
+    conn: int
+
+
+@dataclass(frozen=True, slots=True)
+class ExternalCallCompleted:
+    """An ``ExternalCall`` finished. ``result`` is call-specific; ``error`` set means it failed."""
+
+    call: int
+    result: Any = None
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TimePassed:
+    """Time moved on; the ``now`` passed to ``handle`` is what matters."""
+
+
+Event = (
+    Accepted
+    | DataReceived
+    | EofReceived
+    | Closed
+    | UpstreamConnected
+    | UpstreamConnectFailed
+    | WriteBufferHigh
+    | WriteBufferLow
+    | ExternalCallCompleted
+    | TimePassed
+)

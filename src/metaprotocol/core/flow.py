@@ -1,0 +1,41 @@
+"""Read-disable reasons counted per connection: emit ReadDisable on 0 -> 1, ReadEnable on 1 -> 0."""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = ["ReadGate", "Reason"]
+
+
+class Reason(enum.Enum):
+    UPSTREAM_WRITE_BUFFER_HIGH = "upstream_write_buffer_high"  # an upstream this conn feeds is full
+    OWN_WRITE_BUFFER_HIGH = "own_write_buffer_high"  # this conn does not read its replies
+    TOO_MANY_PENDING = "too_many_pending"  # max_pending_requests reached on this conn
+    POOL_SATURATED = "pool_saturated"  # circuit-breaker pending queue is full
+    CLOSING = "closing"  # a fatal protocol error: only flushing is left
+
+
+class ReadGate:
+    """The set of reasons a connection is not being read. Each reason counts once."""
+
+    __slots__ = ("reasons",)
+
+    def __init__(self) -> None:
+        self.reasons: set[Reason] = set()
+
+    def disable(self, reason: Reason) -> bool:
+        """Add a reason; True when the connection just went from readable to disabled."""
+        was_empty = not self.reasons
+        self.reasons.add(reason)
+        return was_empty
+
+    def enable(self, reason: Reason) -> bool:
+        """Drop a reason; True when the last reason went away."""
+        if reason not in self.reasons:
+            return False
+        self.reasons.discard(reason)
+        return not self.reasons
+
+    @property
+    def disabled(self) -> bool:
+        return bool(self.reasons)

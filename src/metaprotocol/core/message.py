@@ -1,0 +1,131 @@
+"""The Message a codec decodes and the error types a codec can reply with (DESIGN.md section 4)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "NEED_DATA",
+    "ErrorType",
+    "Message",
+    "MessageType",
+    "Mutation",
+    "NeedData",
+    "ProtocolError",
+    "ResponseStatus",
+]
+
+
+class MessageType(enum.Enum):
+    REQUEST = "request"
+    RESPONSE = "response"
+    ONEWAY = "oneway"
+    STREAM_INIT = "stream_init"
+    STREAM_DATA = "stream_data"
+    STREAM_CLOSE = "stream_close"
+    HEARTBEAT = "heartbeat"
+    ERROR = "error"
+
+
+class ResponseStatus(enum.Enum):
+    OK = "ok"
+    ERROR = "error"
+
+
+class ErrorType(enum.Enum):
+    """Why the proxy answers a request itself. Codecs map each to a wire status."""
+
+    ROUTE_NOT_FOUND = "route_not_found"
+    CLUSTER_NOT_FOUND = "cluster_not_found"
+    NO_HEALTHY_UPSTREAM = "no_healthy_upstream"
+    BAD_RESPONSE = "bad_response"
+    OVER_LIMIT = "over_limit"
+    TIMEOUT = "timeout"
+    UPSTREAM_RESET = "upstream_reset"
+    CONNECT_FAILURE = "connect_failure"
+    MESSAGE_TOO_LARGE = "message_too_large"
+    BAD_REQUEST = "bad_request"
+    UNSPECIFIED = "unspecified"
+
+
+class NeedData(enum.Enum):
+    """Sentinel returned by ``Codec.decode`` when the buffer holds no complete message."""
+
+    NEED_DATA = "need_data"
+
+
+NEED_DATA = NeedData.NEED_DATA
+
+
+class ProtocolError(Exception):
+    """The peer sent bytes that are not a valid message of the protocol.
+
+    ``error_type`` is the hint for the error reply (e.g. MESSAGE_TOO_LARGE);
+    ``fatal`` says whether the connection's byte stream can no longer be framed
+    (so the proxy must close it after replying).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        error_type: ErrorType = ErrorType.BAD_REQUEST,
+        *,
+        fatal: bool = True,
+    ) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+        self.fatal = fatal
+
+
+@dataclass(frozen=True, slots=True)
+class Mutation:
+    """Properties to add (or overwrite) and remove when a codec re-encodes a message."""
+
+    add: tuple[tuple[str, str], ...] = ()
+    remove: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.add or self.remove)
+
+
+@dataclass(slots=True, eq=False)
+class Message:
+    """One decoded message: routing metadata plus the original frame bytes.
+
+    ``properties`` keys are lower-case strings (DESIGN.md section 4 pins them
+    per codec). ``frame`` is the message exactly as it arrived, so an
+    unmutated message is forwarded without re-encoding. ``codec_data`` is
+    private to the codec that produced the message (offsets for rewriting ids
+    or re-serialising attachments); the core never looks inside it.
+    """
+
+    type: MessageType
+    frame: bytes
+    request_id: int | None = None
+    properties: dict[str, str] = field(default_factory=dict)
+    status: ResponseStatus = ResponseStatus.OK
+    stream_id: int | None = None
+    header_size: int = 0
+    body_size: int = 0
+    codec_data: Any = None
+
+    @property
+    def is_request(self) -> bool:
+        return self.type in _REQUEST_TYPES
+
+    @property
+    def expects_response(self) -> bool:
+        return self.type is MessageType.REQUEST or self.type is MessageType.STREAM_INIT
+
+
+_REQUEST_TYPES = frozenset(
+    {
+        MessageType.REQUEST,
+        MessageType.ONEWAY,
+        MessageType.STREAM_INIT,
+        MessageType.STREAM_DATA,
+        MessageType.STREAM_CLOSE,
+    }
+)

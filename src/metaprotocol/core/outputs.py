@@ -1,0 +1,126 @@
+"""Outputs of ``Proxy.handle``: imperative instructions for the adapter and past-tense
+observer events for tests, stats and the access log."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from metaprotocol.core.message import ErrorType
+
+__all__ = [
+    "CloseConnection",
+    "Decoded",
+    "ExternalCall",
+    "Instruction",
+    "LocalReplied",
+    "NoRouteMatched",
+    "ObserverEvent",
+    "OpenUpstream",
+    "Output",
+    "ReadDisable",
+    "ReadEnable",
+    "RequestCompleted",
+    "Routed",
+    "Write",
+]
+
+
+# -- instructions ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    conn: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class OpenUpstream:
+    """Connect to ``host:port``; report ``UpstreamConnected(conn)`` or ``UpstreamConnectFailed``."""
+
+    conn: int
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class CloseConnection:
+    """Close ``conn``; with ``flush`` first write out what is buffered. No ``Closed`` event
+    needs to follow, but one may (the core ignores events for unknown connections)."""
+
+    conn: int
+    flush: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ReadDisable:
+    conn: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReadEnable:
+    conn: int
+
+
+@dataclass(frozen=True, slots=True)
+class ExternalCall:
+    """Ask the adapter to do IO for a filter (e.g. a global rate-limit lookup in Redis).
+    The adapter answers with ``ExternalCallCompleted(call, result, error)``."""
+
+    call: int
+    kind: str
+    payload: Any
+
+
+Instruction = Write | OpenUpstream | CloseConnection | ReadDisable | ReadEnable | ExternalCall
+
+
+# -- observer events ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    conn: int
+    request_id: int | None
+    message_type: str
+    properties: dict[str, str] = field(hash=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Routed:
+    conn: int
+    route: str
+    cluster: str
+    endpoint: str
+
+
+@dataclass(frozen=True, slots=True)
+class NoRouteMatched:
+    conn: int
+
+
+@dataclass(frozen=True, slots=True)
+class LocalReplied:
+    conn: int
+    error: ErrorType
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class RequestCompleted:
+    """One request finished (answered, failed, or abandoned); the access log's line."""
+
+    conn: int
+    listener: str
+    route: str
+    cluster: str
+    endpoint: str
+    status: str  # "ok", "error" (upstream error response), "local_error", "oneway", "abandoned"
+    error: ErrorType | None
+    duration: float
+    properties: dict[str, str] = field(hash=False)
+
+
+ObserverEvent = Decoded | Routed | NoRouteMatched | LocalReplied | RequestCompleted
+Output = Instruction | ObserverEvent

@@ -1,0 +1,42 @@
+"""Route selection: first match over the ordered route table, then a cluster from the action."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+from metaprotocol.core.config import RouteAction, RouteConfig
+
+__all__ = ["hash_key", "match_route", "pick_cluster"]
+
+
+def match_route(routes: Sequence[RouteConfig], properties: Mapping[str, str]) -> RouteConfig | None:
+    for route in routes:
+        if route.match.matches(properties):
+            return route
+    return None
+
+
+def pick_cluster(action: RouteAction, random: Callable[[], float]) -> str | None:
+    """The action's cluster, or one of its weighted clusters in proportion to weight."""
+    if action.cluster is not None:
+        return action.cluster
+    weighted = action.weighted_clusters
+    if not weighted:
+        return None
+    total = sum(w.weight for w in weighted)
+    point = random() * total
+    for w in weighted:
+        point -= w.weight
+        if point < 0:
+            return w.cluster
+    return weighted[-1].cluster
+
+
+def hash_key(action: RouteAction, properties: Mapping[str, str]) -> str | None:
+    """The consistent-hashing key built from the route's ``hash_policy`` metadata keys."""
+    if not action.hash_policy:
+        return None
+    parts = [properties.get(k) for k in action.hash_policy]
+    if all(p is None for p in parts):
+        return None
+    return "\x1f".join(p or "" for p in parts)

@@ -1,0 +1,228 @@
+"""The engine's bookkeeping objects: downstream and upstream connections, pools, requests."""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING
+
+from metaprotocol.core.codec import Codec, CodecFactory, Ordering
+from metaprotocol.core.flow import ReadGate
+from metaprotocol.core.message import Message
+
+if TYPE_CHECKING:
+    from metaprotocol.core.balancer import Balancer, EndpointState
+    from metaprotocol.core.config import ClusterConfig, ListenerConfig, RouteConfig
+    from metaprotocol.core.filters import Filter
+    from metaprotocol.core.stats import Labels
+    from metaprotocol.core.timers import Timer
+
+__all__ = [
+    "ActiveRequest",
+    "ClusterRuntime",
+    "Downstream",
+    "ListenerRuntime",
+    "Pool",
+    "ReplySlot",
+    "Upstream",
+]
+
+
+class ListenerRuntime:
+    """A listener's config plus what the engine derives from it once."""
+
+    __slots__ = ("codec_factory", "config", "filters", "labels", "ordered", "routes")
+
+    def __init__(
+        self,
+        config: ListenerConfig,
+        codec_factory: CodecFactory,
+        filters: list[Filter],
+        labels: Labels,
+    ) -> None:
+        self.config = config
+        self.codec_factory = codec_factory
+        self.filters = filters
+        self.labels = labels
+        self.routes: tuple[RouteConfig, ...] = config.routes
+        self.ordered = codec_factory.ordering is not Ordering.MULTIPLEXED
+
+
+class ClusterRuntime:
+    __slots__ = ("active_requests", "balancer", "config", "connections", "endpoints", "labels")
+
+    def __init__(
+        self,
+        config: ClusterConfig,
+        endpoints: list[EndpointState],
+        balancer: Balancer,
+        labels: Labels,
+    ) -> None:
+        self.config = config
+        self.endpoints = endpoints
+        self.balancer = balancer
+        self.labels = labels
+        self.active_requests = 0
+        self.connections = 0
+
+
+class ReplySlot:
+    """A place in a downstream connection's reply order (ordered protocols only)."""
+
+    __slots__ = ("close_after", "data")
+
+    def __init__(self) -> None:
+        self.data: bytes | None = None
+        self.close_after = False
+
+
+class ActiveRequest:
+    """One request from decode until its answer is handed to the downstream connection."""
+
+    __slots__ = (
+        "attempts",
+        "call",
+        "cluster",
+        "done",
+        "downstream",
+        "endpoint",
+        "filter_index",
+        "listener",
+        "message",
+        "pause_timer",
+        "pool",
+        "route",
+        "slot",
+        "start",
+        "timer",
+        "tried",
+        "upstream",
+        "upstream_id",
+    )
+
+    def __init__(
+        self,
+        downstream: Downstream | None,
+        listener: ListenerRuntime,
+        message: Message,
+        start: float,
+    ) -> None:
+        self.downstream = downstream  # None: a mirror copy nobody waits for
+        self.listener = listener
+        self.message = message
+        self.start = start
+        self.route: RouteConfig | None = None
+        self.cluster: ClusterRuntime | None = None
+        self.endpoint: EndpointState | None = None
+        self.pool: Pool | None = None
+        self.upstream: Upstream | None = None
+        self.upstream_id: int | None = None
+        self.timer: Timer | None = None
+        self.pause_timer: Timer | None = None
+        self.call: int | None = None
+        self.attempts = 0
+        self.tried: frozenset[str] = frozenset()
+        self.filter_index = 0
+        self.slot: ReplySlot | None = None
+        self.done = False
+
+
+class Downstream:
+    __slots__ = (
+        "active",
+        "buffer",
+        "closing",
+        "codec",
+        "gate",
+        "id",
+        "idle_timer",
+        "last_activity",
+        "listener",
+        "slots",
+        "streams",
+    )
+
+    def __init__(self, conn: int, listener: ListenerRuntime, codec: Codec, now: float) -> None:
+        self.id = conn
+        self.listener = listener
+        self.codec = codec
+        self.buffer = bytearray()
+        self.gate = ReadGate()
+        self.active: set[ActiveRequest] = set()
+        self.slots: deque[ReplySlot] = deque()
+        self.streams: dict[int, ActiveRequest] = {}  # downstream stream id -> its init request
+        self.closing = False  # close once every reply is written
+        self.last_activity = now
+        self.idle_timer: Timer | None = None
+
+
+class Upstream:
+    __slots__ = (
+        "buffer",
+        "codec",
+        "connect_timer",
+        "connected",
+        "feeders",
+        "fifo",
+        "id",
+        "inflight",
+        "next_id",
+        "pool",
+        "queued",
+        "streams",
+        "write_high",
+    )
+
+    def __init__(self, conn: int, pool: Pool, codec: Codec) -> None:
+        self.id = conn
+        self.pool = pool
+        self.codec = codec
+        self.buffer = bytearray()
+        self.connected = False
+        self.connect_timer: Timer | None = None
+        self.inflight: dict[int, ActiveRequest] = {}  # multiplexed: upstream id -> request
+        self.fifo: deque[ActiveRequest] = deque()  # ordered / exclusive: in send order
+        self.queued: list[bytes] = []  # frames written before the connection was up
+        self.streams: dict[int, ActiveRequest] = {}  # upstream stream id -> init request
+        self.next_id = 1
+        self.write_high = False
+        # Read-disabled because this upstream is full (a dict: an ordered set).
+        self.feeders: dict[Downstream, None] = {}
+
+    @property
+    def load(self) -> int:
+        return len(self.inflight) + len(self.fifo)
+
+
+class Pool:
+    """Upstream connections of one listener's codec to one endpoint of one cluster."""
+
+    __slots__ = (
+        "cluster",
+        "codec_factory",
+        "codec_options",
+        "connections",
+        "endpoint",
+        "key",
+        "max_message_size",
+        "ordering",
+        "retired",
+        "waiting",
+    )
+
+    def __init__(
+        self,
+        key: tuple[str, str, str],
+        listener: ListenerRuntime,
+        cluster: ClusterRuntime,
+        endpoint: EndpointState,
+    ) -> None:
+        self.key = key
+        self.codec_factory = listener.codec_factory
+        self.codec_options = listener.config.codec_options
+        self.max_message_size = listener.config.max_message_size
+        self.ordering = listener.codec_factory.ordering
+        self.cluster = cluster
+        self.endpoint = endpoint
+        self.connections: list[Upstream] = []
+        self.waiting: deque[ActiveRequest] = deque()  # exclusive mode: waiting for a free conn
+        self.retired = False
