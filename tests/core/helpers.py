@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from metaprotocol.codecs.lengthprefixed import build_frame
+from metaprotocol.codecs.lengthprefixed import LengthPrefixedCodec, build_frame
+from metaprotocol.core.codec import Ordering
 from metaprotocol.core.config import (
     ClusterConfig,
     Config,
@@ -79,3 +80,14 @@ def playbook(cfg: Config | None = None, *, random_values: list[float] | None = N
         return values.pop(0) if values else 0.0
 
     return Playbook(Proxy(cfg or config(), now=0.0, random=rand))
+
+
+class FifoCodec(LengthPrefixedCodec):
+    """The tutorial codec pretending it has no request ids: responses come back in order."""
+
+    name = "fifo"
+    ordering = Ordering.ORDERED
+
+
+def fifo_playbook(cfg: Config) -> Playbook:
+    return Playbook(Proxy(cfg, now=0.0, codecs={"fifo": FifoCodec}))

@@ -65,7 +65,9 @@ class Balancer:
         fresh = [e for e in healthy if e.label not in exclude]
         return fresh or healthy
 
-    def pick(self, now: float, hash_key: str | None, exclude: frozenset[str]) -> EndpointState | None:
+    def pick(
+        self, now: float, hash_key: str | None, exclude: frozenset[str]
+    ) -> EndpointState | None:
         raise NotImplementedError
 
 
@@ -74,7 +76,9 @@ class RoundRobin(Balancer):
         super().__init__(endpoints, random)
         self._next = 0
 
-    def pick(self, now: float, hash_key: str | None, exclude: frozenset[str]) -> EndpointState | None:
+    def pick(
+        self, now: float, hash_key: str | None, exclude: frozenset[str]
+    ) -> EndpointState | None:
         eps = self.endpoints
         if len(eps) == 1 and not exclude and eps[0].ejected_until <= now:
             return eps[0]  # the common single-endpoint fast path
@@ -86,7 +90,9 @@ class RoundRobin(Balancer):
 
 
 class RandomPick(Balancer):
-    def pick(self, now: float, hash_key: str | None, exclude: frozenset[str]) -> EndpointState | None:
+    def pick(
+        self, now: float, hash_key: str | None, exclude: frozenset[str]
+    ) -> EndpointState | None:
         cands = self.candidates(now, exclude)
         if not cands:
             return None
@@ -96,7 +102,9 @@ class RandomPick(Balancer):
 class LeastRequest(Balancer):
     """Power of two choices: sample two candidates, take the one with fewer active requests."""
 
-    def pick(self, now: float, hash_key: str | None, exclude: frozenset[str]) -> EndpointState | None:
+    def pick(
+        self, now: float, hash_key: str | None, exclude: frozenset[str]
+    ) -> EndpointState | None:
         cands = self.candidates(now, exclude)
         if not cands:
             return None
@@ -113,7 +121,9 @@ class _HashBalancer(Balancer):
     def lookup(self, h: int) -> int:
         raise NotImplementedError
 
-    def pick(self, now: float, hash_key: str | None, exclude: frozenset[str]) -> EndpointState | None:
+    def pick(
+        self, now: float, hash_key: str | None, exclude: frozenset[str]
+    ) -> EndpointState | None:
         if not self.endpoints:
             return None
         h = stable_hash(hash_key) if hash_key is not None else int(self.random() * 2**64)
@@ -195,7 +205,9 @@ _POLICIES: dict[str, type[Balancer]] = {
 }
 
 
-def make_balancer(policy: str, endpoints: Sequence[EndpointState], random: RandomSource) -> Balancer:
+def make_balancer(
+    policy: str, endpoints: Sequence[EndpointState], random: RandomSource
+) -> Balancer:
     try:
         cls = _POLICIES[policy]
     except KeyError:

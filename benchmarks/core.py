@@ -1,0 +1,84 @@
+"""Microseconds per request/response round trip through the core, no sockets.
+
+Path measured: a client request is decoded, routed and passed through unchanged to a
+shared upstream connection; the response is decoded, matched by id and written back.
+Codec: the tutorial ``lengthprefixed`` codec. Observer events off (as in production
+without an access log), then on.
+
+    python benchmarks/core.py [--requests N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import time
+
+from metaprotocol.codecs.lengthprefixed import build_frame
+from metaprotocol.core.config import (
+    ClusterConfig,
+    Config,
+    Endpoint,
+    ListenerConfig,
+    RouteAction,
+    RouteConfig,
+    RouteMatch,
+    StringMatcher,
+)
+from metaprotocol.core.events import Accepted, DataReceived, UpstreamConnected
+from metaprotocol.core.proxy import Proxy
+
+
+def make_proxy(observe: bool) -> Proxy:
+    routes = (
+        RouteConfig(
+            "users",
+            RouteAction(cluster="main"),
+            RouteMatch((("service", StringMatcher("exact", "users")),)),
+        ),
+    )
+    listener = ListenerConfig("main", "127.0.0.1", 0, "lengthprefixed", routes=routes)
+    cfg = Config((listener,), (ClusterConfig("main", (Endpoint("127.0.0.1", 9000),)),))
+    proxy = Proxy(cfg, now=0.0, observe=observe)
+    proxy.handle(Accepted(1, "main"), 0.0)
+    proxy.handle(DataReceived(1, build_frame(1, 1, {"service": "users"})), 0.0)
+    proxy.handle(UpstreamConnected(-1), 0.0)
+    proxy.handle(DataReceived(-1, build_frame(2, 1)), 0.0)
+    return proxy
+
+
+def round_trips(proxy: Proxy, n: int) -> float:
+    request = DataReceived(1, build_frame(1, 7, {"service": "users", "method": "get"}, b"x" * 64))
+    response = DataReceived(-1, build_frame(2, 7, {}, b"y" * 64))
+    handle = proxy.handle
+    start = time.perf_counter()
+    for i in range(n):
+        now = i * 1e-6
+        handle(request, now)
+        handle(response, now)
+    return (time.perf_counter() - start) / n * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=200_000)
+    parser.add_argument("--profile", action="store_true", help="print the top functions")
+    args = parser.parse_args()
+    print("| observer events | us per round trip |")
+    print("|---|---|")
+    for observe in (False, True):
+        proxy = make_proxy(observe)
+        round_trips(proxy, 10_000)  # warm up
+        best = min(round_trips(proxy, args.requests) for _ in range(3))
+        print(f"| {'on' if observe else 'off'} | {best:.2f} |")
+    print("goal: <= 5 us per round trip (observer events off)")
+    if args.profile:
+        proxy = make_proxy(False)
+        profile = cProfile.Profile()
+        profile.runcall(round_trips, proxy, args.requests)
+        pstats.Stats(profile).sort_stats("tottime").print_stats(12)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,224 @@
+"""Shared engine state and the ways a request ends: answers, cleanup, close, flow control.
+
+``EngineBase`` holds the tables every part of the engine touches; ``UpstreamSide``
+(upstream_side.py) and ``Proxy`` (proxy.py) build on it. Split only to keep modules small:
+read them as one class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from metaprotocol.core.filters import Abort
+from metaprotocol.core.flow import Reason
+from metaprotocol.core.message import ErrorType, MessageType
+from metaprotocol.core.outputs import (
+    CloseConnection,
+    LocalReplied,
+    Output,
+    ReadDisable,
+    ReadEnable,
+    RequestCompleted,
+    Write,
+)
+from metaprotocol.core.state import ActiveRequest, Downstream, Pool, Upstream
+from metaprotocol.core.stats import Stats
+from metaprotocol.core.timers import Timers
+
+__all__ = ["EngineBase"]
+
+
+class EngineBase:
+    """The tables and the request-ending paths shared by both sides of the engine."""
+
+    stats: Stats
+    random: Callable[[], float]
+    observe: bool
+    timers: Timers
+    downstreams: dict[int, Downstream]
+    upstreams: dict[int, Upstream]
+    pools: dict[tuple[str, str, str], Pool]
+    calls: dict[int, ActiveRequest]
+    decisions: dict[int, Callable[[Any, str], Abort | None]]
+    draining: bool
+    _out: list[Output]
+
+    runtime: Any  # proxy._Runtime: the current routes, clusters and listeners
+
+    def _decode_downstream(self, ds: Downstream, now: float) -> None:
+        raise NotImplementedError
+
+    def _release_upstream(self, req: ActiveRequest) -> None:
+        """Remove ``req`` from its upstream connection's tables (it stays counted)."""
+        up = req.upstream
+        if up is not None:
+            uid = req.upstream_id
+            if uid is not None:
+                if up.inflight.get(uid) is req:
+                    del up.inflight[uid]
+                if up.streams.get(uid) is req:
+                    del up.streams[uid]
+            # Ordered connections keep the entry as a placeholder: the response still comes
+            # and must be matched to this (now finished) request to keep the order right.
+            req.upstream = None
+        pool = req.pool
+        if pool is not None and pool.waiting and req in pool.waiting:
+            pool.waiting.remove(req)
+
+    def _unclaim(self, req: ActiveRequest) -> None:
+        ep = req.endpoint
+        if ep is not None:
+            ep.active_requests -= 1
+            req.endpoint = None
+            if req.pool is not None:
+                req.pool.cluster.active_requests -= 1
+        req.pool = None
+
+    # -- answers -----------------------------------------------------------------------------
+
+    def _local_reply(self, req: ActiveRequest, error: ErrorType, detail: str, now: float) -> None:
+        ds = req.downstream
+        if ds is None or req.message.type is MessageType.ONEWAY:
+            self._finish(req, "local_error", error, now)
+            return
+        reply = ds.codec.encode_error(req.message, error, detail)
+        self.stats.inc("local_response_error", req.listener.labels)
+        if self.observe:
+            self._out.append(LocalReplied(ds.id, error, detail))
+        if reply is None:
+            self._finish(req, "local_error", error, now)
+            if self.downstreams.get(ds.id) is ds:
+                self._close_downstream(ds, flush=True)
+            return
+        self._answer(req, reply, "local_error", error, now)
+
+    def _answer(
+        self, req: ActiveRequest, data: bytes, status: str, error: ErrorType | None, now: float
+    ) -> None:
+        """Hand ``data`` to the request's client, in order for ordered protocols."""
+        ds = req.downstream
+        completed = self._finish(req, status, error, now, emit=False)
+        if ds is None or self.downstreams.get(ds.id) is not ds:
+            return
+        slot = req.slot
+        if slot is not None:
+            slot.data = data
+            if req.message.properties.get("connection") == "close":
+                slot.close_after = True
+            self._flush_slots(ds)
+        else:
+            self._out.append(Write(ds.id, data))
+        if completed is not None:
+            self._out.append(completed)
+        if self.downstreams.get(ds.id) is not ds:
+            return
+        pending_limit = ds.listener.config.max_pending_requests
+        if Reason.TOO_MANY_PENDING in ds.gate.reasons and len(ds.active) < pending_limit:
+            self._enable(ds, Reason.TOO_MANY_PENDING)
+            self._decode_downstream(ds, now)
+        self._maybe_finish_close(ds)
+
+    def _flush_slots(self, ds: Downstream) -> None:
+        slots = ds.slots
+        chunks: list[bytes] = []
+        close = False
+        while slots and slots[0].data is not None:
+            slot = slots.popleft()
+            chunks.append(slot.data)  # type: ignore[arg-type]
+            if slot.close_after:
+                close = True
+                break
+        if chunks:
+            self._out.append(Write(ds.id, chunks[0] if len(chunks) == 1 else b"".join(chunks)))
+        if close:
+            self._close_downstream(ds, flush=True)
+
+    def _finish(
+        self,
+        req: ActiveRequest,
+        status: str,
+        error: ErrorType | None,
+        now: float,
+        emit: bool = True,
+    ) -> RequestCompleted | None:
+        """Mark ``req`` done and remove every trace of it from the tables. Returns the
+        observer event (appended to the outputs unless ``emit`` is False)."""
+        if req.done:
+            return None
+        req.done = True
+        endpoint = req.pool.endpoint.label if req.pool is not None else ""
+        if req.timer is not None:
+            req.timer.cancel()
+            req.timer = None
+        if req.pause_timer is not None:
+            req.pause_timer.cancel()
+            req.pause_timer = None
+        if req.call is not None:
+            self.calls.pop(req.call, None)
+            self.decisions.pop(req.call, None)
+            req.call = None
+        if status != "oneway":
+            self._release_upstream(req)
+        self._unclaim(req)
+        ds = req.downstream
+        if ds is not None and req in ds.active:
+            ds.active.discard(req)
+            self.stats.add_gauge("active_requests", req.listener.labels, -1)
+            mid = req.message.request_id
+            if mid is not None and ds.streams.get(mid) is req:
+                del ds.streams[mid]
+        duration = now - req.start
+        self.stats.observe("request_duration_seconds", req.listener.labels, duration)
+        if not self.observe or ds is None:
+            return None
+        completed = RequestCompleted(
+            ds.id,
+            req.listener.config.name,
+            req.route.name if req.route is not None else "",
+            req.cluster.config.name if req.cluster is not None else "",
+            endpoint,
+            status,
+            error,
+            duration,
+            req.message.properties,
+        )
+        if emit:
+            self._out.append(completed)
+        return completed
+
+    def _maybe_finish_close(self, ds: Downstream) -> None:
+        if ds.closing and not ds.active and not ds.slots and self.downstreams.get(ds.id) is ds:
+            self._close_downstream(ds, flush=True)
+
+    def _close_downstream(self, ds: Downstream, flush: bool) -> None:
+        if self.downstreams.get(ds.id) is not ds:
+            return
+        if ds.active:
+            self.stats.inc("cx_destroy_local_with_active_rq", ds.listener.labels)
+        self._out.append(CloseConnection(ds.id, flush=flush))
+        self._drop_downstream(ds, None)
+
+    def _drop_downstream(self, ds: Downstream, now: float | None) -> None:
+        """Forget a downstream connection and everything it owned upstream."""
+        del self.downstreams[ds.id]
+        self.stats.add_gauge("downstream_cx_active", ds.listener.labels, -1)
+        if ds.idle_timer is not None:
+            ds.idle_timer.cancel()
+        for req in list(ds.active):
+            self._finish(req, "abandoned", None, now if now is not None else req.start)
+        ds.slots.clear()
+        ds.streams.clear()
+        ds.buffer.clear()
+        for up in self.upstreams.values():
+            up.feeders.pop(ds, None)
+
+    # -- flow control ------------------------------------------------------------------------
+
+    def _disable(self, ds: Downstream, reason: Reason) -> None:
+        if ds.gate.disable(reason):
+            self._out.append(ReadDisable(ds.id))
+
+    def _enable(self, ds: Downstream, reason: Reason) -> None:
+        if ds.gate.enable(reason) and self.downstreams.get(ds.id) is ds:
+            self._out.append(ReadEnable(ds.id))

@@ -1,0 +1,422 @@
+"""The upstream half of the engine: endpoint choice, pools, dispatch, responses, failures
+and retries. Mixed into ``Proxy``; see engine.py for the shared state."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from metaprotocol.core.balancer import EndpointState
+from metaprotocol.core.codec import Ordering, Side
+from metaprotocol.core.engine import EngineBase
+from metaprotocol.core.flow import Reason
+from metaprotocol.core.message import (
+    NEED_DATA,
+    ErrorType,
+    Message,
+    MessageType,
+    ProtocolError,
+    ResponseStatus,
+)
+from metaprotocol.core.outputs import CloseConnection, OpenUpstream, Routed, Write
+from metaprotocol.core.routing import hash_key
+from metaprotocol.core.state import ActiveRequest, ClusterRuntime, ListenerRuntime, Pool, Upstream
+
+__all__ = ["ID_SPACE", "SHARE_THRESHOLD", "UpstreamSide"]
+
+# Upstream connections are shared: a new one opens only when every open one carries
+# this many requests (and the per-endpoint limit allows).
+SHARE_THRESHOLD = 64
+ID_SPACE = 2**31 - 1  # request ids we allocate fit every protocol's id field (Thrift: i32)
+_STREAM_TYPES = (MessageType.STREAM_DATA, MessageType.STREAM_CLOSE)
+
+
+class UpstreamSide(EngineBase):
+    """From a routed request to its upstream connection, and from a response back."""
+
+    _next_conn: int
+
+    def _send(self, req: ActiveRequest, now: float) -> None:
+        """Pick an endpoint of ``req.cluster`` and hand the request to its pool."""
+        cluster = req.cluster
+        route = req.route
+        assert cluster is not None and route is not None
+        if cluster.active_requests >= cluster.config.circuit_breakers.max_requests:
+            self.stats.inc("upstream_rq_pending_overflow", cluster.labels)
+            self._local_reply(req, ErrorType.OVER_LIMIT, "cluster max_requests reached", now)
+            return
+        key = hash_key(route.action, req.message.properties)
+        endpoint = cluster.balancer.pick(now, key, req.tried)
+        if endpoint is None:
+            self._local_reply(req, ErrorType.NO_HEALTHY_UPSTREAM, "no healthy upstream", now)
+            return
+        pool = self._pool(req.listener, cluster, endpoint)
+        up = self._acquire(pool, req, now)
+        if up is None:
+            return  # answered (overflow) or queued for a free connection
+        self._dispatch(req, up, now)
+
+    def _pool(self, listener: ListenerRuntime, cluster: ClusterRuntime, ep: EndpointState) -> Pool:
+        key = (listener.config.name, cluster.config.name, ep.label)
+        pool = self.pools.get(key)
+        if pool is None or pool.cluster is not cluster:
+            pool = Pool(key, listener, cluster, ep)
+            self.pools[key] = pool
+        return pool
+
+    def _acquire(self, pool: Pool, req: ActiveRequest, now: float) -> Upstream | None:
+        conns = pool.connections
+        limit = pool.cluster.config.max_connections_per_endpoint
+        breakers = pool.cluster.config.circuit_breakers
+        can_open = len(conns) < limit and pool.cluster.connections < breakers.max_connections
+        if pool.ordering is Ordering.EXCLUSIVE:
+            for up in conns:
+                if up.load == 0 and not up.queued:
+                    return up
+            if can_open:
+                return self._open(pool, now)
+            if len(pool.waiting) >= breakers.max_pending_requests:
+                self.stats.inc("upstream_rq_pending_overflow", pool.cluster.labels)
+                self._local_reply(req, ErrorType.OVER_LIMIT, "too many pending requests", now)
+                return None
+            req.pool = pool
+            self._claim(req, pool, now)
+            pool.waiting.append(req)
+            return None
+        best: Upstream | None = None
+        for up in conns:
+            if best is None or up.load < best.load:
+                best = up
+        if best is not None and (best.load < SHARE_THRESHOLD or not can_open):
+            if not best.connected and len(best.queued) >= breakers.max_pending_requests:
+                self.stats.inc("upstream_rq_pending_overflow", pool.cluster.labels)
+                self._local_reply(req, ErrorType.OVER_LIMIT, "too many pending requests", now)
+                return None
+            return best
+        if not can_open:
+            self.stats.inc("upstream_cx_overflow", pool.cluster.labels)
+            self._local_reply(req, ErrorType.OVER_LIMIT, "cluster max_connections reached", now)
+            return None
+        return self._open(pool, now)
+
+    def _open(self, pool: Pool, now: float) -> Upstream:
+        conn = self._next_conn
+        self._next_conn -= 1
+        codec = pool.codec_factory(Side.UPSTREAM, pool.codec_options, pool.max_message_size)
+        up = Upstream(conn, pool, codec)
+        pool.connections.append(up)
+        pool.cluster.connections += 1
+        self.upstreams[conn] = up
+        self.stats.inc("upstream_cx_total", pool.cluster.labels)
+        ep = pool.endpoint.endpoint
+        self._out.append(OpenUpstream(conn, ep.host, ep.port))
+        timeout = pool.cluster.config.connect_timeout
+
+        def connect_timeout(now: float) -> None:
+            if self.upstreams.get(conn) is up and not up.connected:
+                self.stats.inc("upstream_cx_connect_timeout", pool.cluster.labels)
+                self._out.append(CloseConnection(conn, flush=False))
+                self._upstream_gone(up, ErrorType.CONNECT_FAILURE, "connect timeout", now)
+
+        up.connect_timer = self.timers.schedule(now + timeout, connect_timeout)
+        return up
+
+    def _claim(self, req: ActiveRequest, pool: Pool, now: float) -> None:
+        """Count the request against its endpoint and cluster; arm its timeout (once)."""
+        if req.endpoint is not None:
+            return
+        req.endpoint = pool.endpoint
+        pool.endpoint.active_requests += 1
+        pool.cluster.active_requests += 1
+        if req.downstream is not None and self.observe:
+            assert req.route is not None
+            routed = Routed(
+                req.downstream.id, req.route.name, pool.cluster.config.name, pool.endpoint.label
+            )
+            self._out.append(routed)
+        if req.message.type is MessageType.ONEWAY or req.timer is not None:
+            return
+        route = req.route
+        assert route is not None
+        timeout = route.action.timeout or req.listener.config.request_timeout
+        if timeout:
+            req.timer = self.timers.schedule(now + timeout, self._request_timeout(req))
+
+    def _dispatch(self, req: ActiveRequest, up: Upstream, now: float) -> None:
+        """Encode the request for ``up`` and write it (or queue it until connected)."""
+        pool = up.pool
+        req.pool = pool
+        self._claim(req, pool, now)
+        msg = req.message
+        route = req.route
+        assert route is not None
+        mutation = route.action.request_mutation
+        up_id: int | None = None
+        new_id: int | None = None
+        oneway = msg.type is MessageType.ONEWAY
+        if pool.ordering is Ordering.MULTIPLEXED and not oneway:
+            up_id = msg.request_id
+            if up_id is None or up_id in up.inflight or up_id in up.streams:
+                up_id = self._free_id(up)
+                new_id = up_id
+        try:
+            data = up.codec.encode(msg, request_id=new_id, mutation=mutation)
+        except ProtocolError as exc:
+            self._local_reply(req, exc.error_type, str(exc), now)
+            return
+        req.upstream = up
+        req.upstream_id = up_id
+        if oneway:
+            self._finish(req, "oneway", None, now)
+        elif up_id is not None:
+            if msg.type is MessageType.STREAM_INIT:
+                up.streams[up_id] = req
+            else:
+                up.inflight[up_id] = req
+        else:
+            up.fifo.append(req)
+        if up.connected:
+            self._out.append(Write(up.id, data))
+        else:
+            up.queued.append(data)
+        if up.write_high and req.downstream is not None:
+            up.feeders[req.downstream] = None
+            self._disable(req.downstream, Reason.UPSTREAM_WRITE_BUFFER_HIGH)
+
+    def _free_id(self, up: Upstream) -> int:
+        while True:
+            candidate = up.next_id
+            up.next_id = candidate % ID_SPACE + 1
+            if candidate not in up.inflight and candidate not in up.streams:
+                return candidate
+
+    def _mirror(self, req: ActiveRequest, cluster_name: str, now: float) -> None:
+        cluster = self.runtime.clusters.get(cluster_name)
+        if cluster is None or req.route is None:
+            self.stats.inc("mirror_failed", req.listener.labels)
+            return
+        shadow = ActiveRequest(None, req.listener, req.message, now)
+        shadow.route = req.route
+        shadow.cluster = cluster
+        shadow.filter_index = len(req.listener.filters)
+        self.stats.inc("mirror_sent", cluster.labels)
+        self._send(shadow, now)
+
+    def _upstream_stream_frame(self, up: Upstream, msg: Message, now: float) -> None:
+        uid = msg.request_id
+        init = up.streams.get(uid) if uid is not None else None
+        if init is None:
+            self.stats.inc("response_dropped", up.pool.cluster.labels)
+            return
+        ds = init.downstream
+        if msg.type is MessageType.STREAM_CLOSE:
+            up.streams.pop(uid, None)  # type: ignore[arg-type]
+        if ds is None or self.downstreams.get(ds.id) is not ds:
+            return
+        orig = init.message.request_id
+        data = ds.codec.encode(msg, request_id=orig if orig != uid else None)
+        if msg.type is MessageType.STREAM_CLOSE:
+            if orig is not None:
+                ds.streams.pop(orig, None)
+            self._answer(init, data, "ok", None, now)
+        else:
+            self._out.append(Write(ds.id, data))
+
+    # -- upstream side -----------------------------------------------------------------------
+
+    def _upstream_connected(self, conn: int, now: float) -> None:
+        up = self.upstreams.get(conn)
+        if up is None or up.connected:
+            return
+        up.connected = True
+        if up.connect_timer is not None:
+            up.connect_timer.cancel()
+            up.connect_timer = None
+        pool = up.pool
+        self.stats.add_gauge("upstream_cx_active", pool.cluster.labels, 1)
+        if up.queued:
+            self._out.append(Write(conn, b"".join(up.queued)))
+            up.queued.clear()
+        if pool.ordering is Ordering.EXCLUSIVE:
+            self._serve_waiting(pool, now)
+
+    def _serve_waiting(self, pool: Pool, now: float) -> None:
+        while pool.waiting:
+            free = next((u for u in pool.connections if u.load == 0 and not u.queued), None)
+            if free is None:
+                return
+            req = pool.waiting.popleft()
+            if not req.done:
+                self._dispatch(req, free, now)
+
+    def _upstream_data(self, up: Upstream, data: bytes, now: float) -> None:
+        up.buffer += data
+        codec = up.codec
+        buffer = up.buffer
+        while buffer:
+            try:
+                msg = codec.decode(buffer)
+            except ProtocolError as exc:
+                self.stats.inc("response_decoding_error", up.pool.cluster.labels)
+                self._out.append(CloseConnection(up.id, flush=False))
+                self._upstream_gone(up, ErrorType.BAD_RESPONSE, str(exc), now)
+                return
+            if msg is NEED_DATA:
+                if len(buffer) > up.pool.max_message_size:
+                    self.stats.inc("response_decoding_error", up.pool.cluster.labels)
+                    self._out.append(CloseConnection(up.id, flush=False))
+                    self._upstream_gone(up, ErrorType.BAD_RESPONSE, "response too large", now)
+                return
+            self._on_response(up, msg, now)
+            if self.upstreams.get(up.id) is not up:
+                return
+
+    def _on_response(self, up: Upstream, msg: Message, now: float) -> None:
+        mtype = msg.type
+        if mtype is MessageType.HEARTBEAT:
+            reply = up.codec.encode_heartbeat_reply(msg)
+            if reply is not None:
+                self._out.append(Write(up.id, reply))
+            return  # upstream heartbeats never reach clients
+        if mtype in _STREAM_TYPES:
+            self._upstream_stream_frame(up, msg, now)
+            return
+        if msg.properties.get("push") == "1":
+            return  # out-of-band (RESP3 push): not an answer to any request
+        labels = up.pool.cluster.labels
+        if up.pool.ordering is Ordering.MULTIPLEXED:
+            rid = msg.request_id
+            req = up.inflight.pop(rid, None) if rid is not None else None
+            if req is None and rid is not None:
+                req = up.streams.get(rid)
+        else:
+            req = up.fifo.popleft() if up.fifo else None
+            if req is None:
+                self.stats.inc("response_decoding_error", labels)
+                self._out.append(CloseConnection(up.id, flush=False))
+                self._upstream_gone(up, ErrorType.BAD_RESPONSE, "unsolicited response", now)
+                return
+        if req is None or req.done:
+            self.stats.inc("response_dropped", labels)  # late (timed out) or abandoned
+            self._after_upstream_freed(up, now)
+            return
+        self.stats.inc("response", req.listener.labels)
+        ok = msg.status is ResponseStatus.OK
+        self.stats.inc("response_success" if ok else "response_error", req.listener.labels)
+        if req.endpoint is not None:
+            req.endpoint.consecutive_failures = 0
+        ds = req.downstream
+        if ds is None:  # a mirror copy: nobody waits for it
+            self._finish(req, "ok" if ok else "error", None, now)
+        else:
+            orig = req.message.request_id
+            uid = req.upstream_id
+            restore = orig if uid is not None and uid != orig else None
+            mutation = req.route.action.response_mutation if req.route is not None else None
+            data = ds.codec.encode(msg, request_id=restore, mutation=mutation)
+            self._answer(req, data, "ok" if ok else "error", None, now)
+        self._after_upstream_freed(up, now)
+
+    def _after_upstream_freed(self, up: Upstream, now: float) -> None:
+        pool = up.pool
+        if pool.retired and up.load == 0 and not up.streams:
+            self._close_upstream(up, flush=True)
+        elif pool.ordering is Ordering.EXCLUSIVE and pool.waiting:
+            self._serve_waiting(pool, now)
+
+    def _upstream_gone(self, up: Upstream, error: ErrorType, detail: str, now: float) -> None:
+        """The upstream connection failed or closed: answer (or retry) all it carried."""
+        self._forget_upstream(up)
+        victims = [*up.inflight.values(), *up.fifo, *up.streams.values()]
+        up.inflight.clear()
+        up.fifo.clear()
+        up.streams.clear()
+        up.queued.clear()
+        reason = "connect_failure" if error is ErrorType.CONNECT_FAILURE else "reset"
+        if error is ErrorType.BAD_RESPONSE:
+            reason = "bad_response"
+        for req in victims:
+            if not req.done:
+                self._upstream_failed(req, error, reason, detail, now)
+        pool = up.pool
+        if pool.waiting and not pool.connections:
+            # Requests waiting for an exclusive connection: reopen for them, or fail them.
+            waiting = list(pool.waiting)
+            pool.waiting.clear()
+            for req in waiting:
+                if not req.done:
+                    self._upstream_failed(req, error, reason, detail, now)
+
+    def _forget_upstream(self, up: Upstream) -> None:
+        if self.upstreams.pop(up.id, None) is None:
+            return
+        pool = up.pool
+        if up in pool.connections:
+            pool.connections.remove(up)
+            pool.cluster.connections -= 1
+        if up.connect_timer is not None:
+            up.connect_timer.cancel()
+        if up.connected:
+            self.stats.add_gauge("upstream_cx_active", pool.cluster.labels, -1)
+        for ds in up.feeders:
+            self._enable(ds, Reason.UPSTREAM_WRITE_BUFFER_HIGH)
+        up.feeders.clear()
+
+    def _close_upstream(self, up: Upstream, flush: bool) -> None:
+        self._out.append(CloseConnection(up.id, flush=flush))
+        self._forget_upstream(up)
+
+    def _upstream_failed(
+        self, req: ActiveRequest, error: ErrorType, reason: str, detail: str, now: float
+    ) -> None:
+        """Retry the request on another endpoint when its route allows, else answer it."""
+        self._release_upstream(req)
+        ep = req.endpoint
+        if ep is not None and reason != "bad_response":
+            self._note_failure(req, ep, now)
+        route = req.route
+        retries = route.action.retries if route is not None else None
+        if (
+            retries is not None
+            and req.attempts < retries.attempts
+            and reason in retries.retry_on
+            and req.message.type is not MessageType.ONEWAY
+            and req.downstream is not None
+        ):
+            req.attempts += 1
+            if ep is not None:
+                req.tried = req.tried | {ep.label}
+            self._unclaim(req)
+            assert req.cluster is not None
+            self.stats.inc("upstream_rq_retry", req.cluster.labels)
+            self._send(req, now)
+            return
+        if req.downstream is None:
+            self.stats.inc("mirror_failed", req.listener.labels)
+            self._finish(req, "local_error", error, now)
+            return
+        self._local_reply(req, error, detail, now)
+
+    def _note_failure(self, req: ActiveRequest, ep: EndpointState, now: float) -> None:
+        ep.consecutive_failures += 1
+        cluster = req.cluster
+        od = cluster.config.outlier_detection if cluster is not None else None
+        if cluster is None or od is None or ep.consecutive_failures < od.consecutive_failures:
+            return
+        ejected = sum(1 for e in cluster.endpoints if not e.available(now))
+        if (ejected + 1) * 100 > od.max_ejection_percent * len(cluster.endpoints):
+            return  # never eject below the configured share of healthy endpoints
+        ep.ejection_count += 1
+        ep.ejected_until = now + od.base_ejection_time * ep.ejection_count
+        ep.consecutive_failures = 0
+        self.stats.inc("outlier_ejection", cluster.labels)
+
+    def _request_timeout(self, req: ActiveRequest) -> Callable[[float], None]:
+        def fire(now: float) -> None:
+            req.timer = None
+            if req.done:
+                return
+            labels = req.cluster.labels if req.cluster is not None else req.listener.labels
+            self.stats.inc("upstream_rq_timeout", labels)
+            self._upstream_failed(req, ErrorType.TIMEOUT, "timeout", "request timed out", now)
+
+        return fire
