@@ -1,6 +1,6 @@
 """The core's frozen configuration (DESIGN.md sections 5 and 6).
 
-These dataclasses are what the YAML loader (``metaprotocol.config``) produces and
+These dataclasses are what the YAML loader (``metaprotocol.configfile``) produces and
 what an embedding user may build in Python directly. Durations are seconds as
 floats, sizes are bytes. Defaults live here, in one place, and the README lists them.
 """

@@ -83,7 +83,7 @@ class EngineBase:
             self._finish(req, "local_error", error, now)
             return
         reply = ds.codec.encode_error(req.message, error, detail)
-        self.stats.inc("local_response_error", req.listener.labels)
+        req.listener.counters.local_response_error += 1
         if self.observe:
             self._out.append(LocalReplied(ds.id, error, detail))
         if reply is None:
@@ -164,12 +164,12 @@ class EngineBase:
         ds = req.downstream
         if ds is not None and req in ds.active:
             ds.active.discard(req)
-            self.stats.add_gauge("active_requests", req.listener.labels, -1)
+            req.listener.counters.active_requests -= 1
             mid = req.message.request_id
             if mid is not None and ds.streams.get(mid) is req:
                 del ds.streams[mid]
         duration = now - req.start
-        self.stats.observe("request_duration_seconds", req.listener.labels, duration)
+        req.listener.duration.observe(duration)
         if not self.observe or ds is None:
             return None
         completed = RequestCompleted(
@@ -195,14 +195,14 @@ class EngineBase:
         if self.downstreams.get(ds.id) is not ds:
             return
         if ds.active:
-            self.stats.inc("cx_destroy_local_with_active_rq", ds.listener.labels)
+            ds.listener.counters.cx_destroy_local_with_active_rq += 1
         self._out.append(CloseConnection(ds.id, flush=flush))
         self._drop_downstream(ds, None)
 
     def _drop_downstream(self, ds: Downstream, now: float | None) -> None:
         """Forget a downstream connection and everything it owned upstream."""
         del self.downstreams[ds.id]
-        self.stats.add_gauge("downstream_cx_active", ds.listener.labels, -1)
+        ds.listener.counters.downstream_cx_active -= 1
         if ds.idle_timer is not None:
             ds.idle_timer.cancel()
         for req in list(ds.active):

@@ -69,7 +69,7 @@ class _Runtime:
             labels = (("listener", lc.name),)
             filters = build_filters(lc.filters, proxy.stats, labels, proxy.random, now)
             factory = proxy.codec_factory(lc.codec)
-            self.listeners[lc.name] = ListenerRuntime(lc, factory, filters, labels)
+            self.listeners[lc.name] = ListenerRuntime(lc, factory, filters, labels, proxy.stats)
         self.clusters: dict[str, ClusterRuntime] = {}
         for cc in config.clusters:
             self.clusters[cc.name] = _build_cluster(cc, proxy)
@@ -78,7 +78,7 @@ class _Runtime:
 def _build_cluster(cc: ClusterConfig, proxy: Proxy) -> ClusterRuntime:
     endpoints = [EndpointState(e) for e in cc.endpoints]
     balancer = make_balancer(cc.lb_policy, endpoints, proxy.random)
-    return ClusterRuntime(cc, endpoints, balancer, (("cluster", cc.name),))
+    return ClusterRuntime(cc, endpoints, balancer, (("cluster", cc.name),), proxy.stats)
 
 
 class Proxy(UpstreamSide):
@@ -144,7 +144,7 @@ class Proxy(UpstreamSide):
             case ev.UpstreamConnectFailed(conn, error):
                 up = self.upstreams.get(conn)
                 if up is not None:
-                    self.stats.inc("upstream_cx_connect_fail", up.pool.cluster.labels)
+                    up.pool.cluster.counters.upstream_cx_connect_fail += 1
                     self._upstream_gone(
                         up, ErrorType.CONNECT_FAILURE, error or "connect failed", now
                     )
@@ -227,27 +227,23 @@ class Proxy(UpstreamSide):
         codec = listener.codec_factory(Side.DOWNSTREAM, lc.codec_options, lc.max_message_size)
         ds = Downstream(conn, listener, codec, now)
         self.downstreams[conn] = ds
-        self.stats.inc("downstream_cx_total", listener.labels)
-        self.stats.add_gauge("downstream_cx_active", listener.labels, 1)
+        listener.counters.downstream_cx_total += 1
+        listener.counters.downstream_cx_active += 1
         if lc.idle_timeout:
-            ds.idle_timer = self.timers.schedule(now + lc.idle_timeout, self._idle_check(ds))
+            ds.idle_timer = self.timers.schedule(now + lc.idle_timeout, self._idle_check, ds)
 
-    def _idle_check(self, ds: Downstream) -> Callable[[float], None]:
-        def check(now: float) -> None:
-            if self.downstreams.get(ds.id) is not ds:
-                return
-            timeout = ds.listener.config.idle_timeout or 0.0
-            due = ds.last_activity + timeout
-            if ds.active:
-                ds.idle_timer = self.timers.schedule(now + timeout, check)
-                return
-            if due > now:
-                ds.idle_timer = self.timers.schedule(due, check)
-                return
-            self.stats.inc("idle_timeout", ds.listener.labels)
+    def _idle_check(self, ds: Downstream, now: float) -> None:
+        if self.downstreams.get(ds.id) is not ds:
+            return
+        timeout = ds.listener.config.idle_timeout or 0.0
+        due = ds.last_activity + timeout
+        if ds.active:
+            ds.idle_timer = self.timers.schedule(now + timeout, self._idle_check, ds)
+        elif due > now:
+            ds.idle_timer = self.timers.schedule(due, self._idle_check, ds)
+        else:
+            ds.listener.counters.idle_timeout += 1
             self._close_downstream(ds, flush=True)
-
-        return check
 
     def _downstream_data(self, ds: Downstream, data: bytes, now: float) -> None:
         ds.last_activity = now
@@ -277,11 +273,11 @@ class Proxy(UpstreamSide):
             self._on_request(ds, msg, now)
 
     def _decode_failed(self, ds: Downstream, exc: ProtocolError) -> None:
-        self.stats.inc("request_decoding_error", ds.listener.labels)
+        ds.listener.counters.request_decoding_error += 1
         reply = ds.codec.encode_error(None, exc.error_type, str(exc))
         fatal = exc.fatal or reply is None
         if reply is not None:
-            self.stats.inc("local_response_error", ds.listener.labels)
+            ds.listener.counters.local_response_error += 1
             if self.observe:
                 self._out.append(LocalReplied(ds.id, exc.error_type, str(exc)))
             if ds.listener.ordered:
@@ -300,9 +296,10 @@ class Proxy(UpstreamSide):
 
     def _on_request(self, ds: Downstream, msg: Message, now: float) -> None:
         mtype = msg.type
-        labels = ds.listener.labels
+        listener = ds.listener
+        counters = listener.counters
         if mtype is MessageType.HEARTBEAT:
-            self.stats.inc("heartbeat", labels)
+            counters.heartbeat += 1
             reply = ds.codec.encode_heartbeat_reply(msg)
             if reply is not None:
                 self._out.append(Write(ds.id, reply))
@@ -311,23 +308,20 @@ class Proxy(UpstreamSide):
             self._stream_frame(ds, msg, now)
             return
         if not msg.is_request:
-            self.stats.inc("request_decoding_error", labels)
             self._decode_failed(ds, ProtocolError(f"unexpected {mtype.value} from client"))
             return
-        stats = self.stats
-        stats.inc("request", labels)
-        stats.inc("request_decoding_success", labels)
-        if mtype is MessageType.ONEWAY:
-            stats.inc("request_oneway", labels)
-        else:
-            stats.inc("request_twoway", labels)
+        counters.request += 1
+        counters.request_decoding_success += 1
         if self.observe:
             self._out.append(Decoded(ds.id, msg.request_id, mtype.value, msg.properties))
-        req = ActiveRequest(ds, ds.listener, msg, now)
-        if mtype is not MessageType.ONEWAY:
+        req = ActiveRequest(ds, listener, msg, now)
+        if mtype is MessageType.ONEWAY:
+            counters.request_oneway += 1
+        else:
+            counters.request_twoway += 1
             ds.active.add(req)
-            stats.add_gauge("active_requests", labels, 1)
-            if ds.listener.ordered:
+            counters.active_requests += 1
+            if listener.ordered:
                 req.slot = ReplySlot()
                 ds.slots.append(req.slot)
             if mtype is MessageType.STREAM_INIT and msg.request_id is not None:
@@ -347,36 +341,32 @@ class Proxy(UpstreamSide):
                 self._local_reply(req, result.error, result.detail, now)
                 return
             if isinstance(result, Delay):
-                req.pause_timer = self.timers.schedule(now + result.seconds, self._resume(req))
+                req.pause_timer = self.timers.schedule(now + result.seconds, self._resume, req)
                 return
             assert isinstance(result, Call)
             self._external_call(req, result, now)
             return
         self._route(req, now)
 
-    def _resume(self, req: ActiveRequest) -> Callable[[float], None]:
-        def resume(now: float) -> None:
-            req.pause_timer = None
-            if not req.done:
-                self._run_filters(req, now)
-
-        return resume
+    def _resume(self, req: ActiveRequest, now: float) -> None:
+        req.pause_timer = None
+        if not req.done:
+            self._run_filters(req, now)
 
     def _external_call(self, req: ActiveRequest, call: Call, now: float) -> None:
         call_id = self._next_call
         self._next_call += 1
         req.call = call_id
         self.calls[call_id] = req
-        decide = call.decide
-
-        def expire(now: float) -> None:
-            if self.calls.pop(call_id, None) is req:
-                req.call = None
-                self._decided(req, decide(None, "timeout"), now)
-
-        req.pause_timer = self.timers.schedule(now + call.timeout, expire)
+        self.decisions[call_id] = call.decide
+        req.pause_timer = self.timers.schedule(now + call.timeout, self._call_expired, req)
         self._out.append(ExternalCall(call_id, call.kind, call.payload))
-        self.decisions[call_id] = decide
+
+    def _call_expired(self, req: ActiveRequest, now: float) -> None:
+        req.pause_timer = None
+        call_id = req.call
+        if call_id is not None:
+            self._call_completed(call_id, None, "timeout", now)
 
     def _call_completed(self, call_id: int, result: object, error: str, now: float) -> None:
         req = self.calls.pop(call_id, None)
@@ -403,7 +393,7 @@ class Proxy(UpstreamSide):
         msg = req.message
         route = match_route(req.listener.routes, msg.properties)
         if route is None:
-            self.stats.inc("route_not_found", req.listener.labels)
+            req.listener.counters.route_not_found += 1
             if self.observe and req.downstream is not None:
                 self._out.append(NoRouteMatched(req.downstream.id))
             self._local_reply(req, ErrorType.ROUTE_NOT_FOUND, "no route matched", now)
@@ -416,7 +406,7 @@ class Proxy(UpstreamSide):
             self._local_reply(req, ErrorType.CLUSTER_NOT_FOUND, f"cluster {name!r} not found", now)
             return
         req.cluster = cluster
-        self.stats.inc("route_hit", (("route", route.name), *req.listener.labels))
+        req.listener.route_counters[route.name].route_hit += 1
         for mirror in action.mirror:
             if mirror.fraction >= 1.0 or self.random() < mirror.fraction:
                 self._mirror(req, mirror.cluster, now)
@@ -449,7 +439,7 @@ class Proxy(UpstreamSide):
                 self._maybe_finish_close(ds)
                 return
             if ds.active:
-                self.stats.inc("cx_destroy_remote_with_active_rq", ds.listener.labels)
+                ds.listener.counters.cx_destroy_remote_with_active_rq += 1
             self._drop_downstream(ds, now)
             if eof:
                 self._out.append(CloseConnection(conn, flush=True))
@@ -469,7 +459,7 @@ class Proxy(UpstreamSide):
         if up is None or up.write_high:
             return
         up.write_high = True
-        self.stats.inc("upstream_flow_control_paused", up.pool.cluster.labels)
+        up.pool.cluster.counters.upstream_flow_control_paused += 1
         for req in (*up.inflight.values(), *up.fifo):
             ds = req.downstream
             if ds is not None and not req.done and self.downstreams.get(ds.id) is ds:

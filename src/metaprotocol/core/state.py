@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from metaprotocol.core.codec import Codec, CodecFactory, Ordering
 from metaprotocol.core.flow import ReadGate
 from metaprotocol.core.message import Message
+from metaprotocol.core.stats import ClusterCounters, ListenerCounters, RouteCounters, Stats
 
 if TYPE_CHECKING:
     from metaprotocol.core.balancer import Balancer, EndpointState
@@ -30,7 +31,17 @@ __all__ = [
 class ListenerRuntime:
     """A listener's config plus what the engine derives from it once."""
 
-    __slots__ = ("codec_factory", "config", "filters", "labels", "ordered", "routes")
+    __slots__ = (
+        "codec_factory",
+        "config",
+        "counters",
+        "duration",
+        "filters",
+        "labels",
+        "ordered",
+        "route_counters",
+        "routes",
+    )
 
     def __init__(
         self,
@@ -38,8 +49,14 @@ class ListenerRuntime:
         codec_factory: CodecFactory,
         filters: list[Filter],
         labels: Labels,
+        stats: Stats,
     ) -> None:
         self.config = config
+        self.counters = stats.block(ListenerCounters, labels)
+        self.duration = stats.histogram("request_duration_seconds", labels)
+        self.route_counters = {
+            r.name: stats.block(RouteCounters, (("route", r.name), *labels)) for r in config.routes
+        }
         self.codec_factory = codec_factory
         self.filters = filters
         self.labels = labels
@@ -48,7 +65,15 @@ class ListenerRuntime:
 
 
 class ClusterRuntime:
-    __slots__ = ("active_requests", "balancer", "config", "connections", "endpoints", "labels")
+    __slots__ = (
+        "active_requests",
+        "balancer",
+        "config",
+        "connections",
+        "counters",
+        "endpoints",
+        "labels",
+    )
 
     def __init__(
         self,
@@ -56,8 +81,10 @@ class ClusterRuntime:
         endpoints: list[EndpointState],
         balancer: Balancer,
         labels: Labels,
+        stats: Stats,
     ) -> None:
         self.config = config
+        self.counters = stats.block(ClusterCounters, labels)
         self.endpoints = endpoints
         self.balancer = balancer
         self.labels = labels

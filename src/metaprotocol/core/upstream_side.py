@@ -3,8 +3,6 @@ and retries. Mixed into ``Proxy``; see engine.py for the shared state."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from metaprotocol.core.balancer import EndpointState
 from metaprotocol.core.codec import Ordering, Side
 from metaprotocol.core.engine import EngineBase
@@ -41,7 +39,7 @@ class UpstreamSide(EngineBase):
         route = req.route
         assert cluster is not None and route is not None
         if cluster.active_requests >= cluster.config.circuit_breakers.max_requests:
-            self.stats.inc("upstream_rq_pending_overflow", cluster.labels)
+            cluster.counters.upstream_rq_pending_overflow += 1
             self._local_reply(req, ErrorType.OVER_LIMIT, "cluster max_requests reached", now)
             return
         key = hash_key(route.action, req.message.properties)
@@ -75,7 +73,7 @@ class UpstreamSide(EngineBase):
             if can_open:
                 return self._open(pool, now)
             if len(pool.waiting) >= breakers.max_pending_requests:
-                self.stats.inc("upstream_rq_pending_overflow", pool.cluster.labels)
+                pool.cluster.counters.upstream_rq_pending_overflow += 1
                 self._local_reply(req, ErrorType.OVER_LIMIT, "too many pending requests", now)
                 return None
             req.pool = pool
@@ -88,12 +86,12 @@ class UpstreamSide(EngineBase):
                 best = up
         if best is not None and (best.load < SHARE_THRESHOLD or not can_open):
             if not best.connected and len(best.queued) >= breakers.max_pending_requests:
-                self.stats.inc("upstream_rq_pending_overflow", pool.cluster.labels)
+                pool.cluster.counters.upstream_rq_pending_overflow += 1
                 self._local_reply(req, ErrorType.OVER_LIMIT, "too many pending requests", now)
                 return None
             return best
         if not can_open:
-            self.stats.inc("upstream_cx_overflow", pool.cluster.labels)
+            pool.cluster.counters.upstream_cx_overflow += 1
             self._local_reply(req, ErrorType.OVER_LIMIT, "cluster max_connections reached", now)
             return None
         return self._open(pool, now)
@@ -106,19 +104,19 @@ class UpstreamSide(EngineBase):
         pool.connections.append(up)
         pool.cluster.connections += 1
         self.upstreams[conn] = up
-        self.stats.inc("upstream_cx_total", pool.cluster.labels)
+        pool.cluster.counters.upstream_cx_total += 1
         ep = pool.endpoint.endpoint
         self._out.append(OpenUpstream(conn, ep.host, ep.port))
-        timeout = pool.cluster.config.connect_timeout
-
-        def connect_timeout(now: float) -> None:
-            if self.upstreams.get(conn) is up and not up.connected:
-                self.stats.inc("upstream_cx_connect_timeout", pool.cluster.labels)
-                self._out.append(CloseConnection(conn, flush=False))
-                self._upstream_gone(up, ErrorType.CONNECT_FAILURE, "connect timeout", now)
-
-        up.connect_timer = self.timers.schedule(now + timeout, connect_timeout)
+        deadline = now + pool.cluster.config.connect_timeout
+        up.connect_timer = self.timers.schedule(deadline, self._connect_timeout, up)
         return up
+
+    def _connect_timeout(self, up: Upstream, now: float) -> None:
+        up.connect_timer = None
+        if self.upstreams.get(up.id) is up and not up.connected:
+            up.pool.cluster.counters.upstream_cx_connect_timeout += 1
+            self._out.append(CloseConnection(up.id, flush=False))
+            self._upstream_gone(up, ErrorType.CONNECT_FAILURE, "connect timeout", now)
 
     def _claim(self, req: ActiveRequest, pool: Pool, now: float) -> None:
         """Count the request against its endpoint and cluster; arm its timeout (once)."""
@@ -139,7 +137,7 @@ class UpstreamSide(EngineBase):
         assert route is not None
         timeout = route.action.timeout or req.listener.config.request_timeout
         if timeout:
-            req.timer = self.timers.schedule(now + timeout, self._request_timeout(req))
+            req.timer = self.timers.schedule(now + timeout, self._request_timeout, req)
 
     def _dispatch(self, req: ActiveRequest, up: Upstream, now: float) -> None:
         """Encode the request for ``up`` and write it (or queue it until connected)."""
@@ -192,20 +190,20 @@ class UpstreamSide(EngineBase):
     def _mirror(self, req: ActiveRequest, cluster_name: str, now: float) -> None:
         cluster = self.runtime.clusters.get(cluster_name)
         if cluster is None or req.route is None:
-            self.stats.inc("mirror_failed", req.listener.labels)
+            req.listener.counters.mirror_failed += 1
             return
         shadow = ActiveRequest(None, req.listener, req.message, now)
         shadow.route = req.route
         shadow.cluster = cluster
         shadow.filter_index = len(req.listener.filters)
-        self.stats.inc("mirror_sent", cluster.labels)
+        cluster.counters.mirror_sent += 1
         self._send(shadow, now)
 
     def _upstream_stream_frame(self, up: Upstream, msg: Message, now: float) -> None:
         uid = msg.request_id
         init = up.streams.get(uid) if uid is not None else None
         if init is None:
-            self.stats.inc("response_dropped", up.pool.cluster.labels)
+            up.pool.cluster.counters.response_dropped += 1
             return
         ds = init.downstream
         if msg.type is MessageType.STREAM_CLOSE:
@@ -232,7 +230,7 @@ class UpstreamSide(EngineBase):
             up.connect_timer.cancel()
             up.connect_timer = None
         pool = up.pool
-        self.stats.add_gauge("upstream_cx_active", pool.cluster.labels, 1)
+        pool.cluster.counters.upstream_cx_active += 1
         if up.queued:
             self._out.append(Write(conn, b"".join(up.queued)))
             up.queued.clear()
@@ -256,13 +254,13 @@ class UpstreamSide(EngineBase):
             try:
                 msg = codec.decode(buffer)
             except ProtocolError as exc:
-                self.stats.inc("response_decoding_error", up.pool.cluster.labels)
+                up.pool.cluster.counters.response_decoding_error += 1
                 self._out.append(CloseConnection(up.id, flush=False))
                 self._upstream_gone(up, ErrorType.BAD_RESPONSE, str(exc), now)
                 return
             if msg is NEED_DATA:
                 if len(buffer) > up.pool.max_message_size:
-                    self.stats.inc("response_decoding_error", up.pool.cluster.labels)
+                    up.pool.cluster.counters.response_decoding_error += 1
                     self._out.append(CloseConnection(up.id, flush=False))
                     self._upstream_gone(up, ErrorType.BAD_RESPONSE, "response too large", now)
                 return
@@ -282,7 +280,7 @@ class UpstreamSide(EngineBase):
             return
         if msg.properties.get("push") == "1":
             return  # out-of-band (RESP3 push): not an answer to any request
-        labels = up.pool.cluster.labels
+        cluster_counters = up.pool.cluster.counters
         if up.pool.ordering is Ordering.MULTIPLEXED:
             rid = msg.request_id
             req = up.inflight.pop(rid, None) if rid is not None else None
@@ -291,17 +289,21 @@ class UpstreamSide(EngineBase):
         else:
             req = up.fifo.popleft() if up.fifo else None
             if req is None:
-                self.stats.inc("response_decoding_error", labels)
+                cluster_counters.response_decoding_error += 1
                 self._out.append(CloseConnection(up.id, flush=False))
                 self._upstream_gone(up, ErrorType.BAD_RESPONSE, "unsolicited response", now)
                 return
         if req is None or req.done:
-            self.stats.inc("response_dropped", labels)  # late (timed out) or abandoned
+            cluster_counters.response_dropped += 1  # late (timed out) or abandoned
             self._after_upstream_freed(up, now)
             return
-        self.stats.inc("response", req.listener.labels)
+        counters = req.listener.counters
+        counters.response += 1
         ok = msg.status is ResponseStatus.OK
-        self.stats.inc("response_success" if ok else "response_error", req.listener.labels)
+        if ok:
+            counters.response_success += 1
+        else:
+            counters.response_error += 1
         if req.endpoint is not None:
             req.endpoint.consecutive_failures = 0
         ds = req.downstream
@@ -356,7 +358,7 @@ class UpstreamSide(EngineBase):
         if up.connect_timer is not None:
             up.connect_timer.cancel()
         if up.connected:
-            self.stats.add_gauge("upstream_cx_active", pool.cluster.labels, -1)
+            pool.cluster.counters.upstream_cx_active -= 1
         for ds in up.feeders:
             self._enable(ds, Reason.UPSTREAM_WRITE_BUFFER_HIGH)
         up.feeders.clear()
@@ -387,11 +389,11 @@ class UpstreamSide(EngineBase):
                 req.tried = req.tried | {ep.label}
             self._unclaim(req)
             assert req.cluster is not None
-            self.stats.inc("upstream_rq_retry", req.cluster.labels)
+            req.cluster.counters.upstream_rq_retry += 1
             self._send(req, now)
             return
         if req.downstream is None:
-            self.stats.inc("mirror_failed", req.listener.labels)
+            req.listener.counters.mirror_failed += 1
             self._finish(req, "local_error", error, now)
             return
         self._local_reply(req, error, detail, now)
@@ -408,15 +410,12 @@ class UpstreamSide(EngineBase):
         ep.ejection_count += 1
         ep.ejected_until = now + od.base_ejection_time * ep.ejection_count
         ep.consecutive_failures = 0
-        self.stats.inc("outlier_ejection", cluster.labels)
+        cluster.counters.outlier_ejection += 1
 
-    def _request_timeout(self, req: ActiveRequest) -> Callable[[float], None]:
-        def fire(now: float) -> None:
-            req.timer = None
-            if req.done:
-                return
-            labels = req.cluster.labels if req.cluster is not None else req.listener.labels
-            self.stats.inc("upstream_rq_timeout", labels)
-            self._upstream_failed(req, ErrorType.TIMEOUT, "timeout", "request timed out", now)
-
-        return fire
+    def _request_timeout(self, req: ActiveRequest, now: float) -> None:
+        req.timer = None
+        if req.done:
+            return
+        if req.cluster is not None:
+            req.cluster.counters.upstream_rq_timeout += 1
+        self._upstream_failed(req, ErrorType.TIMEOUT, "timeout", "request timed out", now)

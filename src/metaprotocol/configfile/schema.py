@@ -1,0 +1,336 @@
+"""The config checker: top level, listeners (with their codec) and clusters."""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import re
+from collections.abc import Mapping
+from importlib.metadata import entry_points
+from typing import Any, cast
+
+from metaprotocol.configfile.routing import RoutingReader
+from metaprotocol.configfile.values import describe, hint, join_path
+from metaprotocol.core.codec import CodecFactory, Side
+from metaprotocol.core.config import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_MESSAGE_SIZE,
+    DEFAULT_MAX_PENDING_REQUESTS,
+    DEFAULT_MAX_UPSTREAM_CONNECTIONS_PER_ENDPOINT,
+    DEFAULT_REQUEST_TIMEOUT,
+    AdminConfig,
+    CircuitBreakers,
+    ClusterConfig,
+    Config,
+    Endpoint,
+    LbPolicy,
+    ListenerConfig,
+    OutlierDetection,
+)
+
+__all__ = ["LB_POLICIES", "Checker"]
+
+LB_POLICIES: tuple[LbPolicy, ...] = (
+    "round_robin",
+    "random",
+    "least_request",
+    "ring_hash",
+    "maglev",
+)
+_TOP_KEYS = ("admin", "listeners", "clusters", "access_log", "global_ratelimit_redis")
+_LISTENER_KEYS = (
+    "name",
+    "address",
+    "codec",
+    "codec_options",
+    "idle_timeout",
+    "request_timeout",
+    "max_message_size",
+    "max_pending_requests",
+    "filters",
+    "routes",
+)
+_CLUSTER_KEYS = (
+    "name",
+    "endpoints",
+    "lb_policy",
+    "connect_timeout",
+    "max_connections_per_endpoint",
+    "circuit_breakers",
+    "outlier_detection",
+)
+_OPTION_PROBLEM_RE = re.compile(r"(?:\w+ codec_options\.)?(?P<key>\w+): (?P<rest>.+)", re.DOTALL)
+_BREAKER_KEYS = ("max_connections", "max_pending_requests", "max_requests")
+_OUTLIER_KEYS = ("consecutive_failures", "base_ejection_time", "max_ejection_percent")
+
+
+class Checker(RoutingReader):
+    """Turns parsed YAML/JSON into a ``Config``, collecting every error on the way.
+
+    ``codecs`` (name -> codec class) replaces the codec registry, for tests and embedding.
+    """
+
+    def __init__(self, source: str, codecs: Mapping[str, CodecFactory] | None = None) -> None:
+        super().__init__(source)
+        self.codecs = codecs
+
+    def config(self, data: object) -> Config:
+        top = self.mapping(data, "", None, required=("listeners",))
+        if top is None:
+            return Config(listeners=(), clusters=())
+        for key in top:
+            # Top-level `x-...` keys are free for YAML anchors (`x-defaults: &defaults`).
+            if isinstance(key, str) and key not in _TOP_KEYS and not key.startswith("x-"):
+                self.error(join_path("", key), f"unknown key{hint(key, _TOP_KEYS)}")
+        admin = self.optional(top, "admin", "", self.admin)
+        listeners = self.optional(top, "listeners", "", self.listeners) or ()
+        clusters = self.optional(top, "clusters", "", self.clusters) or ()
+        access_log = self.optional(top, "access_log", "", self.access_log)
+        redis = self.optional(top, "global_ratelimit_redis", "", self.redis_settings)
+        del redis  # validated only: the adapter reads it from Config.raw
+        known = {c.name for c in clusters}
+        # Without every cluster's name, "unknown cluster" would only echo an earlier error.
+        listed = top.get("clusters")
+        complete = listed is None or (
+            isinstance(listed, list) and len(clusters) == len(listed) and all(known)
+        )
+        for path, name in self.cluster_refs if complete else ():
+            if name not in known:
+                self.error(path, f"unknown cluster {name!r}{hint(name, known)}")
+        raw = copy.deepcopy(dict(top))
+        return Config(listeners, clusters, admin, access_log, raw)
+
+    def admin(self, value: object, path: str) -> AdminConfig | None:
+        m = self.mapping(value, path, ("address",))
+        if m is None:
+            return None
+        d = AdminConfig()
+        host, port = self.field(m, "address", path, self.listen_address, (d.host, d.port))
+        return AdminConfig(host, port)
+
+    def access_log(self, value: object, path: str) -> str | None:
+        if isinstance(value, Mapping):
+            m = self.mapping(value, path, ("path",), ("path",))
+            return None if m is None else self.optional(m, "path", path, self.string)
+        return self.string(value, path)
+
+    def redis_settings(self, value: object, path: str) -> tuple[str, int] | None:
+        m = self.mapping(value, path, ("address",), ("address",))
+        return None if m is None else self.optional(m, "address", path, self.address)
+
+    # -- listeners
+
+    def listeners(self, value: object, path: str) -> tuple[ListenerConfig, ...] | None:
+        items = self.sequence(value, path)
+        if items is None:
+            return None
+        if not items:
+            self.error(path, "at least one listener is required")
+        result: list[ListenerConfig] = []
+        names: set[str] = set()
+        bound: dict[tuple[str, int], str] = {}
+        for i, item in enumerate(items):
+            p = f"{path}[{i}]"
+            listener = self.listener(item, p)
+            if listener is None:
+                continue
+            if listener.name and listener.name in names:
+                self.error(join_path(p, "name"), f"duplicate listener name {listener.name!r}")
+            names.add(listener.name)
+            address = (listener.host, listener.port)
+            if listener.host and listener.port and address in bound:
+                where = f"{listener.host}:{listener.port}"
+                self.error(
+                    join_path(p, "address"), f"{where} is already used by {bound[address]!r}"
+                )
+            bound.setdefault(address, listener.name)
+            result.append(listener)
+        return tuple(result)
+
+    def listener(self, value: object, path: str) -> ListenerConfig | None:
+        m = self.mapping(value, path, _LISTENER_KEYS, required=("name", "address", "codec"))
+        if m is None:
+            return None
+        name = self.field(m, "name", path, self.string, "")
+        host, port = self.field(m, "address", path, self.listen_address, ("", 0))
+        max_size = self.field(m, "max_message_size", path, self.size, DEFAULT_MAX_MESSAGE_SIZE)
+        options_path = join_path(path, "codec_options")
+        options = self.optional(m, "codec_options", path, lambda v, q: self.mapping(v, q, None))
+        options = options or {}
+        codec_name = self.field(m, "codec", path, self.string, "")
+        codec = self.codec(codec_name, options, max_size, path) if codec_name else None
+        if codec is not None:
+            self.codec_options(codec, options, max_size, options_path)
+        return ListenerConfig(
+            name=name,
+            host=host,
+            port=port,
+            codec=codec_name,
+            routes=self.optional(m, "routes", path, lambda v, q: self.routes(v, q, codec)) or (),
+            codec_options=dict(options),
+            filters=self.optional(m, "filters", path, self.filters) or (),
+            idle_timeout=self.timeout_setting(m, "idle_timeout", path, DEFAULT_IDLE_TIMEOUT),
+            request_timeout=self.timeout_setting(
+                m, "request_timeout", path, DEFAULT_REQUEST_TIMEOUT
+            ),
+            max_message_size=max_size,
+            max_pending_requests=self.field(
+                m, "max_pending_requests", path, self.positive, DEFAULT_MAX_PENDING_REQUESTS
+            ),
+        )
+
+    def timeout_setting(
+        self, m: Mapping[str, Any], key: str, path: str, default: float
+    ) -> float | None:
+        """A listener timeout: absent means the default; ``0`` or ``null`` disables it."""
+        if key not in m:
+            return default
+        return self.optional(m, key, path, self.timeout_or_off) or None
+
+    def codec(
+        self, name: str, options: Mapping[str, Any], max_size: int, path: str
+    ) -> CodecFactory | None:
+        codec_path = join_path(path, "codec")
+        try:
+            return self.lookup_codec(name)
+        except (ImportError, AttributeError) as exc:  # a broken module or entry point
+            self.error(codec_path, f"codec {name!r} failed to load: {exc}")
+        except (LookupError, ValueError):
+            names = self.codec_names()
+            more = hint(name, names) or f" (known: {', '.join(names)})"
+            self.error(codec_path, f"unknown codec {name!r}{more}")
+        return None
+
+    def lookup_codec(self, name: str) -> CodecFactory:
+        if self.codecs is not None:
+            return self.codecs[name]
+        # Imported by name (not `from ... import`) so tests can stand in a registry module.
+        registry = importlib.import_module("metaprotocol.codecs.registry")
+        return cast(CodecFactory, registry.get_codec(name))
+
+    def codec_names(self) -> list[str]:
+        if self.codecs is not None:
+            return sorted(self.codecs)
+        registry = importlib.import_module("metaprotocol.codecs.registry")
+        names = getattr(registry, "codec_names", None)
+        if callable(names):
+            return sorted(str(n) for n in names())
+        return sorted({ep.name for ep in entry_points(group="metaprotocol.codecs")})
+
+    def codec_options(
+        self, codec: CodecFactory, options: Mapping[str, Any], max_size: int, path: str
+    ) -> None:
+        """Ask the codec: its ``validate_options`` if it has one, else build a codec."""
+        validate = getattr(codec, "validate_options", None)
+        if callable(validate):
+            problems = [str(p) for p in validate(options)]
+        else:
+            try:
+                codec(Side.DOWNSTREAM, options, max_size)
+                problems = []
+            except (ValueError, TypeError) as exc:
+                problems = [str(exc)]
+        for problem in problems:
+            # "transport: bad" or "thrift codec_options.transport: bad" name one option:
+            # report it at listeners[i].codec_options.transport.
+            m = _OPTION_PROBLEM_RE.fullmatch(problem)
+            if m is not None and m["key"] in options:
+                self.error(join_path(path, m["key"]), m["rest"])
+            else:
+                self.error(path, problem)
+
+    # -- clusters
+
+    def clusters(self, value: object, path: str) -> tuple[ClusterConfig, ...] | None:
+        items = self.sequence(value, path)
+        if items is None:
+            return None
+        result: list[ClusterConfig] = []
+        names: set[str] = set()
+        for i, item in enumerate(items):
+            p = f"{path}[{i}]"
+            cluster = self.cluster(item, p)
+            if cluster is None:
+                continue
+            if cluster.name and cluster.name in names:
+                self.error(join_path(p, "name"), f"duplicate cluster name {cluster.name!r}")
+            names.add(cluster.name)
+            result.append(cluster)
+        return tuple(result)
+
+    def cluster(self, value: object, path: str) -> ClusterConfig | None:
+        m = self.mapping(value, path, _CLUSTER_KEYS, required=("name", "endpoints"))
+        if m is None:
+            return None
+        per_endpoint = self.field(
+            m,
+            "max_connections_per_endpoint",
+            path,
+            self.positive,
+            DEFAULT_MAX_UPSTREAM_CONNECTIONS_PER_ENDPOINT,
+        )
+        connect = self.field(
+            m, "connect_timeout", path, self.positive_duration, DEFAULT_CONNECT_TIMEOUT
+        )
+        return ClusterConfig(
+            name=self.field(m, "name", path, self.string, ""),
+            endpoints=self.optional(m, "endpoints", path, self.endpoints) or (),
+            lb_policy=self.field(m, "lb_policy", path, self.lb_policy, "round_robin"),
+            connect_timeout=connect,
+            max_connections_per_endpoint=per_endpoint,
+            circuit_breakers=self.field(
+                m, "circuit_breakers", path, self.breakers, CircuitBreakers()
+            ),
+            outlier_detection=self.optional(m, "outlier_detection", path, self.outlier),
+        )
+
+    def lb_policy(self, value: object, path: str) -> LbPolicy | None:
+        return cast("LbPolicy | None", self.choice(value, path, LB_POLICIES))
+
+    def endpoints(self, value: object, path: str) -> tuple[Endpoint, ...] | None:
+        """``host:port`` strings or ``{address: host:port, weight: n}`` mappings."""
+        items = self.sequence(value, path)
+        if items is None:
+            return None
+        if not items:
+            self.error(path, "at least one endpoint is required")
+        result = []
+        for i, item in enumerate(items):
+            p = f"{path}[{i}]"
+            weight = 1
+            if isinstance(item, Mapping):
+                m = self.mapping(item, p, ("address", "weight"), ("address",))
+                if m is None or m.get("address") is None:
+                    continue
+                weight = self.field(m, "weight", p, self.positive, 1)
+                p, item = join_path(p, "address"), m["address"]
+            elif not isinstance(item, str):
+                self.error(p, f"expected host:port or {{address, weight}}, got {describe(item)}")
+                continue
+            address = self.address(item, p)
+            if address is not None:
+                result.append(Endpoint(address[0], address[1], weight))
+        return tuple(result)
+
+    def breakers(self, value: object, path: str) -> CircuitBreakers | None:
+        m = self.mapping(value, path, _BREAKER_KEYS)
+        if m is None:
+            return None
+        d = CircuitBreakers()
+        return CircuitBreakers(
+            self.field(m, "max_connections", path, self.positive, d.max_connections),
+            self.field(m, "max_pending_requests", path, self.count, d.max_pending_requests),
+            self.field(m, "max_requests", path, self.positive, d.max_requests),
+        )
+
+    def outlier(self, value: object, path: str) -> OutlierDetection | None:
+        m = self.mapping(value, path, _OUTLIER_KEYS)
+        if m is None:
+            return None
+        d = OutlierDetection()
+        return OutlierDetection(
+            self.field(m, "consecutive_failures", path, self.positive, d.consecutive_failures),
+            self.field(m, "base_ejection_time", path, self.positive_duration, d.base_ejection_time),
+            self.field(m, "max_ejection_percent", path, self.percentage, d.max_ejection_percent),
+        )

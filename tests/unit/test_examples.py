@@ -1,0 +1,74 @@
+"""Every ready config in examples/ passes `metaprotocol check`, and the docs name every key."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from metaprotocol.cli import main
+from metaprotocol.configfile import load_config, routing, schema
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples"
+EXPECTED = {"dubbo.yaml", "thrift.yaml", "http1.yaml", "redis.yaml", "full.yaml"}
+
+
+def test_there_is_one_example_per_codec_and_the_design_sample() -> None:
+    assert {p.name for p in EXAMPLES.glob("*.yaml")} >= EXPECTED
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_example_passes_check(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    path = EXAMPLES / name
+    assert main(["check", str(path)]) == 0, capsys.readouterr().err
+    assert capsys.readouterr().out.startswith(f"{path}: ok; ")
+
+
+@pytest.mark.parametrize("name", ["dubbo", "thrift", "http1", "redis"])
+def test_each_codec_example_uses_its_codec(name: str) -> None:
+    config = load_config(EXAMPLES / f"{name}.yaml")
+    assert {listener.codec for listener in config.listeners} == {name}
+    assert config.listeners[0].routes, "an example should show routing"
+
+
+def test_full_example_is_the_design_sample() -> None:
+    design = ROOT.parent / "shared" / "DESIGN.md"
+    if not design.exists():
+        pytest.skip("DESIGN.md is not beside the checkout here")
+    sample = re.search(r"```yaml\n(.*?)```", design.read_text(), re.DOTALL)
+    assert sample is not None
+    assert yaml.safe_load((EXAMPLES / "full.yaml").read_text()) == yaml.safe_load(sample[1])
+
+
+def test_configuration_docs_name_every_key() -> None:
+    docs = (ROOT / "docs" / "configuration.md").read_text()
+    keys = {
+        *schema._TOP_KEYS,
+        *schema._LISTENER_KEYS,
+        *schema._CLUSTER_KEYS,
+        *schema._BREAKER_KEYS,
+        *schema._OUTLIER_KEYS,
+        *routing._ROUTE_ACTION_KEYS,
+        *routing._GLOBAL_RATELIMIT_KEYS,
+        *routing._TOKEN_BUCKET_KEYS,
+        *routing.FILTER_NAMES,
+        *routing.MATCHER_KINDS,
+        *routing.RETRY_ON,
+        *schema.LB_POLICIES,
+        "invert",
+        "weight",
+        "fraction",
+        "conditions",
+        "abort",
+        "delay",
+        "percentage",
+        "add",
+        "remove",
+        "attempts",
+    }
+    spans = re.findall(r"`[^`\n]+`", docs)
+    missing = sorted(k for k in keys if not any(re.search(rf"\b{k}\b", s) for s in spans))
+    assert missing == []
