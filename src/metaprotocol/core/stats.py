@@ -213,6 +213,7 @@ class ClusterCounters(CounterBlock):
         "outlier_ejection",
         "response_decoding_error",
         "response_dropped",
+        "response_mutation_failed",
         "upstream_cx_active",
         "upstream_cx_connect_fail",
         "upstream_cx_connect_timeout",
@@ -227,6 +228,7 @@ class ClusterCounters(CounterBlock):
     outlier_ejection: int
     response_decoding_error: int
     response_dropped: int
+    response_mutation_failed: int
     upstream_cx_active: int
     upstream_cx_connect_fail: int
     upstream_cx_connect_timeout: int

@@ -314,7 +314,12 @@ class UpstreamSide(EngineBase):
             uid = req.upstream_id
             restore = orig if uid is not None and uid != orig else None
             mutation = req.route.action.response_mutation if req.route is not None else None
-            data = ds.codec.encode(msg, request_id=restore, mutation=mutation)
+            try:
+                data = ds.codec.encode(msg, request_id=restore, mutation=mutation)
+            except ProtocolError:
+                # The codec cannot apply the mutation to this response: forward it as is.
+                up.pool.cluster.counters.response_mutation_failed += 1
+                data = ds.codec.encode(msg, request_id=restore)
             self._answer(req, data, "ok" if ok else "error", None, now)
         self._after_upstream_freed(up, now)
 
