@@ -94,9 +94,16 @@ class EngineBase:
         self._answer(req, reply, "local_error", error, now)
 
     def _answer(
-        self, req: ActiveRequest, data: bytes, status: str, error: ErrorType | None, now: float
+        self,
+        req: ActiveRequest,
+        data: bytes,
+        status: str,
+        error: ErrorType | None,
+        now: float,
+        close_after: bool = False,
     ) -> None:
-        """Hand ``data`` to the request's client, in order for ordered protocols."""
+        """Hand ``data`` to the request's client, in order for ordered protocols;
+        ``close_after`` closes the client connection once it is written."""
         ds = req.downstream
         completed = self._finish(req, status, error, now, emit=False)
         if ds is None or self.downstreams.get(ds.id) is not ds:
@@ -104,7 +111,7 @@ class EngineBase:
         slot = req.slot
         if slot is not None:
             slot.data = data
-            if req.message.properties.get("connection") == "close":
+            if close_after or req.message.properties.get("connection") == "close":
                 slot.close_after = True
             self._flush_slots(ds)
         else:

@@ -276,6 +276,9 @@ class Proxy(UpstreamSide):
         ds.listener.counters.request_decoding_error += 1
         reply = ds.codec.encode_error(None, exc.error_type, str(exc))
         fatal = exc.fatal or reply is None
+        if fatal:
+            ds.buffer.clear()
+            ds.closing = True  # nothing more is read; close once the replies are written
         if reply is not None:
             ds.listener.counters.local_response_error += 1
             if self.observe:
@@ -289,10 +292,9 @@ class Proxy(UpstreamSide):
             else:
                 self._out.append(Write(ds.id, reply))
         if fatal:
-            ds.buffer.clear()
-            ds.closing = True
-            self._disable(ds, Reason.CLOSING)
             self._maybe_finish_close(ds)
+            if self.downstreams.get(ds.id) is ds:  # earlier answers are still on their way
+                self._disable(ds, Reason.CLOSING)
 
     def _on_request(self, ds: Downstream, msg: Message, now: float) -> None:
         mtype = msg.type
@@ -446,6 +448,17 @@ class Proxy(UpstreamSide):
             return
         up = self.upstreams.get(conn)
         if up is not None:
+            # A response framed by the connection closing (HTTP/1.0 style) ends here.
+            finish_at_eof = getattr(up.codec, "decode_eof", None)
+            if finish_at_eof is not None and up.buffer:
+                try:
+                    last = finish_at_eof(up.buffer)
+                except ProtocolError:
+                    last = None
+                if last is not None:
+                    self._on_response(up, last, now)
+            if self.upstreams.get(conn) is not up:
+                return
             if eof:
                 self._out.append(CloseConnection(conn, flush=False))
             self._upstream_gone(up, ErrorType.UPSTREAM_RESET, "upstream connection closed", now)

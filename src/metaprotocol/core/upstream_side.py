@@ -320,8 +320,26 @@ class UpstreamSide(EngineBase):
                 # The codec cannot apply the mutation to this response: forward it as is.
                 up.pool.cluster.counters.response_mutation_failed += 1
                 data = ds.codec.encode(msg, request_id=restore)
-            self._answer(req, data, "ok" if ok else "error", None, now)
+            closes = msg.properties.get("connection") == "close"
+            self._answer(req, data, "ok" if ok else "error", None, now, close_after=closes)
+        if (
+            msg.properties.get("connection") == "close"
+            and up.pool.ordering is not Ordering.MULTIPLEXED
+        ):
+            self._upstream_closing(up, now)
+            return
         self._after_upstream_freed(up, now)
+
+    def _upstream_closing(self, up: Upstream, now: float) -> None:
+        """The server announced it closes after this response: requests pipelined behind it
+        were never processed, so they go out again on another connection (no retry counted)."""
+        unanswered = [req for req in up.fifo if not req.done]
+        up.fifo.clear()
+        self._close_upstream(up, flush=False)
+        for req in unanswered:
+            req.upstream = None
+            self._unclaim(req)
+            self._send(req, now)
 
     def _after_upstream_freed(self, up: Upstream, now: float) -> None:
         pool = up.pool

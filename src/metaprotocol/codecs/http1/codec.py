@@ -1,0 +1,309 @@
+"""Http1Codec: HTTP/1.1 requests and responses as whole messages for the proxy core.
+
+Choices (see also the package docstring):
+- Whole messages: head plus the full body (Content-Length or chunked, chunked
+  frames kept verbatim) up to ``max_message_size``; larger gives a fatal
+  ProtocolError(MESSAGE_TOO_LARGE) answered with 413.
+- Ordering is FIFO (Ordering.ORDERED). The upstream codec records the method of
+  every request it encodes, so it knows that a HEAD response has no body.
+  Interim 1xx responses are dropped; 101 (protocol switch) is a bad response.
+- ``Expect: 100-continue``: the codec never answers 100 itself (it cannot write
+  on its own); the client sends the body after its own wait, the request is
+  decoded whole, and the upstream encode strips the expectation, since the body
+  is already there and the upstream must not send an interim reply for it.
+- CONNECT, Upgrade and unsupported transfer codings are answered 501; HTTP
+  versions other than 1.0 and 1.1 are answered 505. The decode raises a fatal
+  ProtocolError; the downstream codec remembers the wire status of the error it
+  raised last, and ``encode_error(None, BAD_REQUEST, ...)`` uses it.
+- ``properties["connection"] == "close"`` on a request or a response means the
+  connection must be closed after this exchange (``Connection: close``, or
+  HTTP/1.0 without ``keep-alive``); otherwise it holds the raw header value.
+- A response framed by the connection closing is finished by ``decode_eof``
+  (additive to the Codec protocol), which adds a Content-Length so the frame can
+  be forwarded on a keep-alive downstream connection.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from metaprotocol.codecs.http1.fastparse import (
+    HttpError,
+    ParsedMessage,
+    RequestParser,
+    ResponseParser,
+    connection_must_close,
+)
+from metaprotocol.codecs.http1.reference import ReferenceRequestParser, ReferenceResponseParser
+from metaprotocol.core.codec import Ordering, Side
+from metaprotocol.core.message import (
+    NEED_DATA,
+    ErrorType,
+    Message,
+    MessageType,
+    Mutation,
+    NeedData,
+    ResponseStatus,
+)
+
+__all__ = ["ERROR_STATUS", "Http1Codec"]
+
+ERROR_STATUS: dict[ErrorType, int] = {
+    ErrorType.ROUTE_NOT_FOUND: 404,
+    ErrorType.CLUSTER_NOT_FOUND: 404,
+    ErrorType.OVER_LIMIT: 429,
+    ErrorType.BAD_RESPONSE: 502,
+    ErrorType.UPSTREAM_RESET: 502,
+    ErrorType.CONNECT_FAILURE: 502,
+    ErrorType.NO_HEALTHY_UPSTREAM: 503,
+    ErrorType.TIMEOUT: 504,
+    ErrorType.MESSAGE_TOO_LARGE: 413,
+    ErrorType.BAD_REQUEST: 400,
+    ErrorType.UNSPECIFIED: 500,
+}
+_REASONS = {
+    400: "Bad Request",
+    404: "Not Found",
+    413: "Content Too Large",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    501: "Not Implemented",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+    505: "HTTP Version Not Supported",
+}
+_PARSERS = ("fast", "h11")
+_OK = ResponseStatus.OK
+_TOKEN_RE = re.compile(r"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
+_VALUE_RE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
+# Framing belongs to the codec: mutations never touch these fields.
+_PROTECTED = frozenset({"content-length", "transfer-encoding"})
+_MAX_DETAIL = 200
+
+
+def _expects_continue(properties: Mapping[str, str]) -> bool:
+    value = properties.get("expect")
+    return value is not None and "100-continue" in value.lower()
+
+
+class Http1Codec:
+    """HTTP/1.1 codec; option ``parser: fast|h11`` picks the framing route (default fast)."""
+
+    name: ClassVar[str] = "http1"
+    ordering: ClassVar[Ordering] = Ordering.ORDERED
+    supports_mutation: ClassVar[bool] = True
+
+    def __init__(self, side: Side, options: Mapping[str, Any], max_message_size: int) -> None:
+        unknown = sorted(set(options) - {"parser"})
+        if unknown:
+            raise ValueError(f"http1: unknown codec option(s) {unknown}; known: ['parser']")
+        parser = options.get("parser", "fast")
+        if parser not in _PARSERS:
+            raise ValueError(f"http1: codec option parser must be 'fast' or 'h11', got {parser!r}")
+        if max_message_size <= 0:
+            raise ValueError(f"http1: max_message_size must be positive, got {max_message_size}")
+        self.side = side
+        self.parser = parser
+        fast = parser == "fast"
+        self._requests = (
+            RequestParser(max_message_size) if fast else ReferenceRequestParser(max_message_size)
+        )
+        self._responses = (
+            ResponseParser(max_message_size) if fast else ReferenceResponseParser(max_message_size)
+        )
+        self._methods: deque[str] = deque()  # upstream: methods of requests awaiting responses
+        self._error_status: int | None = None  # downstream: wire status of the last decode error
+
+    # -- decoding ------------------------------------------------------------------------------
+
+    def decode(self, buffer: bytearray) -> Message | NeedData:
+        if self.side is Side.DOWNSTREAM:
+            return self._decode_request(buffer)
+        return self._decode_response(buffer)
+
+    def decode_eof(self, buffer: bytearray) -> Message | None:
+        """The peer closed: finish a response whose body runs until close, if one is pending."""
+        if self.side is Side.DOWNSTREAM or not self._methods:
+            return None
+        parsed = self._responses.parse_eof(buffer, self._methods[0])
+        if parsed is None:
+            return None
+        self._methods.popleft()
+        head_len = parsed.head_len
+        frame = parsed.frame
+        length = b"Content-Length: %d\r\n\r\n" % (len(frame) - head_len)
+        parsed.frame = frame[: head_len - 2] + length + frame[head_len:]
+        parsed.head_len = head_len - 2 + len(length)
+        message = self._response_message(parsed)
+        message.properties["connection"] = "close"
+        return message
+
+    def _decode_request(self, buffer: bytearray) -> Message | NeedData:
+        try:
+            parsed = self._requests.parse(buffer)
+            if parsed is None:
+                return NEED_DATA
+            method, target, version = parsed.start_line
+            fields = parsed.fields
+            if method == "CONNECT":
+                raise HttpError("CONNECT is not supported", 501)
+            if "upgrade" in fields:
+                raise HttpError("protocol upgrade is not supported", 501)
+            if version != "1.1" and version != "1.0":
+                raise HttpError(f"HTTP/{version} is not supported", 505)
+        except HttpError as exc:
+            self._error_status = exc.status
+            raise
+        fields[":method"] = method
+        fields[":path"] = target
+        host = fields.get("host")
+        if host is not None:
+            fields[":authority"] = host
+        if (version == "1.0" or "connection" in fields) and connection_must_close(version, fields):
+            fields["connection"] = "close"
+        frame = parsed.frame
+        head_len = parsed.head_len
+        # Positional arguments: this runs once per request and keywords cost measurably.
+        return Message(
+            MessageType.REQUEST, frame, None, fields, _OK, None, head_len, len(frame) - head_len
+        )
+
+    def _decode_response(self, buffer: bytearray) -> Message | NeedData:
+        if not self._methods:
+            if buffer:
+                raise HttpError("response without a pending request", 502, ErrorType.BAD_RESPONSE)
+            return NEED_DATA
+        parsed = self._responses.parse(buffer, self._methods[0])
+        if parsed is None:
+            return NEED_DATA
+        self._methods.popleft()
+        return self._response_message(parsed)
+
+    def _response_message(self, parsed: ParsedMessage) -> Message:
+        version, status, _ = parsed.start_line
+        fields = parsed.fields
+        fields[":status"] = status
+        if (version == "1.0" or "connection" in fields) and connection_must_close(version, fields):
+            fields["connection"] = "close"
+        frame = parsed.frame
+        return Message(
+            MessageType.RESPONSE,
+            frame,
+            properties=fields,
+            status=ResponseStatus.OK if int(status) < 500 else ResponseStatus.ERROR,
+            header_size=parsed.head_len,
+            body_size=len(frame) - parsed.head_len,
+        )
+
+    # -- encoding ------------------------------------------------------------------------------
+
+    def encode(
+        self,
+        message: Message,
+        *,
+        request_id: int | None = None,
+        mutation: Mutation | None = None,
+    ) -> bytes:
+        """Pass the frame through, or rebuild its head; ``request_id`` is ignored (no ids)."""
+        if self.side is Side.UPSTREAM:
+            method = message.properties.get(":method", "GET")
+            if mutation:
+                method = next((v for k, v in mutation.add if k == ":method"), method)
+            self._methods.append(method)
+            drop_expect = _expects_continue(message.properties)
+            if not mutation and not drop_expect:
+                return message.frame
+            return _rewrite(message, mutation, drop_expect=drop_expect)
+        if not mutation:
+            return message.frame
+        return _rewrite(message, mutation, drop_expect=False)
+
+    def encode_error(self, request: Message | None, error: ErrorType, detail: str) -> bytes | None:
+        """A short text/plain reply; ``Connection: close`` when the request was undecodable."""
+        status = ERROR_STATUS[error]
+        if request is None:
+            if self._error_status is not None and error in (
+                ErrorType.BAD_REQUEST,
+                ErrorType.MESSAGE_TOO_LARGE,
+            ):
+                status = self._error_status
+            close = True
+            head_only = False
+        else:
+            close = request.properties.get("connection") == "close"
+            head_only = request.properties.get(":method") == "HEAD"
+        self._error_status = None
+        reason = _REASONS[status]
+        text = detail[:_MAX_DETAIL] if detail else reason
+        body = text.encode("utf-8", "replace") + b"\n"
+        head = (
+            b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n"
+            % (status, reason.encode("ascii"), len(body))
+        )
+        if close:
+            head += b"Connection: close\r\n"
+        # A reply to HEAD announces the body's length but carries none (RFC 9110 9.3.2).
+        return head + b"\r\n" + (b"" if head_only else body)
+
+    def encode_heartbeat_reply(self, heartbeat: Message) -> bytes | None:
+        return None  # HTTP/1.1 has no heartbeats
+
+
+def _rewrite(message: Message, mutation: Mutation | None, *, drop_expect: bool) -> bytes:
+    """Rebuild the head with fields removed / added; the body bytes are kept verbatim."""
+    frame = message.frame
+    head_len = message.header_size
+    lines = frame[: head_len - 4].split(b"\r\n")
+    start = lines[0]
+    remove: set[str] = {"expect"} if drop_expect else set()
+    added: list[bytes] = []
+    if mutation:
+        remove.update(key.lower() for key in mutation.remove)
+        for key, value in mutation.add:
+            name = key.lower()
+            if name in _PROTECTED:
+                continue
+            if name.startswith(":"):
+                if name == ":authority":
+                    remove.add("host")
+                start = _rewrite_start_line(start, name, value, message.is_request, added)
+                continue
+            if _TOKEN_RE.fullmatch(name) is None or _VALUE_RE.fullmatch(value) is None:
+                raise ValueError(f"http1: cannot add header {key!r}: {value!r}")
+            remove.add(name)
+            added.append(b"%s: %s" % (name.encode("ascii"), value.encode("latin-1")))
+    remove -= _PROTECTED
+    kept = [
+        line
+        for line in lines[1:]
+        if line.partition(b":")[0].decode("latin-1").lower() not in remove
+    ]
+    return b"\r\n".join([start, *kept, *added]) + b"\r\n\r\n" + frame[head_len:]
+
+
+def _rewrite_start_line(
+    start: bytes, key: str, value: str, is_request: bool, added: list[bytes]
+) -> bytes:
+    """Pseudo keys on requests: ``:method`` and ``:path`` rewrite the request line,
+    ``:authority`` sets Host (added to ``added``). Other pseudo keys are ignored."""
+    if not is_request:
+        return start
+    if key == ":authority":
+        if _VALUE_RE.fullmatch(value) is None or not value:
+            raise ValueError(f"http1: bad :authority {value!r}")
+        added.append(b"Host: " + value.encode("latin-1"))
+        return start
+    method, target, version = start.split(b" ")
+    if key == ":method":
+        if _TOKEN_RE.fullmatch(value) is None:
+            raise ValueError(f"http1: bad :method {value!r}")
+        return b" ".join([value.encode("ascii"), target, version])
+    if key == ":path":
+        if not value or any(not 0x21 <= ord(c) <= 0x7E for c in value):
+            raise ValueError(f"http1: bad :path {value!r}")
+        return b" ".join([method, value.encode("ascii"), version])
+    return start

@@ -1,0 +1,112 @@
+"""Playbooks with the real HTTP/1.1 codec: FIFO answers, Connection: close on either side,
+responses framed by the upstream closing."""
+
+from __future__ import annotations
+
+from metaprotocol.core.events import Accepted, Closed, DataReceived, EofReceived, UpstreamConnected
+from metaprotocol.core.outputs import CloseConnection, OpenUpstream, Write
+
+from .helpers import UP, config, playbook
+
+
+def get(path: str, extra: str = "") -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: x\r\n{extra}\r\n".encode()
+
+
+def ok(body: bytes, extra: str = "") -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n" % (len(body), extra.encode()) + body
+
+
+def test_pipelined_http_requests_are_answered_in_order() -> None:
+    pb = playbook(config(codec="http1"))
+    pb >> Accepted(1, "main")
+    pb >> DataReceived(1, get("/a") + get("/b"))
+    pb << OpenUpstream(-1, *UP)
+    pb >> UpstreamConnected(-1)
+    pb << Write(-1, get("/a") + get("/b"))
+    pb >> DataReceived(-1, ok(b"A") + ok(b"B"))
+    pb << Write(1, ok(b"A"))
+    pb << Write(1, ok(b"B"))
+    for conn in (1, -1):
+        pb >> Closed(conn)
+    pb.assert_clean()
+
+
+def test_client_connection_close_closes_after_the_answer() -> None:
+    pb = playbook(config(codec="http1"))
+    pb >> Accepted(1, "main")
+    pb >> DataReceived(1, get("/a", "Connection: close\r\n"))
+    pb << OpenUpstream(-1, *UP)
+    pb >> UpstreamConnected(-1)
+    pb << Write(-1, get("/a", "Connection: close\r\n"))
+    pb >> DataReceived(-1, ok(b"A"))
+    pb << Write(1, ok(b"A"))
+    pb << CloseConnection(1, flush=True)
+    pb >> Closed(-1)
+    pb.assert_clean()
+
+
+def test_upstream_connection_close_resends_the_requests_pipelined_behind_it() -> None:
+    pb = playbook(config(codec="http1"))
+    pb >> Accepted(1, "main")
+    pb >> DataReceived(1, get("/a") + get("/b"))
+    pb << OpenUpstream(-1, *UP)
+    pb >> UpstreamConnected(-1)
+    pb << Write(-1, get("/a") + get("/b"))
+    pb >> DataReceived(-1, ok(b"A", "Connection: close\r\n"))
+    pb << Write(1, ok(b"A", "Connection: close\r\n"))
+    pb << CloseConnection(1, flush=True)  # the client was told the connection closes
+    pb << CloseConnection(-1, flush=False)
+    pb << None  # /b belonged to the closed client: nothing is re-sent for it
+    pb.assert_clean()
+
+
+def test_upstream_close_resends_unprocessed_requests_of_other_clients() -> None:
+    pb = playbook(config(codec="http1"))
+    pb >> Accepted(1, "main")
+    pb >> Accepted(2, "main")
+    pb >> DataReceived(1, get("/a"))
+    pb << OpenUpstream(-1, *UP)
+    pb >> DataReceived(2, get("/b"))
+    pb >> UpstreamConnected(-1)
+    pb << Write(-1, get("/a") + get("/b"))
+    pb >> DataReceived(-1, ok(b"A", "Connection: close\r\n"))
+    pb << Write(1, ok(b"A", "Connection: close\r\n"))
+    pb << CloseConnection(1, flush=True)
+    pb << CloseConnection(-1, flush=False)
+    pb << OpenUpstream(-2, *UP)  # /b was never processed: it goes out again
+    pb >> UpstreamConnected(-2)
+    pb << Write(-2, get("/b"))
+    pb >> DataReceived(-2, ok(b"B"))
+    pb << Write(2, ok(b"B"))
+    for conn in (2, -2):
+        pb >> Closed(conn)
+    pb.assert_clean()
+
+
+def test_response_framed_by_upstream_close_is_completed() -> None:
+    pb = playbook(config(codec="http1"))
+    pb >> Accepted(1, "main")
+    pb >> DataReceived(1, get("/old"))
+    pb << OpenUpstream(-1, *UP)
+    pb >> UpstreamConnected(-1)
+    pb << Write(-1, get("/old"))
+    pb >> DataReceived(-1, b"HTTP/1.0 200 OK\r\n\r\nuntil-close")
+    pb << None
+    pb >> EofReceived(-1)
+    reply = pb.take()
+    assert isinstance(reply, Write) and reply.conn == 1
+    assert b"Content-Length: 11\r\n" in reply.data and reply.data.endswith(b"until-close")
+    pb << CloseConnection(1, flush=True)
+    pb << CloseConnection(-1, flush=False)
+    pb.assert_clean()
+
+
+def test_bad_request_gets_400_and_close() -> None:
+    pb = playbook(config(codec="http1"))
+    pb >> Accepted(1, "main")
+    pb >> DataReceived(1, b"NOT HTTP AT ALL\r\n\r\n")
+    reply = pb.take()
+    assert isinstance(reply, Write) and reply.data.startswith(b"HTTP/1.1 400 ")
+    pb << CloseConnection(1, flush=True)
+    pb.assert_clean()
