@@ -110,3 +110,24 @@ def test_bad_request_gets_400_and_close() -> None:
     assert isinstance(reply, Write) and reply.data.startswith(b"HTTP/1.1 400 ")
     pb << CloseConnection(1, flush=True)
     pb.assert_clean()
+
+
+def test_expect_100_continue_is_answered_by_the_proxy() -> None:
+    head = b"POST /up HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n"
+    pb = playbook(config(codec="http1"))
+    pb >> Accepted(1, "main")
+    pb >> DataReceived(1, head)
+    pb << Write(1, b"HTTP/1.1 100 Continue\r\n\r\n")
+    pb >> DataReceived(1, b"da")
+    pb << None  # only once per request
+    pb >> DataReceived(1, b"ta")
+    pb << OpenUpstream(-1, *UP)
+    pb >> UpstreamConnected(-1)
+    forwarded = pb.take()  # the upstream gets the request without the expectation
+    assert isinstance(forwarded, Write) and b"Expect" not in forwarded.data
+    assert forwarded.data.endswith(b"\r\n\r\ndata")
+    pb >> DataReceived(-1, ok(b"done"))
+    pb << Write(1, ok(b"done"))
+    for conn in (1, -1):
+        pb >> Closed(conn)
+    pb.assert_clean()

@@ -266,6 +266,11 @@ class Proxy(UpstreamSide):
                 self._decode_failed(ds, exc)
                 continue
             if msg is NEED_DATA:
+                interim = getattr(codec, "interim_reply", None)
+                if interim is not None:
+                    early = interim()
+                    if early:
+                        self._out.append(Write(ds.id, early))
                 if len(buffer) > lc.max_message_size:
                     too_large = ProtocolError("message too large", ErrorType.MESSAGE_TOO_LARGE)
                     self._decode_failed(ds, too_large)

@@ -117,6 +117,22 @@ class Http1Codec:
         )
         self._methods: deque[str] = deque()  # upstream: methods of requests awaiting responses
         self._error_status: int | None = None  # downstream: wire status of the last decode error
+        self._continued: object = None  # downstream: the request head we sent 100 Continue for
+
+    def interim_reply(self) -> bytes | None:
+        """Bytes to send the client now, while its request is incomplete (optional hook).
+
+        A request with ``Expect: 100-continue`` whose head has arrived but whose body has
+        not gets ``100 Continue`` once, so the client sends its body without waiting
+        (RFC 9110 section 10.1.1). Only the fast route tracks a pending head.
+        """
+        head = getattr(self._requests, "_head", None)
+        if head is None or head is self._continued or not _expects_continue(head.fields):
+            return None
+        if head.start_line[2] != "1.1":
+            return None
+        self._continued = head
+        return b"HTTP/1.1 100 Continue\r\n\r\n"
 
     # -- decoding ------------------------------------------------------------------------------
 
