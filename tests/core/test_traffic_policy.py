@@ -348,3 +348,21 @@ def test_route_table_swap_is_atomic_and_in_flight_requests_finish() -> None:
     pb << Write(1, resp(1))  # the old request finished where it started
     pb << CloseConnection(-1, flush=True)  # and the retired pool closed after it
     close_all(pb, 1, -2)
+
+
+def test_reload_keeps_warm_connections_to_endpoints_that_stay() -> None:
+    pb = playbook(config())
+    pb >> Accepted(1, "main")
+    pb >> DataReceived(1, req(1))
+    pb << OpenUpstream(-1, *A)
+    pb >> UpstreamConnected(-1)
+    pb << Write(-1, req(1))
+    pb >> DataReceived(-1, resp(1))
+    pb << Write(1, resp(1))
+    same_endpoint = config(routes=(route(name="renamed"),))
+    assert pb.proxy.reload(same_endpoint, pb.now) == []
+    pb >> DataReceived(1, req(2))
+    pb << Write(-1, req(2))  # no new connection
+    pb >> DataReceived(-1, resp(2))
+    pb << Write(1, resp(2))
+    close_all(pb, 1, -1)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 from bisect import bisect_left
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from metaprotocol.core.config import Endpoint
 
@@ -39,6 +40,7 @@ class EndpointState:
         "ejection_count",
         "endpoint",
         "label",
+        "pools",
     )
 
     def __init__(self, endpoint: Endpoint) -> None:
@@ -48,6 +50,7 @@ class EndpointState:
         self.consecutive_failures = 0
         self.ejected_until = 0.0
         self.ejection_count = 0
+        self.pools: dict[str, Any] = {}  # listener name -> its Pool to this endpoint
 
     def available(self, now: float) -> bool:
         return self.ejected_until <= now

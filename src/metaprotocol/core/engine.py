@@ -38,7 +38,7 @@ class EngineBase:
     timers: Timers
     downstreams: dict[int, Downstream]
     upstreams: dict[int, Upstream]
-    pools: dict[tuple[str, str, str], Pool]
+    pools: dict[Pool, None]  # every pool with connections (an ordered set)
     calls: dict[int, ActiveRequest]
     decisions: dict[int, Callable[[Any, str], Abort | None]]
     draining: bool
@@ -71,8 +71,8 @@ class EngineBase:
         if ep is not None:
             ep.active_requests -= 1
             req.endpoint = None
-            if req.pool is not None:
-                req.pool.cluster.active_requests -= 1
+            if req.cluster is not None:
+                req.cluster.active_requests -= 1
         req.pool = None
 
     # -- answers -----------------------------------------------------------------------------

@@ -102,7 +102,7 @@ class Proxy(UpstreamSide):
         self.timers = Timers()
         self.downstreams: dict[int, Downstream] = {}
         self.upstreams: dict[int, Upstream] = {}
-        self.pools: dict[tuple[str, str, str], Pool] = {}
+        self.pools: dict[Pool, None] = {}  # every pool with connections (an ordered set)
         self.calls: dict[int, ActiveRequest] = {}  # external call id -> paused request
         self.decisions: dict[int, Callable[[Any, str], Abort | None]] = {}
         self.draining = False
@@ -128,6 +128,19 @@ class Proxy(UpstreamSide):
     def handle(self, event: ev.Event, now: float) -> list[Output]:
         out: list[Output] = []
         self._out = out
+        if type(event) is ev.DataReceived:  # the hot path, ahead of the general dispatch
+            ds = self.downstreams.get(event.conn)
+            if ds is not None:
+                self._downstream_data(ds, event.data, now)
+            else:
+                up = self.upstreams.get(event.conn)
+                if up is not None:
+                    self._upstream_data(up, event.data, now)
+            heap = self.timers.heap
+            if heap and heap[0][0] <= now:
+                self.timers.fire_due(now)
+            self._out = []
+            return out
         match event:
             case ev.DataReceived(conn, data):
                 ds = self.downstreams.get(conn)
@@ -171,27 +184,45 @@ class Proxy(UpstreamSide):
         out: list[Output] = []
         self._out = out
         new = _Runtime(config, self, now)
+        old = self.runtime
         self.runtime = new
         for ds in self.downstreams.values():
             listener = new.listeners.get(ds.listener.config.name)
             if listener is not None and listener.codec_factory is ds.listener.codec_factory:
                 ds.listener = listener
-        live = {
-            (ln, cn, str(e))
-            for ln in new.listeners
-            for cn, c in new.clusters.items()
-            for e in c.config.endpoints
-        }
-        for key, pool in list(self.pools.items()):
-            if key not in live:
-                pool.retired = True
-                del self.pools[key]
-                for up in list(pool.connections):
-                    if up.load == 0 and not up.queued:
-                        self._close_upstream(up, flush=True)
+        self._carry_pools_over(old, new)
         self.stats.inc("config_reload")
         self._out = []
         return out
+
+    def _carry_pools_over(self, old: _Runtime, new: _Runtime) -> None:
+        """Endpoints that stay keep their pools (and warm connections) and their outlier
+        state; the pools of endpoints or listeners that went away are retired."""
+        kept: set[Pool] = set()
+        for name, cluster in new.clusters.items():
+            previous = old.clusters.get(name)
+            if previous is None:
+                continue
+            before = {ep.label: ep for ep in previous.endpoints}
+            for ep in cluster.endpoints:
+                prior = before.get(ep.label)
+                if prior is None:
+                    continue
+                ep.consecutive_failures = prior.consecutive_failures
+                ep.ejected_until = prior.ejected_until
+                ep.ejection_count = prior.ejection_count
+                for listener_name, pool in prior.pools.items():
+                    listener = new.listeners.get(listener_name)
+                    if listener is None or listener.codec_factory is not pool.codec_factory:
+                        continue
+                    pool.cluster = cluster
+                    pool.endpoint = ep
+                    cluster.connections += len(pool.connections)
+                    ep.pools[listener_name] = pool
+                    kept.add(pool)
+        for pool in list(self.pools):
+            if pool not in kept:
+                self._retire_pool(pool)
 
     def drain(self, now: float) -> list[Output]:
         """Stop taking new connections; close each downstream once its replies are written."""
@@ -214,7 +245,7 @@ class Proxy(UpstreamSide):
     def request_count(self) -> int:
         n = sum(len(ds.active) for ds in self.downstreams.values())
         n += sum(up.load + len(up.streams) for up in self.upstreams.values())
-        return n + len(self.calls) + sum(len(p.waiting) for p in self.pools.values())
+        return n + len(self.calls) + sum(len(p.waiting) for p in self.pools)
 
     # -- downstream side ---------------------------------------------------------------------
 

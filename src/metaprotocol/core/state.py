@@ -229,7 +229,7 @@ class Pool:
         "codec_options",
         "connections",
         "endpoint",
-        "key",
+        "listener_name",
         "max_message_size",
         "ordering",
         "retired",
@@ -238,17 +238,16 @@ class Pool:
 
     def __init__(
         self,
-        key: tuple[str, str, str],
         listener: ListenerRuntime,
         cluster: ClusterRuntime,
         endpoint: EndpointState,
     ) -> None:
-        self.key = key
+        self.listener_name = listener.config.name
         self.codec_factory = listener.codec_factory
         self.codec_options = listener.config.codec_options
         self.max_message_size = listener.config.max_message_size
         self.ordering = listener.codec_factory.ordering
-        self.cluster = cluster
+        self.cluster = cluster  # moved to the new cluster object when a reload keeps it
         self.endpoint = endpoint
         self.connections: list[Upstream] = []
         self.waiting: deque[ActiveRequest] = deque()  # exclusive mode: waiting for a free conn

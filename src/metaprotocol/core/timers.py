@@ -44,33 +44,33 @@ class Timer:
 
 
 class Timers:
-    __slots__ = ("_heap", "_seq", "live")
+    __slots__ = ("_seq", "heap", "live")
 
     def __init__(self) -> None:
-        self._heap: list[tuple[float, int, Timer]] = []
+        self.heap: list[tuple[float, int, Timer]] = []
         self._seq = 0
         self.live = 0
 
     def schedule(self, deadline: float, callback: Callback, arg: Any = None) -> Timer:
         self._seq += 1
         timer = Timer(self, deadline, self._seq, callback, arg)
-        heap = self._heap
+        heap = self.heap
         heapq.heappush(heap, (deadline, self._seq, timer))
         self.live += 1
         if len(heap) > 1024 and len(heap) > 2 * self.live:
-            self._heap = [entry for entry in heap if entry[2].callback is not None]
-            heapq.heapify(self._heap)
+            self.heap = [entry for entry in heap if entry[2].callback is not None]
+            heapq.heapify(self.heap)
         return timer
 
     def next_deadline(self) -> float | None:
-        heap = self._heap
+        heap = self.heap
         while heap and heap[0][2].callback is None:
             heapq.heappop(heap)
         return heap[0][0] if heap else None
 
     def fire_due(self, now: float) -> None:
         """Run every live timer whose deadline is <= now, earliest first."""
-        heap = self._heap
+        heap = self.heap
         while heap and heap[0][0] <= now:
             timer = heapq.heappop(heap)[2]
             callback = timer.callback
@@ -78,7 +78,7 @@ class Timers:
                 arg = timer.arg
                 timer.cancel()
                 callback(arg, now)
-            heap = self._heap  # a callback may have compacted the heap
+            heap = self.heap  # a callback may have compacted the heap
 
     def __len__(self) -> int:
         return self.live

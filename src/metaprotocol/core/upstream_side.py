@@ -42,27 +42,46 @@ class UpstreamSide(EngineBase):
             cluster.counters.upstream_rq_pending_overflow += 1
             self._local_reply(req, ErrorType.OVER_LIMIT, "cluster max_requests reached", now)
             return
-        key = hash_key(route.action, req.message.properties)
+        action = route.action
+        key = hash_key(action, req.message.properties) if action.hash_policy else None
         endpoint = cluster.balancer.pick(now, key, req.tried)
         if endpoint is None:
             self._local_reply(req, ErrorType.NO_HEALTHY_UPSTREAM, "no healthy upstream", now)
             return
-        pool = self._pool(req.listener, cluster, endpoint)
+        listener = req.listener
+        pool = endpoint.pools.get(listener.config.name)
+        if pool is None:
+            pool = self._new_pool(listener, cluster, endpoint)
         up = self._acquire(pool, req, now)
         if up is None:
             return  # answered (overflow) or queued for a free connection
         self._dispatch(req, up, now)
 
-    def _pool(self, listener: ListenerRuntime, cluster: ClusterRuntime, ep: EndpointState) -> Pool:
-        key = (listener.config.name, cluster.config.name, ep.label)
-        pool = self.pools.get(key)
-        if pool is None or pool.cluster is not cluster:
-            pool = Pool(key, listener, cluster, ep)
-            self.pools[key] = pool
+    def _new_pool(
+        self, listener: ListenerRuntime, cluster: ClusterRuntime, ep: EndpointState
+    ) -> Pool:
+        pool = Pool(listener, cluster, ep)
+        ep.pools[listener.config.name] = pool
+        self.pools[pool] = None
         return pool
+
+    def _retire_pool(self, pool: Pool) -> None:
+        """No new requests go to ``pool``; its connections close once they are idle."""
+        pool.retired = True
+        if pool.endpoint.pools.get(pool.listener_name) is pool:
+            del pool.endpoint.pools[pool.listener_name]
+        for up in list(pool.connections):
+            if up.load == 0 and not up.queued and not up.streams:
+                self._close_upstream(up, flush=True)
+        if not pool.connections and not pool.waiting:
+            self.pools.pop(pool, None)
 
     def _acquire(self, pool: Pool, req: ActiveRequest, now: float) -> Upstream | None:
         conns = pool.connections
+        if len(conns) == 1 and pool.ordering is not Ordering.EXCLUSIVE:
+            only = conns[0]
+            if only.load < SHARE_THRESHOLD and only.connected:
+                return only  # the common case: one shared, connected, lightly loaded connection
         limit = pool.cluster.config.max_connections_per_endpoint
         breakers = pool.cluster.config.circuit_breakers
         can_open = len(conns) < limit and pool.cluster.connections < breakers.max_connections
@@ -124,7 +143,8 @@ class UpstreamSide(EngineBase):
             return
         req.endpoint = pool.endpoint
         pool.endpoint.active_requests += 1
-        pool.cluster.active_requests += 1
+        assert req.cluster is not None
+        req.cluster.active_requests += 1
         if req.downstream is not None and self.observe:
             assert req.route is not None
             routed = Routed(
@@ -385,6 +405,8 @@ class UpstreamSide(EngineBase):
         for ds in up.feeders:
             self._enable(ds, Reason.UPSTREAM_WRITE_BUFFER_HIGH)
         up.feeders.clear()
+        if pool.retired and not pool.connections and not pool.waiting:
+            self.pools.pop(pool, None)
 
     def _close_upstream(self, up: Upstream, flush: bool) -> None:
         self._out.append(CloseConnection(up.id, flush=flush))
