@@ -211,14 +211,14 @@ class Proxy(UpstreamSide):
                 ep.consecutive_failures = prior.consecutive_failures
                 ep.ejected_until = prior.ejected_until
                 ep.ejection_count = prior.ejection_count
-                for listener_name, pool in prior.pools.items():
-                    listener = new.listeners.get(listener_name)
+                for key, pool in prior.pools.items():
+                    listener = new.listeners.get(pool.listener_name)
                     if listener is None or listener.codec_factory is not pool.codec_factory:
                         continue
                     pool.cluster = cluster
                     pool.endpoint = ep
                     cluster.connections += len(pool.connections)
-                    ep.pools[listener_name] = pool
+                    ep.pools[key] = pool
                     kept.add(pool)
         for pool in list(self.pools):
             if pool not in kept:
@@ -339,7 +339,14 @@ class Proxy(UpstreamSide):
         if mtype is MessageType.HEARTBEAT:
             counters.heartbeat += 1
             reply = ds.codec.encode_heartbeat_reply(msg)
-            if reply is not None:
+            if reply is None:
+                return
+            if listener.ordered:  # behind the answers to earlier requests
+                slot = ReplySlot()
+                slot.data = reply
+                ds.slots.append(slot)
+                self._flush_slots(ds)
+            else:
                 self._out.append(Write(ds.id, reply))
             return
         if mtype in _STREAM_TYPES:

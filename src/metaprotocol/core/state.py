@@ -229,10 +229,12 @@ class Pool:
         "codec_options",
         "connections",
         "endpoint",
+        "key",
         "listener_name",
         "max_message_size",
         "ordering",
         "retired",
+        "variant",
         "waiting",
     )
 
@@ -241,7 +243,11 @@ class Pool:
         listener: ListenerRuntime,
         cluster: ClusterRuntime,
         endpoint: EndpointState,
+        key: str,
+        variant: str = "",
     ) -> None:
+        self.key = key  # its name in ``endpoint.pools``
+        self.variant = variant  # the kind of connection a codec asked for ("" for plain)
         self.listener_name = listener.config.name
         self.codec_factory = listener.codec_factory
         self.codec_options = listener.config.codec_options

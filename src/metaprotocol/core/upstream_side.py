@@ -49,27 +49,36 @@ class UpstreamSide(EngineBase):
             self._local_reply(req, ErrorType.NO_HEALTHY_UPSTREAM, "no healthy upstream", now)
             return
         listener = req.listener
-        pool = endpoint.pools.get(listener.config.name)
+        ds = req.downstream
+        # A codec may need upstream connections of a kind (Redis: RESP3 after HELLO 3).
+        variant: str = getattr(ds.codec, "variant", "") if ds is not None else ""
+        pool_key = listener.config.name if not variant else f"{listener.config.name}/{variant}"
+        pool = endpoint.pools.get(pool_key)
         if pool is None:
-            pool = self._new_pool(listener, cluster, endpoint)
+            pool = self._new_pool(listener, cluster, endpoint, pool_key, variant)
         up = self._acquire(pool, req, now)
         if up is None:
             return  # answered (overflow) or queued for a free connection
         self._dispatch(req, up, now)
 
     def _new_pool(
-        self, listener: ListenerRuntime, cluster: ClusterRuntime, ep: EndpointState
+        self,
+        listener: ListenerRuntime,
+        cluster: ClusterRuntime,
+        ep: EndpointState,
+        key: str,
+        variant: str,
     ) -> Pool:
-        pool = Pool(listener, cluster, ep)
-        ep.pools[listener.config.name] = pool
+        pool = Pool(listener, cluster, ep, key, variant)
+        ep.pools[key] = pool
         self.pools[pool] = None
         return pool
 
     def _retire_pool(self, pool: Pool) -> None:
         """No new requests go to ``pool``; its connections close once they are idle."""
         pool.retired = True
-        if pool.endpoint.pools.get(pool.listener_name) is pool:
-            del pool.endpoint.pools[pool.listener_name]
+        if pool.endpoint.pools.get(pool.key) is pool:
+            del pool.endpoint.pools[pool.key]
         for up in list(pool.connections):
             if up.load == 0 and not up.queued and not up.streams:
                 self._close_upstream(up, flush=True)
@@ -120,6 +129,8 @@ class UpstreamSide(EngineBase):
         self._next_conn -= 1
         codec = pool.codec_factory(Side.UPSTREAM, pool.codec_options, pool.max_message_size)
         up = Upstream(conn, pool, codec)
+        if pool.variant:
+            up.queued.append(codec.preamble(pool.variant))  # type: ignore[attr-defined]
         pool.connections.append(up)
         pool.cluster.connections += 1
         self.upstreams[conn] = up

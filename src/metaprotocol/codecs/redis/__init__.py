@@ -1,0 +1,33 @@
+"""The Redis (RESP) codec: RESP2 requests downstream, RESP2/RESP3 replies upstream.
+
+Properties (DESIGN.md section 4): ``command`` is the first argument upper-cased, ``key``
+the second one when present (bytes that are not UTF-8 map to lone surrogates, so any key
+becomes a ``str``). Replies are ordered (FIFO pipelining), there are no request ids and
+frames are forwarded untouched.
+
+Commands that cannot share a pooled upstream connection are refused with
+``-ERR command X is not supported by the proxy: <reason>`` and the client connection stays
+usable: the decoder consumes the whole command and raises a *non-fatal*
+``ProtocolError(BAD_REQUEST)``, the core answers it with ``encode_error`` in order. The list
+(:data:`NON_POOLABLE_COMMANDS`) and the reasons are in :mod:`.commands`: pub/sub
+(SUBSCRIBE, PSUBSCRIBE, SSUBSCRIBE and the UNSUBSCRIBE family), MONITOR, SYNC, PSYNC,
+REPLCONF, transactions (MULTI, EXEC, DISCARD, WATCH, UNWATCH), blocking commands (BLPOP,
+BRPOP, BLMOVE, BRPOPLPUSH, BZPOPMIN, BZPOPMAX, BLMPOP, BZMPOP, WAIT, WAITAOF, and
+XREAD / XREADGROUP with BLOCK) and connection state (CLIENT, SELECT, RESET, HELLO, AUTH,
+READONLY, READWRITE). QUIT gets ``+OK`` and the connection is closed (a fatal
+ProtocolError whose detail is :data:`QUIT_DETAIL`).
+
+A top-level RESP3 push reply (``>``) decodes as a RESPONSE with ``properties["push"] ==
+"1"``: it answers no request.
+
+codec_options (all optional positive integers): ``max_array_length`` (elements per request
+or reply aggregate, default 4Mi), ``max_nesting_depth`` (reply aggregates, default 64),
+``max_inline_size`` (inline command line, default 64KiB like redis).
+"""
+
+from __future__ import annotations
+
+from metaprotocol.codecs.redis.codec import DEFAULT_OPTIONS, RedisCodec
+from metaprotocol.codecs.redis.commands import NON_POOLABLE_COMMANDS, QUIT_DETAIL
+
+__all__ = ["DEFAULT_OPTIONS", "NON_POOLABLE_COMMANDS", "QUIT_DETAIL", "RedisCodec"]
