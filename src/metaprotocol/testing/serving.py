@@ -43,6 +43,7 @@ class RunningProxy:
     proxy: Core
     dispatcher: Dispatcher
     _call: Callable[[Callable[[], Any]], Any]
+    _drain: Callable[[float], None]
 
     @property
     def ports(self) -> dict[str, int]:
@@ -52,6 +53,10 @@ class RunningProxy:
         """Run ``fn`` in the proxy's thread and return its result."""
         result: T = self._call(fn)
         return result
+
+    def drain(self, timeout: float) -> None:
+        """Drain and stop the proxy (as SIGTERM would); returns once it has closed."""
+        self._drain(timeout)
 
 
 @contextmanager
@@ -74,7 +79,9 @@ def start_proxy(
         yield running
         crashes = running.call(lambda: list(running.dispatcher.crashes))
     if crashes:
-        raise ProxyCrashed(f"{len(crashes)} exception(s) while serving: {crashes!r}") from crashes[0]
+        raise ProxyCrashed(f"{len(crashes)} exception(s) while serving: {crashes!r}") from crashes[
+            0
+        ]
 
 
 @contextmanager
@@ -86,12 +93,12 @@ def _portal(cfg: Config, adapter: str, proxy: Core | None) -> Iterator[RunningPr
             start_blocking_portal(backend, backend_options=options)
         )
         if adapter in ("asyncio", "uvloop"):
-            from metaprotocol.adapters import asyncio as aio  # noqa: PLC0415
+            from metaprotocol.adapters import asyncio as aio
 
             handle: Any = portal.call(lambda: aio.serve(cfg, proxy=proxy))
             stack.callback(portal.call, handle.close)
         else:
-            from metaprotocol.adapters import anyio as aio_any  # noqa: PLC0415
+            from metaprotocol.adapters import anyio as aio_any
 
             handle = stack.enter_context(
                 portal.wrap_async_context_manager(aio_any.serve(cfg, proxy=proxy))
@@ -103,12 +110,13 @@ def _portal(cfg: Config, adapter: str, proxy: Core | None) -> Iterator[RunningPr
             handle.proxy,
             handle.dispatcher,
             portal.call,
+            lambda timeout: portal.call(handle.drain, timeout),
         )
 
 
 @contextmanager
 def _blocking(cfg: Config, proxy: Core | None, timeout: float) -> Iterator[RunningProxy]:
-    from metaprotocol.adapters.blocking import Handle, serve_forever  # noqa: PLC0415
+    from metaprotocol.adapters.blocking import Handle, serve_forever
 
     started: concurrent.futures.Future[Handle] = concurrent.futures.Future()
     failure: list[BaseException] = []
@@ -126,12 +134,18 @@ def _blocking(cfg: Config, proxy: Core | None, timeout: float) -> Iterator[Runni
     handle = started.result(timeout)
 
     def call(fn: Callable[[], T]) -> T:
+        if not thread.is_alive():  # stopped: nothing else touches the core any more
+            return fn()
         return handle.call(fn).result(timeout)
+
+    def drain(drain_timeout: float) -> None:
+        handle.stop(drain_timeout)
+        thread.join(drain_timeout + timeout)
 
     try:
         yield RunningProxy(
             "blocking", dict(handle.addresses), handle.admin_address, handle.proxy,
-            handle.dispatcher, call,
+            handle.dispatcher, call, drain,
         )  # fmt: skip
     finally:
         handle.stop()

@@ -1,0 +1,423 @@
+"""anyio adapter: the core under trio or asyncio through anyio, a task per connection.
+
+Embedding (inside ``trio.run`` or ``anyio.run``)::
+
+    async with metaprotocol.adapters.anyio.serve(config) as handle:
+        print(handle.ports)
+        await handle.drain(timeout=10)
+
+Each connection has a reader task (``receive()``, skipped while the core has reading
+disabled: at most one ``READ_CHUNK`` already requested can still arrive) and a writer task
+that sends whatever accumulated in the connection's out buffer in one ``send``. Watermarks
+are measured on that out buffer (bytes handed to the adapter and not yet accepted by the
+kernel), not on the kernel's send buffer: honest, but coarser than asyncio's transport.
+Core calls are synchronous, so the single core is safe without locks or channels.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager, suppress
+from typing import Any
+
+import anyio
+import anyio.abc
+from anyio.abc import SocketAttribute
+
+from metaprotocol.accesslog import AccessLog
+from metaprotocol.adapters.dispatch import (
+    CLOSE_LINGER,
+    READ_CHUNK,
+    Core,
+    Dispatcher,
+    OutBuffer,
+    ServerInfo,
+    bound_address,
+    build_core,
+    global_ratelimit_address,
+    resolve_config,
+)
+from metaprotocol.admin import AdminApp, AdminConnection
+from metaprotocol.core.config import Config
+from metaprotocol.core.events import (
+    Accepted,
+    Closed,
+    DataReceived,
+    EofReceived,
+    UpstreamConnected,
+    UpstreamConnectFailed,
+    WriteBufferHigh,
+    WriteBufferLow,
+)
+from metaprotocol.core.outputs import (
+    CloseConnection,
+    ExternalCall,
+    Instruction,
+    OpenUpstream,
+    ReadDisable,
+    ReadEnable,
+    Write,
+)
+from metaprotocol.ratelimit_redis import AnyioRedisRateLimiter
+
+__all__ = ["Handle", "serve"]
+
+_GONE = (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
+
+
+class _Connection:
+    def __init__(self, conn: int) -> None:
+        self.conn = conn
+        self.stream: anyio.abc.SocketStream | None = None
+        self.out = OutBuffer()
+        self.scope = anyio.CancelScope()
+        self.readable = True
+        self.read_wakeup: anyio.Event | None = None
+        self.write_wakeup: anyio.Event | None = None
+        self.closing = False  # a flushing close was asked for
+        self.closed_by_us = False
+        self.started = False  # reading and writing (an upstream: connected)
+        self.error = ""
+
+    def wake_reader(self) -> None:
+        if self.read_wakeup is not None:
+            self.read_wakeup.set()
+
+    def wake_writer(self) -> None:
+        if self.write_wakeup is not None:
+            self.write_wakeup.set()
+
+
+class _Server:
+    def __init__(
+        self, tg: anyio.abc.TaskGroup, core: Core, config: Config, log: AccessLog | None
+    ) -> None:
+        self.tg = tg
+        self.core = core
+        self.conns: dict[int, _Connection] = {}
+        self.next_id = 1
+        self.deadline: float | None = None
+        self.timer_wakeup = anyio.Event()
+        self.limiter: AnyioRedisRateLimiter | None = None
+        self.dispatcher = Dispatcher(
+            core,
+            clock=anyio.current_time,
+            execute=self.execute,
+            arm_timer=self.arm_timer,
+            access_log=log,
+            config=config,
+        )
+
+    def execute(self, instruction: Instruction) -> None:
+        match instruction:
+            case Write(conn, data):
+                c = self.conns.get(conn)
+                if c is not None and not c.closing:
+                    if c.out.append(data):
+                        self.dispatcher.feed(WriteBufferHigh(conn))
+                    c.wake_writer()
+            case ReadDisable(conn):
+                c = self.conns.get(conn)
+                if c is not None:
+                    c.readable = False
+            case ReadEnable(conn):
+                c = self.conns.get(conn)
+                if c is not None:
+                    c.readable = True
+                    c.wake_reader()
+            case OpenUpstream(conn, host, port):
+                c = self.conns[conn] = _Connection(conn)
+                self.tg.start_soon(self.run_upstream, c, host, port)
+            case CloseConnection(conn, flush):
+                c = self.conns.pop(conn, None)
+                if c is not None:
+                    c.closed_by_us = True
+                    if flush and c.stream is not None:
+                        c.closing = True
+                        c.wake_writer()
+                    else:
+                        c.scope.cancel()
+            case ExternalCall(call, kind, payload):
+                if kind == "global_ratelimit" and self.limiter is not None:
+                    self.tg.start_soon(self.rate_limit, call, payload)
+                else:
+                    self.dispatcher.complete_call(call, error=f"no handler for {kind!r} calls")
+
+    def arm_timer(self, deadline: float | None) -> None:
+        self.deadline = deadline
+        self.timer_wakeup.set()
+
+    async def run_timer(self) -> None:
+        while True:
+            self.timer_wakeup = wakeup = anyio.Event()
+            deadline = self.deadline
+            if deadline is None:
+                await wakeup.wait()
+                continue
+            with anyio.move_on_after(max(0.0, deadline - anyio.current_time())) as scope:
+                await wakeup.wait()
+            if scope.cancelled_caught and self.deadline == deadline:
+                self.dispatcher.timer_fired(deadline)
+
+    async def rate_limit(self, call: int, payload: Any) -> None:
+        assert self.limiter is not None
+        try:
+            allowed = await self.limiter.check(payload)
+        except Exception as exc:  # Redis down, bad reply, bad payload: the core decides
+            self.dispatcher.complete_call(call, error=str(exc) or type(exc).__name__)
+        else:
+            self.dispatcher.complete_call(call, allowed)
+
+    async def accept(self, stream: anyio.abc.SocketStream, listener: str) -> None:
+        c = _Connection(self.next_id)
+        self.next_id += 1
+        c.stream = stream
+        self.conns[c.conn] = c
+        peer = stream.extra(SocketAttribute.remote_address, None)
+        peer_text = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "")
+        self.dispatcher.feed(Accepted(c.conn, listener, peer_text))
+        try:
+            with c.scope:
+                await self.pump(c, stream)
+        finally:
+            await self.finish(c)
+
+    async def run_upstream(self, c: _Connection, host: str, port: int) -> None:
+        try:
+            with c.scope:
+                try:
+                    c.stream = await anyio.connect_tcp(host, port)
+                except OSError as exc:
+                    if self.conns.get(c.conn) is c:
+                        del self.conns[c.conn]
+                        self.dispatcher.feed(UpstreamConnectFailed(c.conn, str(exc)))
+                    return
+                self.dispatcher.feed(UpstreamConnected(c.conn))
+                await self.pump(c, c.stream)
+        finally:
+            await self.finish(c)
+
+    async def pump(self, c: _Connection, stream: anyio.abc.SocketStream) -> None:
+        c.started = True
+        raw = stream.extra(SocketAttribute.raw_socket)
+        if raw.family in (socket.AF_INET, socket.AF_INET6):
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self.read_loop, c, stream)
+            tg.start_soon(self.write_loop, c, stream)
+
+    async def finish(self, c: _Connection) -> None:
+        if c.stream is not None:
+            await _close(c.stream)
+        if self.conns.get(c.conn) is c:
+            del self.conns[c.conn]
+        if c.started and not c.closed_by_us:
+            self.dispatcher.feed(Closed(c.conn, c.error))
+
+    async def read_loop(self, c: _Connection, stream: anyio.abc.SocketStream) -> None:
+        while True:
+            while not c.readable:
+                c.read_wakeup = anyio.Event()
+                await c.read_wakeup.wait()
+            try:
+                data = await stream.receive(READ_CHUNK)
+            except anyio.EndOfStream:
+                if not c.closed_by_us:
+                    self.dispatcher.feed(EofReceived(c.conn))
+                return  # keep writing: the core decides when to close
+            except _GONE as exc:
+                c.error = str(exc) or type(exc).__name__
+                c.scope.cancel()
+                return
+            if not c.closed_by_us:
+                self.dispatcher.feed(DataReceived(c.conn, data))
+
+    async def write_loop(self, c: _Connection, stream: anyio.abc.SocketStream) -> None:
+        out = c.out
+        while True:
+            while not out.data and not c.closing:
+                c.write_wakeup = anyio.Event()
+                await c.write_wakeup.wait()
+            if not out.data:  # closing and flushed
+                c.scope.cancel()
+                return
+            data = bytes(out.data)
+            try:
+                with anyio.move_on_after(CLOSE_LINGER if c.closing else None) as linger:
+                    await stream.send(data)
+            except _GONE as exc:
+                c.error = str(exc) or type(exc).__name__
+                c.scope.cancel()
+                return
+            if linger.cancelled_caught:  # a closing peer that does not read: give up
+                c.scope.cancel()
+                return
+            if out.consumed(len(data)) and not c.closed_by_us:
+                self.dispatcher.feed(WriteBufferLow(c.conn))
+
+
+async def _close(stream: anyio.abc.AsyncResource) -> None:
+    with anyio.CancelScope(shield=True):
+        with suppress(*_GONE):
+            await stream.aclose()
+
+
+async def _serve_admin(app: AdminApp, stream: anyio.abc.SocketStream) -> None:
+    http = AdminConnection(app)
+    try:
+        while True:
+            try:
+                data = await stream.receive()
+            except anyio.EndOfStream:
+                data = b""
+            out, close = http.receive(data)
+            if out:
+                await stream.send(out)
+            if close:
+                return
+    except _GONE:
+        pass
+    finally:
+        await _close(stream)
+
+
+class Handle(ServerInfo):
+    """A running proxy inside the caller's trio or asyncio program."""
+
+    def __init__(self, server: _Server) -> None:
+        super().__init__()
+        self._server = server
+        self._accepting: list[anyio.CancelScope] = []
+        self._background: list[anyio.CancelScope] = []  # accepting, admin, the timer
+        self._listeners: list[anyio.abc.Listener[anyio.abc.SocketStream]] = []
+        self._admin_listener: anyio.abc.Listener[anyio.abc.SocketStream] | None = None
+        self._closed = False
+
+    @property
+    def proxy(self) -> Core:
+        return self._server.core
+
+    @property
+    def dispatcher(self) -> Dispatcher:
+        return self._server.dispatcher
+
+    def reload(self, config: Config) -> None:
+        """Swap routes and clusters atomically (listeners stay as they are)."""
+        self._server.dispatcher.reload(config)
+
+    async def drain(self, timeout: float) -> None:
+        """Stop accepting, let in-flight requests finish for up to ``timeout``, then close."""
+        await self._stop_accepting()
+        dispatcher = self._server.dispatcher
+        done = anyio.Event()
+        dispatcher.on_drained = done.set
+        dispatcher.start_drain()
+        if not dispatcher.drained:
+            with anyio.move_on_after(timeout):
+                await done.wait()
+        await self.close()
+
+    async def _stop_accepting(self) -> None:
+        for scope in self._accepting:
+            scope.cancel()
+        for listener in self._listeners:
+            await _close(listener)
+
+    async def close(self) -> None:
+        """Close listeners and every connection, and stop the proxy's tasks."""
+        if self._closed:
+            return
+        self._closed = True
+        server = self._server
+        server.dispatcher.draining = True
+        for c in list(server.conns.values()):
+            c.closed_by_us = True
+            c.scope.cancel()
+        server.conns.clear()
+        if server.limiter is not None:
+            await server.limiter.aclose()
+        if server.dispatcher.access_log is not None:
+            server.dispatcher.access_log.close()
+        await self._stop_accepting()
+        if self._admin_listener is not None:
+            await _close(self._admin_listener)
+        for scope in self._background:
+            scope.cancel()
+
+
+async def _in_scope(fn: Callable[[], Awaitable[None]], scope: anyio.CancelScope) -> None:
+    with scope:
+        await fn()
+
+
+async def _listen(
+    listener: anyio.abc.Listener[anyio.abc.SocketStream],
+    handler: Any,
+    scope: anyio.CancelScope,
+) -> None:
+    with scope:
+        try:
+            async with listener:
+                await listener.serve(handler)
+        except anyio.ClosedResourceError:  # Handle.close closed it under us
+            pass
+
+
+@asynccontextmanager
+async def serve(
+    config: Config | str | os.PathLike[str],
+    *,
+    proxy: Core | None = None,
+    reuse_port: bool = False,
+    admin: bool = True,
+) -> AsyncIterator[Handle]:
+    """Serve ``config`` while the block runs; leaving the block closes everything."""
+    cfg = resolve_config(config)
+    core = proxy if proxy is not None else build_core(cfg, anyio.current_time())
+    access_log = AccessLog(cfg.access_log) if cfg.access_log else None
+    async with anyio.create_task_group() as tg:
+        server = _Server(tg, core, cfg, access_log)
+        redis = global_ratelimit_address(cfg)
+        if redis is not None:
+            server.limiter = AnyioRedisRateLimiter(*redis)
+        handle = Handle(server)
+        try:
+            for spec in cfg.listeners:
+                listener = await anyio.create_tcp_listener(
+                    local_host=spec.host, local_port=spec.port, reuse_port=reuse_port, backlog=1024
+                )
+                handle.addresses[spec.name] = bound_address(
+                    listener.extra(SocketAttribute.local_address)
+                )
+
+                async def on_accept(stream: anyio.abc.SocketStream, name: str = spec.name) -> None:
+                    await server.accept(stream, name)
+
+                handle._listeners.append(listener)
+                handle._accepting.append(scope := anyio.CancelScope())
+                handle._background.append(scope)
+                tg.start_soon(_listen, listener, on_accept, scope)
+            if admin and cfg.admin is not None:
+                app = server.dispatcher.admin_app()
+                admin_listener = await anyio.create_tcp_listener(
+                    local_host=cfg.admin.host, local_port=cfg.admin.port
+                )
+                handle.admin_address = bound_address(
+                    admin_listener.extra(SocketAttribute.local_address)
+                )
+
+                async def on_admin(stream: anyio.abc.SocketStream) -> None:
+                    await _serve_admin(app, stream)
+
+                handle._admin_listener = admin_listener
+                handle._background.append(scope := anyio.CancelScope())
+                tg.start_soon(_listen, admin_listener, on_admin, scope)
+            handle._background.append(scope := anyio.CancelScope())
+            tg.start_soon(_in_scope, server.run_timer, scope)
+            server.dispatcher.apply([])
+            yield handle
+        finally:
+            await handle.close()
+            tg.cancel_scope.cancel()  # whatever is left: rate-limit calls in flight

@@ -1,0 +1,395 @@
+"""asyncio adapter: the core on ``asyncio.Protocol`` sockets (uvloop works the same).
+
+Embedding::
+
+    handle = await metaprotocol.adapters.asyncio.serve(config)
+    print(handle.ports)           # listener name -> bound port (port 0 binds a free one)
+    await handle.drain(timeout=10)  # or: await handle.close()
+
+Writes are coalesced per connection and flushed once per loop iteration; the transport's
+``pause_writing``/``resume_writing`` become ``WriteBufferHigh``/``WriteBufferLow``;
+``ReadDisable``/``ReadEnable`` pause and resume reading. ``loop.time()`` is the core's clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+from typing import Any, cast
+
+from metaprotocol.accesslog import AccessLog
+from metaprotocol.adapters.dispatch import (
+    CLOSE_LINGER,
+    HIGH_WATERMARK,
+    LOW_WATERMARK,
+    Core,
+    Dispatcher,
+    ServerInfo,
+    bound_address,
+    build_core,
+    global_ratelimit_address,
+    resolve_config,
+)
+from metaprotocol.admin import AdminApp, AdminConnection
+from metaprotocol.core.config import Config
+from metaprotocol.core.events import (
+    Accepted,
+    Closed,
+    DataReceived,
+    EofReceived,
+    UpstreamConnected,
+    UpstreamConnectFailed,
+    WriteBufferHigh,
+    WriteBufferLow,
+)
+from metaprotocol.core.outputs import (
+    CloseConnection,
+    ExternalCall,
+    Instruction,
+    OpenUpstream,
+    ReadDisable,
+    ReadEnable,
+    Write,
+)
+from metaprotocol.ratelimit_redis import AsyncioRedisRateLimiter
+
+__all__ = ["Handle", "serve"]
+
+
+def _nodelay(transport: asyncio.BaseTransport) -> None:
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class _Connection(asyncio.Protocol):
+    """One downstream or upstream socket; ``conn`` is None until a downstream is accepted."""
+
+    def __init__(self, server: _Server, conn: int | None, listener: str | None) -> None:
+        self.server = server
+        self.conn = conn
+        self.listener = listener
+        self.transport: asyncio.Transport | None = None
+        self.read_disabled = False
+        self.closed_by_us = False
+        self.connect_task: asyncio.Task[None] | None = None
+        self.linger: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport = cast(asyncio.Transport, transport)  # uvloop: no subclass
+        if self.closed_by_us:  # the core closed it while the connect was in flight
+            transport.abort()
+            return
+        _nodelay(transport)
+        transport.set_write_buffer_limits(high=HIGH_WATERMARK, low=LOW_WATERMARK)
+        server = self.server
+        if self.listener is not None:
+            self.conn = conn = server.next_id
+            server.next_id += 1
+            server.conns[conn] = self
+            peer = transport.get_extra_info("peername")
+            peer_text = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "")
+            server.dispatcher.feed(Accepted(conn, self.listener, peer_text))
+        else:
+            assert self.conn is not None
+            if self.read_disabled:
+                transport.pause_reading()
+            server.dispatcher.feed(UpstreamConnected(self.conn))
+            if self.conn in server.pending:
+                server.schedule_flush()
+
+    def data_received(self, data: bytes) -> None:
+        if self.conn is not None and not self.closed_by_us:
+            self.server.dispatcher.feed(DataReceived(self.conn, data))
+
+    def eof_received(self) -> bool:
+        if self.conn is not None and not self.closed_by_us:
+            self.server.dispatcher.feed(EofReceived(self.conn))
+        return True  # stay half-open: the core decides when to close
+
+    def pause_writing(self) -> None:
+        if self.conn is not None and not self.closed_by_us:
+            self.server.dispatcher.feed(WriteBufferHigh(self.conn))
+
+    def resume_writing(self) -> None:
+        if self.conn is not None and not self.closed_by_us:
+            self.server.dispatcher.feed(WriteBufferLow(self.conn))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.linger is not None:
+            self.linger.cancel()
+        conn = self.conn
+        if conn is None:
+            return
+        server = self.server
+        if server.conns.get(conn) is self:
+            del server.conns[conn]
+            server.pending.pop(conn, None)
+        if not self.closed_by_us:
+            server.dispatcher.feed(Closed(conn, "" if exc is None else str(exc)))
+
+
+class _AdminProtocol(asyncio.Protocol):
+    def __init__(self, app: AdminApp) -> None:
+        self.http = AdminConnection(app)
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport = cast(asyncio.Transport, transport)  # uvloop: no subclass
+
+    def _answer(self, data: bytes) -> None:
+        assert self.transport is not None
+        out, close = self.http.receive(data)
+        if out:
+            self.transport.write(out)
+        if close:
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        self._answer(data)
+
+    def eof_received(self) -> bool:
+        self._answer(b"")
+        return False
+
+
+class _Server:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        core: Core,
+        config: Config | None,
+        log: AccessLog | None,
+    ) -> None:
+        self.loop = loop
+        self.core = core
+        self.conns: dict[int, _Connection] = {}
+        self.pending: dict[int, list[bytes]] = {}
+        self.next_id = 1
+        self.flush_scheduled = False
+        self.timer: asyncio.TimerHandle | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.limiter: AsyncioRedisRateLimiter | None = None
+        self.dispatcher = Dispatcher(
+            core,
+            clock=loop.time,
+            execute=self.execute,
+            arm_timer=self.arm_timer,
+            access_log=log,
+            config=config,
+        )
+
+    # -- instructions ---------------------------------------------------------------------
+
+    def execute(self, instruction: Instruction) -> None:
+        match instruction:
+            case Write(conn, data):
+                chunks = self.pending.get(conn)
+                if chunks is None:
+                    self.pending[conn] = [data]
+                else:
+                    chunks.append(data)
+                self.schedule_flush()
+            case ReadDisable(conn):
+                proto = self.conns.get(conn)
+                if proto is not None:
+                    proto.read_disabled = True
+                    if proto.transport is not None and not proto.transport.is_closing():
+                        proto.transport.pause_reading()
+            case ReadEnable(conn):
+                proto = self.conns.get(conn)
+                if proto is not None:
+                    proto.read_disabled = False
+                    if proto.transport is not None and not proto.transport.is_closing():
+                        proto.transport.resume_reading()
+            case OpenUpstream(conn, host, port):
+                proto = _Connection(self, conn, None)
+                self.conns[conn] = proto
+                proto.connect_task = self.spawn(self.connect(proto, host, port))
+            case CloseConnection(conn, flush):
+                self.close_connection(conn, flush)
+            case ExternalCall(call, kind, payload):
+                if kind == "global_ratelimit" and self.limiter is not None:
+                    self.spawn(self.rate_limit(call, payload))
+                else:
+                    self.dispatcher.complete_call(call, error=f"no handler for {kind!r} calls")
+
+    def schedule_flush(self) -> None:
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self.flush_scheduled = False
+        pending, self.pending = self.pending, {}
+        for conn, chunks in pending.items():
+            proto = self.conns.get(conn)
+            if proto is None:
+                continue
+            if proto.transport is None:  # an upstream still connecting: keep it for later
+                self.pending[conn] = chunks
+                continue
+            proto.transport.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+
+    def close_connection(self, conn: int, flush: bool) -> None:
+        proto = self.conns.pop(conn, None)
+        chunks = self.pending.pop(conn, None)
+        if proto is None:
+            return
+        proto.closed_by_us = True
+        transport = proto.transport
+        if transport is None:
+            if proto.connect_task is not None:
+                proto.connect_task.cancel()
+            return
+        if flush:
+            if chunks:
+                transport.write(b"".join(chunks))
+            transport.close()
+            proto.linger = self.loop.call_later(CLOSE_LINGER, transport.abort)
+        else:
+            transport.abort()
+
+    def spawn(self, coro: Any) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = self.loop.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    async def connect(self, proto: _Connection, host: str, port: int) -> None:
+        try:
+            await self.loop.create_connection(lambda: proto, host, port)
+        except OSError as exc:
+            assert proto.conn is not None
+            if self.conns.get(proto.conn) is proto:
+                del self.conns[proto.conn]
+                self.pending.pop(proto.conn, None)
+                self.dispatcher.feed(UpstreamConnectFailed(proto.conn, str(exc)))
+
+    async def rate_limit(self, call: int, payload: Any) -> None:
+        assert self.limiter is not None
+        try:
+            allowed = await self.limiter.check(payload)
+        except Exception as exc:  # Redis down, bad reply, bad payload: the core decides
+            self.dispatcher.complete_call(call, error=str(exc) or type(exc).__name__)
+        else:
+            self.dispatcher.complete_call(call, allowed)
+
+    # -- the one timer --------------------------------------------------------------------
+
+    def arm_timer(self, deadline: float | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if deadline is not None:
+            self.timer = self.loop.call_at(deadline, self.dispatcher.timer_fired, deadline)
+
+
+class Handle(ServerInfo):
+    """A running proxy inside the caller's event loop."""
+
+    def __init__(self, server: _Server) -> None:
+        super().__init__()
+        self._server = server
+        self._listeners: list[asyncio.Server] = []
+        self._admin: asyncio.Server | None = None
+        self._closed = False
+
+    @property
+    def proxy(self) -> Core:
+        return self._server.core
+
+    @property
+    def dispatcher(self) -> Dispatcher:
+        return self._server.dispatcher
+
+    def reload(self, config: Config) -> None:
+        """Swap routes and clusters atomically (listeners stay as they are)."""
+        self._server.dispatcher.reload(config)
+
+    async def drain(self, timeout: float) -> None:
+        """Stop accepting, let in-flight requests finish for up to ``timeout``, then close."""
+        for listener in self._listeners:
+            listener.close()
+        dispatcher = self._server.dispatcher
+        done = asyncio.Event()
+        dispatcher.on_drained = done.set
+        dispatcher.start_drain()
+        if not dispatcher.drained:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), timeout)
+        await self.close()
+
+    async def close(self) -> None:
+        """Close listeners and every connection now."""
+        if self._closed:
+            return
+        self._closed = True
+        server = self._server
+        for listener in self._listeners:
+            listener.close()
+        if self._admin is not None:
+            self._admin.close()
+        server.dispatcher.draining = True
+        if server.timer is not None:
+            server.timer.cancel()
+        for conn in list(server.conns):
+            server.close_connection(conn, flush=False)
+        for task in list(server.tasks):
+            task.cancel()
+        if server.tasks:
+            await asyncio.gather(*server.tasks, return_exceptions=True)
+        if server.limiter is not None:
+            await server.limiter.aclose()
+        for listener in self._listeners:
+            await listener.wait_closed()
+        if self._admin is not None:
+            await self._admin.wait_closed()
+        if server.dispatcher.access_log is not None:
+            server.dispatcher.access_log.close()
+        await asyncio.sleep(0)  # let aborted transports run connection_lost
+
+
+async def serve(
+    config: Config | str | os.PathLike[str],
+    *,
+    proxy: Core | None = None,
+    reuse_port: bool = False,
+    admin: bool = True,
+) -> Handle:
+    """Start listening for every listener in ``config`` (and the admin endpoint, the access
+    log and the global rate limiter's Redis client when configured); return at once."""
+    cfg = resolve_config(config)
+    loop = asyncio.get_running_loop()
+    core = proxy if proxy is not None else build_core(cfg, loop.time())
+    access_log = AccessLog(cfg.access_log) if cfg.access_log else None
+    server = _Server(loop, core, cfg, access_log)
+    redis = global_ratelimit_address(cfg)
+    if redis is not None:
+        server.limiter = AsyncioRedisRateLimiter(*redis)
+    handle = Handle(server)
+    try:
+        for listener in cfg.listeners:
+            name = listener.name
+            srv = await loop.create_server(
+                lambda name=name: _Connection(server, None, name),
+                listener.host,
+                listener.port,
+                reuse_port=reuse_port or None,
+                backlog=1024,
+            )
+            handle._listeners.append(srv)
+            handle.addresses[name] = bound_address(srv.sockets[0].getsockname())
+        if admin and cfg.admin is not None:
+            app = server.dispatcher.admin_app()
+            handle._admin = await loop.create_server(
+                lambda: _AdminProtocol(app), cfg.admin.host, cfg.admin.port, reuse_port=None
+            )
+            handle.admin_address = bound_address(handle._admin.sockets[0].getsockname())
+    except BaseException:
+        await handle.close()
+        raise
+    server.dispatcher.apply([])  # arm the timer for anything the core scheduled at start
+    return handle

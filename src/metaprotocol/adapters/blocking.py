@@ -1,0 +1,473 @@
+"""Blocking adapter: one thread, non-blocking sockets under ``selectors``, no asyncio.
+
+Embedding (in a plain thread)::
+
+    def ready(handle): print(handle.ports)
+    threading.Thread(target=serve_forever, args=(config,), kwargs={"ready": ready}).start()
+    ...
+    handle.stop(drain_timeout=10)   # thread-safe; serve_forever returns when done
+
+Each connection has an ``OutBuffer`` whose watermarks (256KiB / 64KiB) become
+``WriteBufferHigh`` / ``WriteBufferLow``; output is sent once per loop iteration. A read-
+disabled connection is simply not polled for reading. ``time.monotonic()`` is the core's
+clock and the selector's timeout comes from ``next_deadline()``. Global rate-limit calls to
+Redis are made synchronously (bounded by a short socket timeout): that stalls this loop
+while Redis answers, which is the price of having no threads.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import errno
+import os
+import selectors
+import socket
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import TypeVar
+
+from metaprotocol.accesslog import AccessLog
+from metaprotocol.adapters.dispatch import (
+    CLOSE_LINGER,
+    READ_CHUNK,
+    Core,
+    Dispatcher,
+    OutBuffer,
+    ServerInfo,
+    bound_address,
+    build_core,
+    global_ratelimit_address,
+    resolve_config,
+)
+from metaprotocol.admin import AdminApp, AdminConnection
+from metaprotocol.core.config import Config
+from metaprotocol.core.events import (
+    Accepted,
+    Closed,
+    DataReceived,
+    EofReceived,
+    UpstreamConnected,
+    UpstreamConnectFailed,
+    WriteBufferHigh,
+    WriteBufferLow,
+)
+from metaprotocol.core.outputs import (
+    CloseConnection,
+    ExternalCall,
+    Instruction,
+    OpenUpstream,
+    ReadDisable,
+    ReadEnable,
+    Write,
+)
+from metaprotocol.ratelimit_redis import BlockingRedisRateLimiter
+
+__all__ = ["Handle", "serve_forever"]
+
+T = TypeVar("T")
+_R, _W = selectors.EVENT_READ, selectors.EVENT_WRITE
+
+
+class _Connection:
+    def __init__(self, conn: int, sock: socket.socket) -> None:
+        self.conn = conn
+        self.sock = sock
+        self.out = OutBuffer()
+        self.readable = True
+        self.eof = False
+        self.connecting = False
+        self.closing_until: float | None = None  # flushing close: give up after this
+        self.mask = 0
+
+
+class _AdminConn:
+    def __init__(self, sock: socket.socket, app: AdminApp) -> None:
+        self.sock = sock
+        self.http = AdminConnection(app)
+        self.out = bytearray()
+        self.close_after = False
+        self.mask = 0
+
+
+class _Listener:
+    def __init__(self, sock: socket.socket, name: str | None) -> None:
+        self.sock, self.name = sock, name  # name None: the admin listener
+
+
+def _nodelay(sock: socket.socket) -> None:
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _bind(host: str, port: int, reuse_port: bool) -> socket.socket:
+    family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(addr)
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+class Handle(ServerInfo):
+    """A proxy running in ``serve_forever``; every method is safe to call from any thread."""
+
+    def __init__(self, loop: _Loop) -> None:
+        super().__init__()
+        self._loop = loop
+
+    @property
+    def proxy(self) -> Core:
+        return self._loop.core
+
+    @property
+    def dispatcher(self) -> Dispatcher:
+        return self._loop.dispatcher
+
+    def call(self, fn: Callable[[], T]) -> concurrent.futures.Future[T]:
+        """Run ``fn`` in the proxy's thread; its result or exception lands in the future."""
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                future.set_result(fn())
+            except BaseException as exc:
+                future.set_exception(exc)
+
+        self._loop.call_soon_threadsafe(run)
+        return future
+
+    def reload(self, config: Config) -> None:
+        """Swap routes and clusters atomically (listeners stay as they are)."""
+        self._loop.call_soon_threadsafe(lambda: self._loop.dispatcher.reload(config))
+
+    def stop(self, drain_timeout: float = 0.0) -> None:
+        """Stop: with a drain timeout, stop accepting and let in-flight requests finish first."""
+        self._loop.call_soon_threadsafe(lambda: self._loop.begin_stop(drain_timeout))
+
+
+class _Loop:
+    def __init__(self, core: Core, config: Config, access_log: AccessLog | None) -> None:
+        self.core = core
+        self.sel = selectors.DefaultSelector()
+        self.conns: dict[int, _Connection] = {}
+        self.closing: set[_Connection] = set()
+        self.dirty: set[_Connection] = set()
+        self.listeners: list[_Listener] = []
+        self.next_id = 1
+        self.deadline: float | None = None
+        self.stop_at: float | None = None
+        self.stopped = False
+        self.calls: deque[Callable[[], None]] = deque()
+        self.wake_r, self.wake_w = socket.socketpair()
+        self.wake_r.setblocking(False)
+        self.wake_w.setblocking(False)
+        self.sel.register(self.wake_r, _R, None)
+        self.limiter: BlockingRedisRateLimiter | None = None
+        self.dispatcher = Dispatcher(
+            core,
+            clock=time.monotonic,
+            execute=self.execute,
+            arm_timer=self.arm_timer,
+            access_log=access_log,
+            config=config,
+        )
+
+    def call_soon_threadsafe(self, fn: Callable[[], None]) -> None:
+        self.calls.append(fn)
+        with contextlib.suppress(OSError):  # full (a wakeup is pending) or already closed
+            self.wake_w.send(b"\0")
+
+    def arm_timer(self, deadline: float | None) -> None:
+        self.deadline = deadline
+
+    # -- instructions ---------------------------------------------------------------------
+
+    def execute(self, instruction: Instruction) -> None:
+        match instruction:
+            case Write(conn, data):
+                c = self.conns.get(conn)
+                if c is not None:
+                    if c.out.append(data):
+                        self.dispatcher.feed(WriteBufferHigh(conn))
+                    self.dirty.add(c)
+            case ReadDisable(conn):
+                if (c := self.conns.get(conn)) is not None:
+                    c.readable = False
+                    self.update(c)
+            case ReadEnable(conn):
+                if (c := self.conns.get(conn)) is not None:
+                    c.readable = True
+                    self.update(c)
+            case OpenUpstream(conn, host, port):
+                self.connect(conn, host, port)
+            case CloseConnection(conn, flush):
+                if (c := self.conns.pop(conn, None)) is not None:
+                    if flush and c.out.data and not c.connecting:
+                        c.closing_until = time.monotonic() + CLOSE_LINGER
+                        c.readable = False
+                        self.closing.add(c)
+                        self.dirty.add(c)
+                    else:
+                        self.drop(c)
+            case ExternalCall(call, kind, payload):
+                if kind == "global_ratelimit" and self.limiter is not None:
+                    try:
+                        allowed = self.limiter.check(payload)
+                    except Exception as exc:
+                        self.dispatcher.complete_call(call, error=str(exc) or type(exc).__name__)
+                    else:
+                        self.dispatcher.complete_call(call, allowed)
+                else:
+                    self.dispatcher.complete_call(call, error=f"no handler for {kind!r} calls")
+
+    def connect(self, conn: int, host: str, port: int) -> None:
+        try:
+            family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[
+                0
+            ]
+            sock = socket.socket(family, kind, proto)
+        except OSError as exc:
+            self.dispatcher.feed(UpstreamConnectFailed(conn, str(exc)))
+            return
+        sock.setblocking(False)
+        _nodelay(sock)
+        err = sock.connect_ex(addr)
+        if err not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):
+            sock.close()
+            self.dispatcher.feed(UpstreamConnectFailed(conn, os.strerror(err)))
+            return
+        c = self.conns[conn] = _Connection(conn, sock)
+        c.connecting = True
+        self.update(c)
+
+    def update(self, c: _Connection) -> None:
+        """Poll ``c`` for what it needs now."""
+        if c.connecting:
+            want = _W
+        else:
+            want = (_R if c.readable and not c.eof else 0) | (_W if c.out.data else 0)
+        if want == c.mask:
+            return
+        if c.mask == 0:
+            self.sel.register(c.sock, want, c)
+        elif want == 0:
+            self.sel.unregister(c.sock)
+        else:
+            self.sel.modify(c.sock, want, c)
+        c.mask = want
+
+    def drop(self, c: _Connection) -> None:
+        if c.mask:
+            self.sel.unregister(c.sock)
+            c.mask = 0
+        c.sock.close()
+        self.closing.discard(c)
+        self.dirty.discard(c)
+
+    def lost(self, c: _Connection, error: str) -> None:
+        if self.conns.get(c.conn) is c:
+            del self.conns[c.conn]
+            self.drop(c)
+            self.dispatcher.feed(Closed(c.conn, error))
+        else:
+            self.drop(c)
+
+    # -- socket readiness -----------------------------------------------------------------
+
+    def on_ready(self, c: _Connection, mask: int) -> None:
+        if c.connecting:
+            err = c.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            c.connecting = False
+            if err:
+                del self.conns[c.conn]
+                self.drop(c)
+                self.dispatcher.feed(UpstreamConnectFailed(c.conn, os.strerror(err)))
+                return
+            self.update(c)
+            self.dispatcher.feed(UpstreamConnected(c.conn))
+            return
+        if mask & _W:
+            self.dirty.add(c)
+        if mask & _R and c.readable and not c.eof:
+            try:
+                data = c.sock.recv(READ_CHUNK)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self.lost(c, str(exc))
+                return
+            if data:
+                self.dispatcher.feed(DataReceived(c.conn, data))
+            else:
+                c.eof = True
+                self.update(c)
+                self.dispatcher.feed(EofReceived(c.conn))
+
+    def flush(self) -> None:
+        while self.dirty:
+            c = self.dirty.pop()
+            if c.out.data and not c.connecting:
+                try:
+                    sent = c.sock.send(c.out.data)
+                except (BlockingIOError, InterruptedError):
+                    sent = 0
+                except OSError as exc:
+                    self.lost(c, str(exc))
+                    continue
+                if c.out.consumed(sent) and c.conn in self.conns:
+                    self.dispatcher.feed(WriteBufferLow(c.conn))
+            if c in self.closing and not c.out.data:
+                self.drop(c)
+            elif c.conn in self.conns or c in self.closing:
+                self.update(c)
+
+    def accept(self, listener: _Listener) -> None:
+        for _ in range(64):
+            try:
+                sock, peer = listener.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return  # e.g. EMFILE: try again on the next readiness
+            sock.setblocking(False)
+            if listener.name is None:
+                admin = _AdminConn(sock, self.admin_app)
+                admin.mask = _R
+                self.sel.register(sock, _R, admin)
+                continue
+            _nodelay(sock)
+            c = self.conns[self.next_id] = _Connection(self.next_id, sock)
+            self.next_id += 1
+            self.update(c)
+            self.dispatcher.feed(Accepted(c.conn, listener.name, f"{peer[0]}:{peer[1]}"))
+
+    def on_admin(self, a: _AdminConn, mask: int) -> None:
+        if mask & _R:
+            try:
+                data = a.sock.recv(READ_CHUNK)
+            except (BlockingIOError, InterruptedError):
+                data = None
+            except OSError:
+                data = b""
+            if data is not None:
+                out, close = a.http.receive(data)
+                a.out += out
+                a.close_after = a.close_after or close
+        if a.out:
+            try:
+                del a.out[: a.sock.send(a.out)]
+            except (BlockingIOError, InterruptedError):
+                pass
+            except OSError:
+                a.out.clear()
+                a.close_after = True
+        if a.close_after and not a.out:
+            self.sel.unregister(a.sock)
+            a.sock.close()
+            return
+        want = _W if a.out else _R
+        if want != a.mask:
+            self.sel.modify(a.sock, want, a)
+            a.mask = want
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def begin_stop(self, drain_timeout: float) -> None:
+        for listener in self.listeners:
+            if listener.name is not None:
+                self.sel.unregister(listener.sock)
+                listener.sock.close()
+        self.listeners = [lst for lst in self.listeners if lst.name is None]
+        if drain_timeout > 0 and not self.dispatcher.draining:
+            self.stop_at = time.monotonic() + drain_timeout
+            self.dispatcher.start_drain()
+        else:
+            self.stopped = True
+
+    def run(self) -> None:
+        dispatcher = self.dispatcher
+        while not self.stopped:
+            now = time.monotonic()
+            wake = min((t for t in (self.deadline, self.stop_at) if t is not None), default=None)
+            if self.closing:
+                lingers = [c.closing_until for c in self.closing if c.closing_until is not None]
+                wake = min([*lingers, *([wake] if wake is not None else [])])
+            for key, mask in self.sel.select(None if wake is None else max(0.0, wake - now)):
+                data = key.data
+                if isinstance(data, _Connection):
+                    self.on_ready(data, mask)
+                elif isinstance(data, _Listener):
+                    self.accept(data)
+                elif isinstance(data, _AdminConn):
+                    self.on_admin(data, mask)
+                else:
+                    with contextlib.suppress(OSError):
+                        self.wake_r.recv(4096)
+            while self.calls:
+                self.calls.popleft()()
+            self.flush()
+            now = time.monotonic()
+            if self.deadline is not None and now >= self.deadline:
+                dispatcher.timer_fired(self.deadline)
+                self.flush()
+            for c in [c for c in self.closing if (c.closing_until or now) <= now]:
+                self.drop(c)
+            if self.stop_at is not None and (dispatcher.drained or now >= self.stop_at):
+                self.stopped = True
+
+    def shutdown(self) -> None:
+        for c in [*self.conns.values(), *self.closing]:
+            self.drop(c)
+        self.conns.clear()
+        for key in list(self.sel.get_map().values()):
+            key.fileobj.close()  # type: ignore[union-attr]
+        self.sel.close()
+        self.wake_w.close()
+        if self.limiter is not None:
+            self.limiter.close()
+        if self.dispatcher.access_log is not None:
+            self.dispatcher.access_log.close()
+
+    @property
+    def admin_app(self) -> AdminApp:
+        return self.dispatcher.admin_app()
+
+
+def serve_forever(
+    config: Config | str | os.PathLike[str],
+    ready: Callable[[Handle], None] | None = None,
+    *,
+    proxy: Core | None = None,
+    reuse_port: bool = False,
+    admin: bool = True,
+) -> None:
+    """Serve ``config`` in this thread until ``handle.stop()``; ``ready`` gets the handle."""
+    cfg = resolve_config(config)
+    core = proxy if proxy is not None else build_core(cfg, time.monotonic())
+    loop = _Loop(core, cfg, AccessLog(cfg.access_log) if cfg.access_log else None)
+    handle = Handle(loop)
+    try:
+        redis = global_ratelimit_address(cfg)
+        if redis is not None:
+            loop.limiter = BlockingRedisRateLimiter(*redis)
+        for spec in cfg.listeners:
+            sock = _bind(spec.host, spec.port, reuse_port)
+            loop.listeners.append(_Listener(sock, spec.name))
+            handle.addresses[spec.name] = bound_address(sock.getsockname())
+        if admin and cfg.admin is not None:
+            sock = _bind(cfg.admin.host, cfg.admin.port, False)
+            loop.listeners.append(_Listener(sock, None))
+            handle.admin_address = bound_address(sock.getsockname())
+        for listener in loop.listeners:
+            loop.sel.register(listener.sock, _R, listener)
+        loop.dispatcher.apply([])
+        if ready is not None:
+            ready(handle)
+        loop.run()
+    finally:
+        loop.shutdown()

@@ -1,0 +1,278 @@
+"""What the three IO adapters share: the core interface, event queueing, observer routing,
+the single-timer decision, write-buffer watermarks, and building a core from a config."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from metaprotocol.accesslog import AccessLog
+from metaprotocol.admin import AdminApp
+from metaprotocol.core.config import Config
+from metaprotocol.core.events import Event, ExternalCallCompleted, TimePassed
+from metaprotocol.core.outputs import (
+    CloseConnection,
+    ExternalCall,
+    Instruction,
+    OpenUpstream,
+    Output,
+    ReadDisable,
+    ReadEnable,
+    RequestCompleted,
+    Write,
+)
+from metaprotocol.core.stats import Stats
+
+__all__ = [
+    "CLOSE_LINGER",
+    "HIGH_WATERMARK",
+    "LOW_WATERMARK",
+    "READ_CHUNK",
+    "Core",
+    "Dispatcher",
+    "OutBuffer",
+    "ServerInfo",
+    "bound_address",
+    "build_core",
+    "global_ratelimit_address",
+    "resolve_config",
+]
+
+log = logging.getLogger("metaprotocol")
+
+HIGH_WATERMARK = 256 * 1024
+LOW_WATERMARK = 64 * 1024
+READ_CHUNK = 64 * 1024
+CLOSE_LINGER = 30.0  # seconds a flushing close may wait for a peer that does not read
+
+_INSTRUCTIONS = (Write, OpenUpstream, CloseConnection, ReadDisable, ReadEnable, ExternalCall)
+
+
+class Core(Protocol):
+    """The slice of ``metaprotocol.core.proxy.Proxy`` the adapters use."""
+
+    @property
+    def stats(self) -> Stats: ...
+
+    @property
+    def drained(self) -> bool: ...
+
+    def handle(self, event: Event, now: float) -> list[Output]: ...
+
+    def next_deadline(self) -> float | None: ...
+
+    def drain(self, now: float) -> list[Output]: ...
+
+    def reload(self, config: Config, now: float) -> list[Output]: ...
+
+
+def resolve_config(config: Config | str | os.PathLike[str]) -> Config:
+    """A ``Config`` as is, or one loaded from a YAML/JSON file path."""
+    if isinstance(config, Config):
+        return config
+    from metaprotocol.configfile import load_config
+
+    loaded: Config = load_config(os.fspath(config))
+    return loaded
+
+
+def build_core(config: Config, now: float) -> Core:
+    from metaprotocol.core.proxy import Proxy
+
+    # The core takes randomness as an argument (weighted clusters, mirror fractions, faults).
+    proxy: Core = Proxy(config, now=now, random=random.Random().random)
+    return proxy
+
+
+def global_ratelimit_address(config: Config | None) -> tuple[str, int] | None:
+    """Where the global rate limiter's Redis lives (``global_ratelimit_redis``), if set."""
+    from metaprotocol.ratelimit_redis import parse_redis_address
+
+    value = None if config is None else config.raw.get("global_ratelimit_redis")
+    return None if value is None else parse_redis_address(value)
+
+
+def bound_address(sockname: Any) -> tuple[str, int]:
+    """``(host, port)`` from a socket name (IPv6 names carry two more fields)."""
+    return str(sockname[0]), int(sockname[1])
+
+
+class _Batch:
+    __slots__ = ("outputs",)
+
+    def __init__(self, outputs: list[Output]) -> None:
+        self.outputs = outputs
+
+
+class Dispatcher:
+    """Feeds events to the core one at a time and routes its outputs.
+
+    Instructions go to the adapter's ``execute``; ``RequestCompleted`` goes to the access log;
+    every observer event goes to ``observers``. An event fed while outputs are being executed
+    (a socket callback fired synchronously by a write, say) is queued and handled after them,
+    so instructions always run in the order the core gave them. After each burst the single
+    timer is re-armed through ``arm_timer`` only when ``next_deadline()`` changed.
+    """
+
+    def __init__(
+        self,
+        core: Core,
+        *,
+        clock: Callable[[], float],
+        execute: Callable[[Instruction], None],
+        arm_timer: Callable[[float | None], None],
+        access_log: AccessLog | None = None,
+        config: Config | None = None,
+    ) -> None:
+        self.core = core
+        self.config = config
+        self.access_log = access_log
+        self.observers: list[Callable[[Output], None]] = []
+        self.crashes: list[BaseException] = []
+        self.draining = False
+        self.on_drained: Callable[[], None] | None = None
+        self._clock = clock
+        self._execute = execute
+        self._arm_timer = arm_timer
+        self._queue: deque[Event | _Batch] = deque()
+        self._busy = False
+        self._armed: float | None = None
+        self._last_now = float("-inf")
+        self._drained_reported = False
+
+    def now(self) -> float:
+        """The adapter's clock, never going backwards."""
+        now = self._clock()
+        if now < self._last_now:
+            return self._last_now
+        self._last_now = now
+        return now
+
+    def feed(self, event: Event) -> None:
+        self._queue.append(event)
+        if not self._busy:
+            self._run()
+
+    def apply(self, outputs: list[Output]) -> None:
+        """Execute outputs the core returned outside ``handle`` (drain, reload)."""
+        self._queue.append(_Batch(outputs))
+        if not self._busy:
+            self._run()
+
+    def timer_fired(self, deadline: float) -> None:
+        # A timer may fire a clock tick early; the core must see the deadline as reached.
+        if self._last_now < deadline:
+            self._last_now = deadline
+        self._armed = None
+        self.feed(TimePassed())
+
+    def complete_call(self, call: int, result: Any = None, error: str = "") -> None:
+        if error:
+            self.core.stats.inc("global_ratelimit_redis_errors")
+        self.feed(ExternalCallCompleted(call, result, error))
+
+    def start_drain(self) -> None:
+        if not self.draining:
+            self.draining = True
+            self.apply(self.core.drain(self.now()))
+
+    def reload(self, config: Config) -> None:
+        outputs = self.core.reload(config, self.now())
+        self.config = config
+        self.apply(outputs)
+
+    @property
+    def drained(self) -> bool:
+        return self.draining and self.core.drained
+
+    def _run(self) -> None:
+        self._busy = True
+        queue, core, execute = self._queue, self.core, self._execute
+        try:
+            while queue:
+                item = queue.popleft()
+                if isinstance(item, _Batch):
+                    outputs = item.outputs
+                else:
+                    try:
+                        outputs = core.handle(item, self.now())
+                    except Exception as exc:  # a core bug must not take every connection down
+                        log.exception("core.handle(%r) raised", item)
+                        self.crashes.append(exc)
+                        continue
+                for out in outputs:
+                    if isinstance(out, _INSTRUCTIONS):
+                        try:
+                            execute(out)
+                        except Exception as exc:
+                            log.exception("executing %r raised", out)
+                            self.crashes.append(exc)
+                    else:
+                        if isinstance(out, RequestCompleted) and self.access_log is not None:
+                            self.access_log.log(out)
+                        for observer in self.observers:
+                            observer(out)
+        finally:
+            self._busy = False
+        if self.access_log is not None:
+            self.access_log.flush()
+        deadline = core.next_deadline()
+        if deadline != self._armed:
+            self._armed = deadline
+            self._arm_timer(deadline)
+        if self.draining and not self._drained_reported and core.drained:
+            self._drained_reported = True
+            if self.on_drained is not None:
+                self.on_drained()
+
+    def admin_app(self) -> AdminApp:
+        empty: Mapping[str, Any] = {}
+        return AdminApp(
+            ready=lambda: not self.draining,
+            snapshot=lambda: self.core.stats.snapshot(),
+            config_raw=lambda: empty if self.config is None else self.config.raw,
+        )
+
+
+class OutBuffer:
+    """A connection's pending output with high/low watermark crossings reported."""
+
+    __slots__ = ("above", "data", "high", "low")
+
+    def __init__(self, high: int = HIGH_WATERMARK, low: int = LOW_WATERMARK) -> None:
+        self.data = bytearray()
+        self.high, self.low = high, low
+        self.above = False
+
+    def append(self, data: bytes) -> bool:
+        """Queue ``data``; True when the buffer just rose above the high watermark."""
+        self.data += data
+        if not self.above and len(self.data) > self.high:
+            self.above = True
+            return True
+        return False
+
+    def consumed(self, n: int) -> bool:
+        """Drop ``n`` sent bytes; True when the buffer just fell to the low watermark."""
+        del self.data[:n]
+        if self.above and len(self.data) <= self.low:
+            self.above = False
+            return True
+        return False
+
+
+@dataclass
+class ServerInfo:
+    """Where a running proxy listens: listener name -> bound (host, port), and the admin."""
+
+    addresses: dict[str, tuple[str, int]] = field(default_factory=dict)
+    admin_address: tuple[str, int] | None = None
+
+    @property
+    def ports(self) -> dict[str, int]:
+        return {name: port for name, (_, port) in self.addresses.items()}

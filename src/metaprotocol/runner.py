@@ -1,0 +1,210 @@
+"""``metaprotocol run``: serve a config file with one adapter, in one or N worker processes.
+
+SIGHUP reloads the file (routes, clusters and filters are swapped atomically; an invalid
+file is logged and the running config keeps serving; listeners and the admin address are
+fixed at start). SIGTERM or SIGINT drains: stop accepting, let in-flight requests finish for
+up to ``drain_timeout`` seconds, close, exit 0. With ``workers > 1`` the parent forks N
+processes that each bind the listeners with SO_REUSEPORT (the kernel spreads connections);
+it forwards signals to them and exits when they all have. Only worker 0 serves the admin
+endpoint, so its stats are worker 0's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from metaprotocol.core.config import Config
+
+__all__ = ["ADAPTER_NAMES", "DEFAULT_DRAIN_TIMEOUT", "run"]
+
+log = logging.getLogger("metaprotocol")
+
+ADAPTER_NAMES = ("asyncio", "uvloop", "trio", "blocking")
+DEFAULT_DRAIN_TIMEOUT = 10.0
+
+
+def _load(path: str) -> Config:
+    from metaprotocol.configfile import load_config
+
+    return load_config(path)
+
+
+def _reload(path: str, apply: Callable[[Config], None], current: Config) -> Config:
+    """Load ``path`` and hand it to ``apply``; on any error keep ``current`` and log why."""
+    try:
+        config = _load(path)
+    except Exception as exc:
+        log.error("reload of %s rejected, keeping the running config: %s", path, exc)
+        return current
+    old = {(lst.name, lst.host, lst.port) for lst in current.listeners}
+    if {(lst.name, lst.host, lst.port) for lst in config.listeners} != old:
+        log.warning("reload: listener changes take effect only after a restart")
+    try:
+        apply(config)
+    except Exception:
+        log.exception("reload of %s failed, keeping the running config", path)
+        return current
+    log.info("reloaded %s", path)
+    return config
+
+
+def _announce(handle: Any) -> None:
+    for name, (host, port) in handle.addresses.items():
+        log.info("listener %s on %s:%d", name, host, port)
+    if handle.admin_address is not None:
+        log.info("admin on %s:%d", *handle.admin_address)
+
+
+async def _serve_asyncio(
+    path: str, config: Config, reuse_port: bool, admin: bool, drain: float
+) -> None:
+    from metaprotocol.adapters import asyncio as adapter
+
+    loop = asyncio.get_running_loop()
+    handle = await adapter.serve(config, reuse_port=reuse_port, admin=admin)
+    _announce(handle)
+    stop = asyncio.Event()
+    current = [config]
+
+    def on_hup() -> None:
+        current[0] = _reload(path, handle.reload, current[0])
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+        log.info("draining (up to %.1fs)", drain)
+        await handle.drain(drain)
+    finally:
+        await handle.close()
+        for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+async def _serve_anyio(
+    path: str, config: Config, reuse_port: bool, admin: bool, drain: float
+) -> None:
+    import anyio
+
+    from metaprotocol.adapters import anyio as adapter
+
+    current = config
+    with anyio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
+        async with adapter.serve(config, reuse_port=reuse_port, admin=admin) as handle:
+            _announce(handle)
+            async for sig in signals:
+                if sig == signal.SIGHUP:
+                    current = _reload(path, handle.reload, current)
+                else:
+                    break
+            log.info("draining (up to %.1fs)", drain)
+            await handle.drain(drain)
+
+
+def _serve_blocking(path: str, config: Config, reuse_port: bool, admin: bool, drain: float) -> None:
+    from metaprotocol.adapters.blocking import Handle, serve_forever
+
+    current = [config]
+
+    def ready(handle: Handle) -> None:
+        _announce(handle)
+
+        def on_hup(signum: int, frame: object) -> None:
+            current[0] = _reload(path, handle.reload, current[0])
+
+        def on_term(signum: int, frame: object) -> None:
+            log.info("draining (up to %.1fs)", drain)
+            handle.stop(drain_timeout=drain)
+
+        signal.signal(signal.SIGHUP, on_hup)
+        signal.signal(signal.SIGTERM, on_term)
+        signal.signal(signal.SIGINT, on_term)
+
+    serve_forever(config, ready, reuse_port=reuse_port, admin=admin)
+
+
+def _serve(path: str, adapter: str, *, reuse_port: bool, admin: bool, drain: float) -> int:
+    config = _load(path)
+    if adapter == "asyncio":
+        asyncio.run(_serve_asyncio(path, config, reuse_port, admin, drain))
+    elif adapter == "uvloop":
+        import uvloop
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(_serve_asyncio(path, config, reuse_port, admin, drain))
+    elif adapter == "trio":
+        import anyio
+
+        anyio.run(_serve_anyio, path, config, reuse_port, admin, drain, backend="trio")
+    elif adapter == "blocking":
+        _serve_blocking(path, config, reuse_port, admin, drain)
+    else:
+        raise ValueError(f"unknown adapter {adapter!r}; expected one of {', '.join(ADAPTER_NAMES)}")
+    log.info("stopped")
+    return 0
+
+
+def _run_workers(path: str, adapter: str, workers: int, drain: float) -> int:
+    config = _load(path)
+    zero = [lst.name for lst in config.listeners if lst.port == 0]
+    if zero:
+        log.error("--workers needs fixed ports; listeners on port 0: %s", ", ".join(zero))
+        return 1
+    children: list[int] = []
+    for index in range(workers):
+        pid = os.fork()
+        if pid == 0:  # the worker
+            code = 1
+            try:
+                code = _serve(path, adapter, reuse_port=True, admin=index == 0, drain=drain)
+            except BaseException:
+                log.exception("worker %d failed", index)
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        children.append(pid)
+    log.info("started %d workers: %s", workers, " ".join(map(str, children)))
+
+    def forward(signum: int, frame: object) -> None:
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, forward)
+    status = 0
+    remaining = set(children)
+    while remaining:
+        pid, code = os.wait()
+        if pid in remaining:
+            remaining.discard(pid)
+            exit_code = os.waitstatus_to_exitcode(code)
+            if exit_code != 0:
+                log.error("worker %d exited with %d", pid, exit_code)
+                status = 1
+    return status
+
+
+def run(
+    config_path: str,
+    adapter: str = "asyncio",
+    workers: int = 1,
+    *,
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+) -> int:
+    """Serve ``config_path`` until SIGTERM/SIGINT; the process exit code."""
+    if adapter not in ADAPTER_NAMES:
+        log.error("unknown adapter %r; expected one of %s", adapter, ", ".join(ADAPTER_NAMES))
+        return 2
+    if workers > 1:
+        return _run_workers(config_path, adapter, workers, drain_timeout)
+    return _serve(config_path, adapter, reuse_port=False, admin=True, drain=drain_timeout)

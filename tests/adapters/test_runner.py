@@ -1,0 +1,173 @@
+"""``metaprotocol run`` as a real process with the real core: traffic, SIGHUP reload (good
+and bad files), SIGTERM drain and exit 0, and ``--workers`` sharing a port."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.adapters.test_ratelimit_redis import _free_port, redis_port  # noqa: F401
+
+TIMEOUT = 15.0
+ADAPTERS = ["asyncio", "uvloop", "trio", "blocking"]
+
+
+def _write_config(
+    path: Path, upstream: int, listen: int = 0, admin: int = 0, route: str = "a"
+) -> None:
+    path.write_text(
+        f"""
+admin: {{address: "127.0.0.1:{admin}"}}
+listeners:
+  - name: redis
+    address: 127.0.0.1:{listen}
+    codec: redis
+    routes:
+      - name: {route}
+        route: {{cluster: main}}
+clusters:
+  - name: main
+    endpoints: ["127.0.0.1:{upstream}"]
+""",
+        encoding="utf-8",
+    )
+
+
+class Proc:
+    def __init__(self, args: list[str]) -> None:
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", "metaprotocol", "run", *args],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.popen.stderr is not None
+        for line in self.popen.stderr:
+            self.lines.put(line)
+
+    def wait_for(self, text: str) -> str:
+        end = time.monotonic() + TIMEOUT
+        while True:
+            for line in self.seen:
+                if text in line:
+                    self.seen.remove(line)
+                    return line
+            try:
+                self.seen.append(self.lines.get(timeout=max(0.0, end - time.monotonic())))
+            except queue.Empty:
+                raise AssertionError(f"{text!r} never logged; got {self.seen}") from None
+
+    def address(self, text: str) -> tuple[str, int]:
+        host, _, port = self.wait_for(text).rsplit(" ", 1)[1].strip().rpartition(":")
+        return host, int(port)
+
+
+@pytest.fixture
+def proc_factory() -> Iterator[list[Proc]]:
+    procs: list[Proc] = []
+    yield procs
+    for p in procs:
+        if p.popen.poll() is None:
+            p.popen.kill()
+        p.popen.wait(TIMEOUT)
+        if p.popen.stderr is not None:
+            p.popen.stderr.close()
+
+
+def _get(address: tuple[str, int], path: str) -> tuple[int, str]:
+    conn = http.client.HTTPConnection(*address, timeout=TIMEOUT)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, resp.read().decode()
+    finally:
+        conn.close()
+
+
+def _ping(address: tuple[str, int]) -> bytes:
+    with socket.create_connection(address, TIMEOUT) as s:
+        s.sendall(b"*1\r\n$4\r\nPING\r\n")
+        return s.recv(100)
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+def test_run_reload_and_drain(
+    tmp_path: Path,
+    redis_port: int,  # noqa: F811
+    adapter: str,
+    proc_factory: list[Proc],
+) -> None:
+    if adapter == "uvloop":
+        pytest.importorskip("uvloop")
+    config = tmp_path / "proxy.yaml"
+    _write_config(config, redis_port)
+    proc = Proc([str(config), "--adapter", adapter])
+    proc_factory.append(proc)
+    listener = proc.address("listener redis on")
+    admin = proc.address("admin on")
+    assert _get(admin, "/ready") == (200, "ready\n")
+    assert _ping(listener) == b"+PONG\r\n"
+    status, text = _get(admin, "/stats/prometheus")
+    assert status == 200 and "metaprotocol_" in text
+
+    _write_config(config, redis_port, route="b")
+    proc.popen.send_signal(signal.SIGHUP)
+    proc.wait_for("reloaded")
+    dump = json.loads(_get(admin, "/config_dump")[1])
+    assert dump["listeners"][0]["routes"][0]["name"] == "b"
+
+    config.write_text("listeners: [oops\n", encoding="utf-8")
+    proc.popen.send_signal(signal.SIGHUP)
+    proc.wait_for("rejected")
+    dump = json.loads(_get(admin, "/config_dump")[1])
+    assert dump["listeners"][0]["routes"][0]["name"] == "b"
+    assert _ping(listener) == b"+PONG\r\n"
+
+    idle = socket.create_connection(listener, TIMEOUT)  # an idle client is closed by the drain
+    idle.sendall(b"*1\r\n$4\r\nPING\r\n")
+    assert idle.recv(100) == b"+PONG\r\n"
+    proc.popen.send_signal(signal.SIGTERM)
+    assert proc.popen.wait(TIMEOUT) == 0
+    assert idle.recv(10) == b""
+    idle.close()
+
+
+def test_workers_share_one_port(tmp_path: Path, redis_port: int, proc_factory: list[Proc]) -> None:  # noqa: F811
+    config = tmp_path / "proxy.yaml"
+    listen = _free_port()
+    _write_config(config, redis_port, listen=listen)
+    proc = Proc([str(config), "--workers", "2"])
+    proc_factory.append(proc)
+    for _ in range(2):
+        proc.wait_for("listener redis on")
+    admin = proc.address("admin on")
+    for _ in range(10):
+        assert _ping(("127.0.0.1", listen)) == b"+PONG\r\n"
+    assert _get(admin, "/ready")[0] == 200
+    proc.popen.send_signal(signal.SIGTERM)
+    assert proc.popen.wait(TIMEOUT) == 0
+
+
+def test_workers_refuse_port_zero(tmp_path: Path, proc_factory: list[Proc]) -> None:
+    config = tmp_path / "proxy.yaml"
+    _write_config(config, 6379)
+    proc = Proc([str(config), "--workers", "2"])
+    proc_factory.append(proc)
+    assert proc.popen.wait(TIMEOUT) == 1
+    proc.wait_for("needs fixed ports")
