@@ -63,3 +63,15 @@ def test_local_answers_wait_for_earlier_replies() -> None:
     for conn in (1, -1):
         pb >> Closed(conn)
     pb.assert_clean()
+
+
+def test_client_setinfo_is_acknowledged_locally() -> None:
+    pb = playbook(config(codec="redis"))
+    pb >> Accepted(1, "main")
+    pb >> DataReceived(1, cmd("CLIENT", "SETINFO", "LIB-NAME", "redis-py"))
+    pb << Write(1, b"+OK\r\n")
+    pb >> DataReceived(1, cmd("CLIENT", "KILL", "ID", "7"))
+    pb << Write(1, b"-ERR command CLIENT is not supported by the proxy: "
+                   b"it changes connection state shared with other clients\r\n")  # fmt: skip
+    pb >> Closed(1)
+    pb.assert_clean()

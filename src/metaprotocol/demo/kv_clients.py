@@ -9,7 +9,6 @@ MULTI.
 from __future__ import annotations
 
 import http.client
-import warnings
 from collections import Counter
 from typing import Any
 
@@ -89,19 +88,9 @@ def drive_http(result: CodecResult, host: str, port: int) -> None:
 def _redis_client(host: str, port: int) -> Any:
     import redis
 
-    with warnings.catch_warnings():
-        # No CLIENT SETINFO handshake: the proxy refuses CLIENT (connection state). The
-        # lib_name/lib_version spelling works on every redis-py >= 5 (deprecated in newer ones).
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return redis.Redis(
-            host=host,
-            port=port,
-            socket_timeout=TIMEOUT,
-            socket_connect_timeout=TIMEOUT,
-            lib_name=None,
-            lib_version=None,
-            protocol=2,  # redis-py 8 defaults to RESP3, asked for with HELLO: refused too
-        )
+    # redis-py's defaults: RESP3 asked for with HELLO 3 and CLIENT SETINFO on connect, both
+    # answered by the proxy itself.
+    return redis.Redis(host=host, port=port, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT)
 
 
 def drive_redis(

@@ -153,8 +153,11 @@ class RedisCodec:
         return b"-ERR " + text.encode("utf-8", "replace") + b"\r\n"
 
     def encode_heartbeat_reply(self, heartbeat: Message) -> bytes | None:
-        """The proxy's answer to HELLO (decoded as a heartbeat); PING is forwarded."""
+        """The proxy's answers to HELLO and CLIENT SETINFO (decoded as heartbeats); PING is
+        forwarded like any command."""
         data = heartbeat.codec_data
+        if isinstance(data, tuple) and data[0] == "ok":
+            return _OK_REPLY
         if not (isinstance(data, tuple) and data[0] == "hello"):
             return None
         version = data[1]

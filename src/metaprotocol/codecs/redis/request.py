@@ -302,11 +302,14 @@ def _too_large(size: int, limit: int) -> ProtocolError:
     )
 
 
+_ANSWERED_LOCALLY = frozenset({"HELLO", "CLIENT"})  # some forms are answered by the proxy
+
+
 def _check_special(command: str, frame: bytes, base: int) -> Message | None:
     """Refuse ``command`` if it cannot go through a pooled connection (see commands.py),
     or return the message the proxy answers itself (HELLO)."""
     arguments: list[bytes] = []
-    if command in CONDITIONALLY_BLOCKING_COMMANDS or command == "HELLO":
+    if command in CONDITIONALLY_BLOCKING_COMMANDS or command in _ANSWERED_LOCALLY:
         arguments = _multibulk_arguments(frame, base)
     return _refuse_if_needed(command, arguments, frame)
 
@@ -316,6 +319,12 @@ def _refuse_if_needed(command: str, arguments: list[bytes], frame: bytes) -> Mes
         raise ProtocolError(QUIT_DETAIL, ErrorType.BAD_REQUEST, fatal=True)
     if command == "HELLO":
         return _hello(arguments, frame)
+    if command == "CLIENT" and len(arguments) > 1 and arguments[1].upper() == b"SETINFO":
+        # Client library metadata (redis-py sends it on connect): acknowledged, not forwarded,
+        # since it would label a connection other clients share.
+        properties = {"command": "CLIENT"}
+        return Message(MessageType.HEARTBEAT, frame, None, properties, _OK, None, 0, len(frame),
+                       ("ok",))  # fmt: skip
     if command in CONDITIONALLY_BLOCKING_COMMANDS and not uses_block_option(arguments[1:]):
         return None
     raise ProtocolError(refusal_reason(command), ErrorType.BAD_REQUEST, fatal=False)
