@@ -22,6 +22,7 @@ from metaprotocol.core.outputs import (
     RequestCompleted,
     Write,
 )
+from metaprotocol.core.runtime import Runtime
 from metaprotocol.core.state import ActiveRequest, Downstream, Pool, Upstream
 from metaprotocol.core.stats import Stats
 from metaprotocol.core.timers import Timers
@@ -44,7 +45,7 @@ class EngineBase:
     draining: bool
     _out: list[Output]
 
-    runtime: Any  # proxy._Runtime: the current routes, clusters and listeners
+    runtime: Runtime  # the current listeners, routes and clusters
 
     def _decode_downstream(self, ds: Downstream, now: float) -> None:
         raise NotImplementedError

@@ -19,10 +19,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from metaprotocol.core import events as ev
-from metaprotocol.core.balancer import EndpointState, make_balancer
 from metaprotocol.core.codec import CodecFactory, Side
-from metaprotocol.core.config import ClusterConfig, Config
-from metaprotocol.core.filters import CONTINUE, Abort, Call, Delay, build_filters
+from metaprotocol.core.config import Config
+from metaprotocol.core.filters import CONTINUE, Abort, Call, Delay
 from metaprotocol.core.flow import Reason
 from metaprotocol.core.message import (
     NEED_DATA,
@@ -41,11 +40,10 @@ from metaprotocol.core.outputs import (
     Write,
 )
 from metaprotocol.core.routing import match_route, pick_cluster
+from metaprotocol.core.runtime import Runtime
 from metaprotocol.core.state import (
     ActiveRequest,
-    ClusterRuntime,
     Downstream,
-    ListenerRuntime,
     Pool,
     ReplySlot,
     Upstream,
@@ -59,32 +57,8 @@ __all__ = ["Proxy"]
 _STREAM_TYPES = (MessageType.STREAM_DATA, MessageType.STREAM_CLOSE)
 
 
-class _Runtime:
-    """Everything derived from one Config; swapped atomically on reload."""
-
-    def __init__(self, config: Config, proxy: Proxy, now: float) -> None:
-        self.config = config
-        self.listeners: dict[str, ListenerRuntime] = {}
-        for lc in config.listeners:
-            labels = (("listener", lc.name),)
-            filters = build_filters(lc.filters, proxy.stats, labels, proxy.random, now)
-            factory = proxy.codec_factory(lc.codec)
-            self.listeners[lc.name] = ListenerRuntime(lc, factory, filters, labels, proxy.stats)
-        self.clusters: dict[str, ClusterRuntime] = {}
-        for cc in config.clusters:
-            self.clusters[cc.name] = _build_cluster(cc, proxy)
-
-
-def _build_cluster(cc: ClusterConfig, proxy: Proxy) -> ClusterRuntime:
-    endpoints = [EndpointState(e) for e in cc.endpoints]
-    balancer = make_balancer(cc.lb_policy, endpoints, proxy.random)
-    return ClusterRuntime(cc, endpoints, balancer, (("cluster", cc.name),), proxy.stats)
-
-
 class Proxy(UpstreamSide):
     """The engine. See the module docstring for the contract."""
-
-    runtime: _Runtime
 
     def __init__(
         self,
@@ -109,7 +83,7 @@ class Proxy(UpstreamSide):
         self._next_conn = -1  # upstream ids are negative so they never collide with the adapter's
         self._next_call = 1
         self._out: list[Output] = []
-        self.runtime = _Runtime(config, self, now)
+        self.runtime = Runtime(config, self.stats, self.random, self.codec_factory, now)
 
     # -- public API ------------------------------------------------------------------------
 
@@ -183,7 +157,7 @@ class Proxy(UpstreamSide):
         objects they started with; pools of endpoints no longer configured are retired."""
         out: list[Output] = []
         self._out = out
-        new = _Runtime(config, self, now)
+        new = Runtime(config, self.stats, self.random, self.codec_factory, now)
         old = self.runtime
         self.runtime = new
         for ds in self.downstreams.values():
@@ -195,7 +169,7 @@ class Proxy(UpstreamSide):
         self._out = []
         return out
 
-    def _carry_pools_over(self, old: _Runtime, new: _Runtime) -> None:
+    def _carry_pools_over(self, old: Runtime, new: Runtime) -> None:
         """Endpoints that stay keep their pools (and warm connections) and their outlier
         state; the pools of endpoints or listeners that went away are retired."""
         kept: set[Pool] = set()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import ClassVar, TypeVar
 
 __all__ = [
     "DURATION_BUCKETS",
@@ -97,7 +97,7 @@ class Stats:
 
     def counter(self, name: str, labels: Labels = ()) -> int:
         for (_, block_labels), block in self.blocks.items():
-            if block_labels == labels and name in block.__slots__:
+            if block_labels == labels and name in block.FIELDS:
                 value: int = getattr(block, name)
                 return value
         return self.counters.get((name, labels), 0)
@@ -144,25 +144,25 @@ class CounterBlock:
     """A group of counters (and gauges) for one label set, as plain int attributes.
 
     The hot path increments attributes (``block.request += 1``), the cheapest update
-    CPython offers; exporters read them through ``Stats.snapshot``.
+    CPython offers; exporters read them through ``Stats.snapshot``. ``FIELDS`` names the
+    attributes (not ``__slots__``: mypyc-compiled classes do not expose that).
     """
 
-    __slots__: tuple[str, ...] = ()
-    GAUGES: frozenset[str] = frozenset()
+    FIELDS: ClassVar[tuple[str, ...]] = ()
+    GAUGES: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self) -> None:
-        for name in self.__slots__:
+        for name in self.FIELDS:
             setattr(self, name, 0)
 
     def items(self) -> list[tuple[str, int]]:
-        names: tuple[str, ...] = self.__slots__
-        return [(name, getattr(self, name)) for name in names]
+        return [(name, getattr(self, name)) for name in self.FIELDS]
 
 
 class ListenerCounters(CounterBlock):
     """Per listener: the original MetaProtocol counters plus ours."""
 
-    __slots__ = (
+    FIELDS = (
         "active_requests",
         "cx_destroy_local_with_active_rq",
         "cx_destroy_remote_with_active_rq",
@@ -208,7 +208,7 @@ class ListenerCounters(CounterBlock):
 class ClusterCounters(CounterBlock):
     """Per cluster: upstream connections, failures, retries, overflows."""
 
-    __slots__ = (
+    FIELDS = (
         "mirror_sent",
         "outlier_ejection",
         "response_decoding_error",
@@ -242,5 +242,5 @@ class ClusterCounters(CounterBlock):
 
 
 class RouteCounters(CounterBlock):
-    __slots__ = ("route_hit",)
+    FIELDS = ("route_hit",)
     route_hit: int

@@ -557,7 +557,7 @@ def write_string(text: str) -> bytes:
     out = bytearray()
     while len(units) > 0x8000:
         cut = 0x8000
-        if "\ud800" <= units[cut - 1] <= "\udbff":  # never split a surrogate pair
+        if 0xD800 <= ord(units[cut - 1]) <= 0xDBFF:  # never split a surrogate pair
             cut -= 1
         out += b"R" + _H16.pack(cut) + units[:cut].encode("utf-8", "surrogatepass")
         units = units[cut:]

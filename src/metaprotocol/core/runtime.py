@@ -1,0 +1,43 @@
+"""Runtime: everything the engine derives from one Config; swapped atomically on reload."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from metaprotocol.core.balancer import EndpointState, make_balancer
+from metaprotocol.core.codec import CodecFactory
+from metaprotocol.core.config import ClusterConfig, Config
+from metaprotocol.core.filters import build_filters
+from metaprotocol.core.state import ClusterRuntime, ListenerRuntime
+from metaprotocol.core.stats import Stats
+
+__all__ = ["Runtime"]
+
+
+class Runtime:
+    """Listeners (with codec, filters and counters) and clusters (with balancers)."""
+
+    def __init__(
+        self,
+        config: Config,
+        stats: Stats,
+        random: Callable[[], float],
+        codec_factory: Callable[[str], CodecFactory],
+        now: float,
+    ) -> None:
+        self.config = config
+        self.listeners: dict[str, ListenerRuntime] = {}
+        for lc in config.listeners:
+            labels = (("listener", lc.name),)
+            filters = build_filters(lc.filters, stats, labels, random, now)
+            factory = codec_factory(lc.codec)
+            self.listeners[lc.name] = ListenerRuntime(lc, factory, filters, labels, stats)
+        self.clusters: dict[str, ClusterRuntime] = {
+            cc.name: _build_cluster(cc, stats, random) for cc in config.clusters
+        }
+
+
+def _build_cluster(cc: ClusterConfig, stats: Stats, random: Callable[[], float]) -> ClusterRuntime:
+    endpoints = [EndpointState(e) for e in cc.endpoints]
+    balancer = make_balancer(cc.lb_policy, endpoints, random)
+    return ClusterRuntime(cc, endpoints, balancer, (("cluster", cc.name),), stats)
