@@ -291,6 +291,15 @@ class FrameIsBytearray(TinyCodec):
         return result
 
 
+def _message_is_compiled() -> bool:
+    probe = Message(MessageType.REQUEST, b"")
+    try:
+        probe.frame = bytearray()  # type: ignore[assignment]
+    except TypeError:
+        return True
+    return False
+
+
 @pytest.mark.parametrize(
     ("codec", "check", "pattern"),
     [
@@ -315,6 +324,8 @@ class FrameIsBytearray(TinyCodec):
     ],
 )
 def test_broken_codec_fails_the_named_check(codec: Any, check: str, pattern: str) -> None:
+    if codec is FrameIsBytearray and _message_is_compiled():
+        pytest.skip("the mypyc-compiled Message rejects a bytearray frame by itself")
     with pytest.raises(AssertionError, match=rf"\[conformance:{check}\]") as info:
         check_tiny(codec, skip=[name for name in CHECKS if name != check])
     assert info.match(pattern)

@@ -28,6 +28,8 @@ import struct
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+from mypy_extensions import mypyc_attr
+
 from metaprotocol.core.codec import Ordering, Side
 from metaprotocol.core.message import (
     NEED_DATA,
@@ -80,6 +82,7 @@ def build_frame(
     return _HEADER.pack(length, kind, status, request_id, len(head)) + head + body
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # users may subclass it
 class LengthPrefixedCodec:
     """One side of one connection speaking the tutorial protocol."""
 

@@ -13,6 +13,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from mypy_extensions import mypyc_attr
+
 from metaprotocol.core.config import (
     FaultConfig,
     FilterConfig,
@@ -72,6 +74,7 @@ class Call:
 FilterResult = Continue | Abort | Delay | Call
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # users may subclass it
 class Filter:
     name = "filter"
 

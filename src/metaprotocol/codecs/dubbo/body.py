@@ -266,10 +266,10 @@ def parse_request(frame: bytes, max_depth: int = DEFAULT_MAX_DEPTH) -> DubboRequ
         args.append(arg)
     attachments: dict[Any, Any] = {}
     if pos < end:
-        value, pos = read_value(frame, pos, end, ctx)
-        if not isinstance(value, dict):
+        found, pos = read_value(frame, pos, end, ctx)
+        if not isinstance(found, dict):
             raise Hessian2Error("attachments are not a map")
-        attachments = value
+        attachments = found
     return DubboRequest(header, fields[0], fields[1], fields[2], fields[3], desc, args, attachments)
 
 

@@ -50,6 +50,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+from mypy_extensions import mypyc_attr
+
 from metaprotocol.codecs.dubbo.body import (
     RESPONSE_FLAGS_WITH_ATTACHMENTS,
     ScanMemo,
@@ -106,9 +108,9 @@ ERROR_STATUS: dict[ErrorType, int] = {
 """Dubbo status per error type; every other error type is 80 SERVER_ERROR."""
 
 _OPTIONS = frozenset({"unsupported_serialization", "max_depth"})
-_ID_SLICE = slice(4, 12)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # users may subclass it
 class DubboCodec:
     """One side of one Dubbo connection (see the module docstring for the rules)."""
 
@@ -298,7 +300,7 @@ class DubboCodec:
         if request is not None:
             if request.type is not MessageType.REQUEST or len(request.frame) < HEADER_SIZE:
                 return None  # one-way, heartbeat or response: nobody waits for an answer
-            request_id = int.from_bytes(request.frame[_ID_SLICE], "big")
+            request_id = int.from_bytes(request.frame[4:12], "big")  # the 8-byte id
         elif self._failed is not None:
             request_id, flag = self._failed
             self._failed = None
@@ -322,5 +324,5 @@ class DubboCodec:
         serialization = flag & SERIALIZATION_MASK
         # Heartbeat data is null; a non-Hessian2 peer gets its own null encoding back.
         body = b"N" if serialization == SERIALIZATION_HESSIAN2 else frame[HEADER_SIZE:]
-        request_id = int.from_bytes(frame[_ID_SLICE], "big")
+        request_id = int.from_bytes(frame[4:12], "big")  # the 8-byte id
         return build_header(FLAG_EVENT | serialization, STATUS_OK, request_id, len(body)) + body

@@ -30,6 +30,8 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+from mypy_extensions import mypyc_attr
+
 from metaprotocol.codecs.http1.fastparse import (
     HttpError,
     ParsedMessage,
@@ -90,6 +92,7 @@ def _expects_continue(properties: Mapping[str, str]) -> bool:
     return value is not None and "100-continue" in value.lower()
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # users may subclass it
 class Http1Codec:
     """HTTP/1.1 codec; option ``parser: fast|h11`` picks the framing route (default fast)."""
 

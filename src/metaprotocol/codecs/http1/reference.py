@@ -41,7 +41,7 @@ class _Reference:
     def _error(self, message: str, status: int = 400) -> HttpError:
         return HttpError(message, status, self.error_type)
 
-    def _check_framing_bytes(self, segment: bytes) -> None:
+    def _check_framing_bytes(self, segment: bytes | bytearray) -> None:
         """Bytes that are not body data: CRLF lines, no folding, no control characters."""
         if _BARE_LF.search(segment) or _BARE_CR.search(segment):
             raise self._error("line not terminated by CRLF")
@@ -50,11 +50,11 @@ class _Reference:
         if _CONTROL.search(segment.replace(b"\r\n", b"")):
             raise self._error("control character in framing")
 
-    def _check_head(self, head: bytes) -> tuple[bool, int | None]:
+    def _check_head(self, head: bytes | bytearray) -> tuple[bool, int | None]:
         """Policy over the raw head; returns (chunked, content_length)."""
         self._check_framing_bytes(head)
         te_count = 0
-        lengths: list[bytes] = []
+        lengths: list[bytes | bytearray] = []
         for line in head.split(b"\r\n")[1:]:
             name, colon, value = line.partition(b":")
             if not colon:
@@ -72,7 +72,7 @@ class _Reference:
             raise self._error("both Transfer-Encoding and Content-Length")
         return te_count > 0, int(lengths[0]) if lengths else None
 
-    def _check_trailers(self, segment: bytes, event: h11.EndOfMessage) -> None:
+    def _check_trailers(self, segment: bytes | bytearray, event: h11.EndOfMessage) -> None:
         self._check_framing_bytes(segment)
         for name, _ in event.headers:
             if name in (b"content-length", b"transfer-encoding"):

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
+from mypy_extensions import mypyc_attr
+
 from metaprotocol.codecs.redis.commands import NOPROTO_DETAIL, QUIT_DETAIL
 from metaprotocol.codecs.redis.reply import ReplyDecoder
 from metaprotocol.codecs.redis.request import RequestDecoder
@@ -66,6 +68,7 @@ def _validated(options: Mapping[str, Any]) -> dict[str, int]:
     return values
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # users may subclass it
 class RedisCodec:
     """RESP on one side of one connection: requests downstream, replies upstream.
 

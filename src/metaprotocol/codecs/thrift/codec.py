@@ -18,6 +18,8 @@ import struct
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
+from mypy_extensions import mypyc_attr
+
 from metaprotocol.core.codec import Ordering, Side
 from metaprotocol.core.message import (
     NEED_DATA,
@@ -111,6 +113,7 @@ def properties_for(name: str, message_type: str) -> dict[str, str]:
     return {"method": name, "message_type": message_type}
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # users may subclass it
 class ThriftCodec:
     """One side of one Thrift connection (see the module docstring for the options)."""
 
