@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import pytest
+
 from metaprotocol.codecs.lengthprefixed import LengthPrefixedCodec, build_frame
+from metaprotocol.core import upstream_side
 from metaprotocol.core.codec import Ordering
 from metaprotocol.core.config import ClusterConfig, Endpoint
 from metaprotocol.core.events import Accepted, Closed, DataReceived, UpstreamConnected
-from metaprotocol.core.outputs import OpenUpstream, Write
+from metaprotocol.core.outputs import CloseConnection, OpenUpstream, Write
 from metaprotocol.core.proxy import Proxy
 from metaprotocol.testing import Playbook
 
@@ -120,4 +123,79 @@ def test_stream_frames_follow_their_init_to_one_upstream() -> None:
     pb << Write(1, frame(8, 10))
     for conn in (1, 2, -1):
         pb >> Closed(conn)
+    pb.assert_clean()
+
+
+def test_a_clients_pipelined_requests_stay_on_one_upstream_connection(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(upstream_side, "SHARE_THRESHOLD", 1)  # open a 2nd connection early
+    pb = fifo_playbook(config(codec="fifo"))
+    pb >> Accepted(1, "main")
+    pb >> Accepted(2, "main")
+    pb >> DataReceived(1, req(1, b"SET k"))
+    pb << OpenUpstream(-1, *UP)
+    pb >> UpstreamConnected(-1)
+    pb << Write(-1, req(1, b"SET k"))
+    pb >> DataReceived(1, req(2, b"GET k"))  # the first connection is "full"...
+    pb << Write(-1, req(2, b"GET k"))  # ...but this client's order matters more
+    pb >> DataReceived(2, req(3, b"GET j"))
+    pb << OpenUpstream(-2, *UP)  # another client may go elsewhere
+    pb >> Closed(1)
+    pb << CloseConnection(-1, flush=False)  # it owed answers only to the client that left
+    pb >> Closed(2)
+    pb << CloseConnection(-2, flush=False)
+    pb.assert_clean()
+
+
+def test_fifo_timeout_resets_the_upstream_connection() -> None:
+    pb = fifo_playbook(config(codec="fifo", request_timeout=1.0))
+    pb >> Accepted(1, "main")
+    pb >> Accepted(2, "main")
+    pb >> DataReceived(1, req(1))
+    pb << OpenUpstream(-1, *UP)
+    pb >> UpstreamConnected(-1)
+    pb << Write(-1, req(1))
+    pb.tick(0.5)
+    pb >> DataReceived(2, req(2))
+    pb << Write(-1, req(2))
+    pb.tick(0.5)  # the first request times out: its late answer would block the second
+    pb << Write(1, error_reply(1, "timeout", "request timed out", 6))
+    pb << CloseConnection(-1, flush=False)
+    detail = "upstream connection closed after a request timed out"
+    pb << Write(2, error_reply(2, "upstream_reset", detail, 7))
+    for conn in (1, 2):
+        pb >> Closed(conn)
+    pb.assert_clean()
+
+
+def test_fifo_client_gone_closes_an_upstream_that_owes_only_it() -> None:
+    pb = fifo_playbook(config(codec="fifo"))
+    pb >> Accepted(1, "main")
+    pb >> DataReceived(1, req(1))
+    pb << OpenUpstream(-1, *UP)
+    pb >> UpstreamConnected(-1)
+    pb << Write(-1, req(1))
+    pb >> Closed(1)
+    pb << CloseConnection(-1, flush=False)  # nothing else waits on it: no stale answer kept
+    pb.assert_clean()
+
+
+def test_fifo_client_gone_keeps_a_shared_upstream_until_the_deadline() -> None:
+    pb = fifo_playbook(config(codec="fifo", request_timeout=5.0))
+    pb >> Accepted(1, "main")
+    pb >> Accepted(2, "main")
+    pb >> DataReceived(1, req(1))
+    pb << OpenUpstream(-1, *UP)
+    pb >> DataReceived(2, req(2))
+    pb >> UpstreamConnected(-1)
+    pb << Write(-1, req(1) + req(2))
+    pb >> Closed(1)
+    pb << None  # client 2 still waits on the same connection
+    pb >> DataReceived(-1, resp(1) + resp(2))
+    pb << Write(2, resp(2))  # the first answer (for nobody) was dropped in order
+    pb.tick(5.0)
+    pb << None  # the abandoned request's timer found its answer already in
+    pb >> Closed(2)
+    pb >> Closed(-1)
     pb.assert_clean()

@@ -245,15 +245,16 @@ def test_disable_reasons_are_counted_once_each() -> None:
     pb >> DataReceived(1, req(1) + req(2))
     pb << OpenUpstream(UPSTREAM, *UP)
     pb << ReadDisable(1)
-    pb >> WriteBufferHigh(1)  # a second reason: no second ReadDisable
-    pb << None
+    pb >> WriteBufferHigh(1)  # a second reason: no second ReadDisable for the client...
+    pb << ReadDisable(UPSTREAM)  # ...but the upstream owing it an answer is held off
     pb >> UpstreamConnected(UPSTREAM)
     pb << Write(UPSTREAM, req(1))
-    pb >> DataReceived(UPSTREAM, resp(1))
+    pb >> DataReceived(UPSTREAM, resp(1))  # bytes already read are still delivered
     pb << Write(1, resp(1))
     pb << Write(UPSTREAM, req(2))  # pending reason gone, the other still holds reading off
     pb >> WriteBufferLow(1)
     pb << ReadEnable(1)
+    pb << ReadEnable(UPSTREAM)
     pb >> DataReceived(UPSTREAM, resp(2))
     pb << Write(1, resp(2))
     finish(pb, 1, UPSTREAM)
@@ -274,17 +275,17 @@ def test_downstream_closed_mid_flight_leaves_nothing_behind() -> None:
     finish(pb, UPSTREAM)
 
 
-def test_half_closed_client_gets_its_answers_then_close() -> None:
+def test_end_of_stream_from_a_client_abandons_its_requests() -> None:
     pb = connected(playbook())
     pb >> DataReceived(1, req(1))
     pb << OpenUpstream(UPSTREAM, *UP)
     pb >> EofReceived(1)
-    pb << None
-    pb >> UpstreamConnected(UPSTREAM)
-    pb << Write(UPSTREAM, req(1))
-    pb >> DataReceived(UPSTREAM, resp(1))
-    pb << Write(1, resp(1))
     pb << CloseConnection(1, flush=True)
+    assert pb.proxy.request_count() == 0
+    pb >> UpstreamConnected(UPSTREAM)
+    pb << Write(UPSTREAM, req(1))  # it was on its way already
+    pb >> DataReceived(UPSTREAM, resp(1))
+    pb << None  # and its answer is dropped
     finish(pb, UPSTREAM)
 
 

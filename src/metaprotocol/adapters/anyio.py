@@ -356,11 +356,14 @@ async def _listen(
     listener: anyio.abc.Listener[anyio.abc.SocketStream],
     handler: Any,
     scope: anyio.CancelScope,
+    task_group: anyio.abc.TaskGroup,
 ) -> None:
     with scope:
         try:
             async with listener:
-                await listener.serve(handler)
+                # Connections run in the server's task group, not in one owned by this accept
+                # loop: cancelling ``scope`` (drain) stops accepting and nothing else.
+                await listener.serve(handler, task_group=task_group)
         except anyio.ClosedResourceError:  # Handle.close closed it under us
             pass
 
@@ -398,7 +401,7 @@ async def serve(
                 handle._listeners.append(listener)
                 handle._accepting.append(scope := anyio.CancelScope())
                 handle._background.append(scope)
-                tg.start_soon(_listen, listener, on_accept, scope)
+                tg.start_soon(_listen, listener, on_accept, scope, tg)
             if admin and cfg.admin is not None:
                 app = server.dispatcher.admin_app()
                 admin_listener = await anyio.create_tcp_listener(
@@ -413,7 +416,7 @@ async def serve(
 
                 handle._admin_listener = admin_listener
                 handle._background.append(scope := anyio.CancelScope())
-                tg.start_soon(_listen, admin_listener, on_admin, scope)
+                tg.start_soon(_listen, admin_listener, on_admin, scope, tg)
             handle._background.append(scope := anyio.CancelScope())
             tg.start_soon(_in_scope, server.run_timer, scope)
             server.dispatcher.apply([])

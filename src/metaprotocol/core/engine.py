@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from metaprotocol.core.codec import Ordering
 from metaprotocol.core.filters import Abort
 from metaprotocol.core.flow import Reason
 from metaprotocol.core.message import ErrorType, MessageType
@@ -214,12 +215,30 @@ class EngineBase:
         if ds.idle_timer is not None:
             ds.idle_timer.cancel()
         for req in list(ds.active):
+            up = req.upstream
+            deadline = req.timer.deadline if req.timer is not None else None
             self._finish(req, "abandoned", None, now if now is not None else req.start)
+            ordered = up is not None and up.pool.ordering is not Ordering.MULTIPLEXED
+            if ordered and up is not None and self.upstreams.get(up.id) is up:
+                self._abandoned_on(up, req, deadline)
         ds.slots.clear()
         ds.streams.clear()
         ds.buffer.clear()
+        ds.pinned.clear()
+        self._unblock_upstreams(ds)
         for up in self.upstreams.values():
             up.feeders.pop(ds, None)
+
+    def _abandoned_on(self, up: Upstream, req: ActiveRequest, deadline: float | None) -> None:
+        raise NotImplementedError
+
+    def _unblock_upstreams(self, ds: Downstream) -> None:
+        """``ds`` reads its replies again (or is gone): resume the upstreams it held off."""
+        for up in ds.blocking:
+            up.blocked_by.pop(ds, None)
+            if not up.blocked_by and self.upstreams.get(up.id) is up:
+                self._out.append(ReadEnable(up.id))
+        ds.blocking.clear()
 
     # -- flow control ------------------------------------------------------------------------
 

@@ -37,6 +37,7 @@ from metaprotocol.core.outputs import (
     LocalReplied,
     NoRouteMatched,
     Output,
+    ReadDisable,
     Write,
 )
 from metaprotocol.core.routing import match_route, pick_cluster
@@ -453,10 +454,8 @@ class Proxy(UpstreamSide):
     def _conn_ended(self, conn: int, eof: bool, now: float) -> None:
         ds = self.downstreams.get(conn)
         if ds is not None:
-            if eof and (ds.active or ds.slots):
-                ds.closing = True  # half-closed client: answer what it asked, then close
-                self._maybe_finish_close(ds)
-                return
+            # End of stream from a client means it is gone (as nginx assumes by default):
+            # what it still waits for is abandoned, and nothing is kept for it upstream.
             if ds.active:
                 ds.listener.counters.cx_destroy_remote_with_active_rq += 1
             self._drop_downstream(ds, now)
@@ -483,13 +482,23 @@ class Proxy(UpstreamSide):
     def _write_buffer_high(self, conn: int) -> None:
         ds = self.downstreams.get(conn)
         if ds is not None:
+            # A client that does not read its replies: stop reading its requests, and stop
+            # reading the upstreams that still owe it answers, so memory stays bounded.
             self._disable(ds, Reason.OWN_WRITE_BUFFER_HIGH)
+            for req in ds.active:
+                held = req.upstream
+                if held is None or ds in held.blocked_by:
+                    continue
+                held.blocked_by[ds] = None
+                ds.blocking[held] = None
+                if len(held.blocked_by) == 1:
+                    held.pool.cluster.counters.upstream_flow_control_paused += 1
+                    self._out.append(ReadDisable(held.id))
             return
         up = self.upstreams.get(conn)
         if up is None or up.write_high:
             return
         up.write_high = True
-        up.pool.cluster.counters.upstream_flow_control_paused += 1
         for req in (*up.inflight.values(), *up.fifo):
             ds = req.downstream
             if ds is not None and not req.done and self.downstreams.get(ds.id) is ds:
@@ -500,6 +509,7 @@ class Proxy(UpstreamSide):
         ds = self.downstreams.get(conn)
         if ds is not None:
             self._enable(ds, Reason.OWN_WRITE_BUFFER_HIGH)
+            self._unblock_upstreams(ds)
             return
         up = self.upstreams.get(conn)
         if up is None or not up.write_high:

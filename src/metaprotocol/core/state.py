@@ -156,6 +156,7 @@ class ActiveRequest:
 class Downstream:
     __slots__ = (
         "active",
+        "blocking",
         "buffer",
         "closing",
         "codec",
@@ -164,6 +165,7 @@ class Downstream:
         "idle_timer",
         "last_activity",
         "listener",
+        "pinned",
         "slots",
         "streams",
     )
@@ -180,10 +182,16 @@ class Downstream:
         self.closing = False  # close once every reply is written
         self.last_activity = now
         self.idle_timer: Timer | None = None
+        # Ordered protocols: the upstream connection per pool this client's requests go to,
+        # so its pipelined requests run in the order it sent them.
+        self.pinned: dict[Pool, Upstream] = {}
+        # Upstreams whose reading this client holds off while it does not read its replies.
+        self.blocking: dict[Upstream, None] = {}
 
 
 class Upstream:
     __slots__ = (
+        "blocked_by",
         "buffer",
         "codec",
         "connect_timer",
@@ -214,6 +222,8 @@ class Upstream:
         self.write_high = False
         # Read-disabled because this upstream is full (a dict: an ordered set).
         self.feeders: dict[Downstream, None] = {}
+        # Slow-reading clients with answers pending here: reading stops while any remains.
+        self.blocked_by: dict[Downstream, None] = {}
 
     @property
     def load(self) -> int:

@@ -86,6 +86,20 @@ class UpstreamSide(EngineBase):
             self.pools.pop(pool, None)
 
     def _acquire(self, pool: Pool, req: ActiveRequest, now: float) -> Upstream | None:
+        ds = req.downstream
+        if pool.ordering is not Ordering.ORDERED or ds is None:
+            return self._choose(pool, req, now)
+        # FIFO protocols: one client's requests stay on one upstream connection, or a
+        # pipelined SET then GET could run in the other order on two connections.
+        up = ds.pinned.get(pool)
+        if up is not None and self.upstreams.get(up.id) is up:
+            return up
+        up = self._choose(pool, req, now)
+        if up is not None:
+            ds.pinned[pool] = up
+        return up
+
+    def _choose(self, pool: Pool, req: ActiveRequest, now: float) -> Upstream | None:
         conns = pool.connections
         if len(conns) == 1 and pool.ordering is not Ordering.EXCLUSIVE:
             only = conns[0]
@@ -325,6 +339,9 @@ class UpstreamSide(EngineBase):
                 self._upstream_gone(up, ErrorType.BAD_RESPONSE, "unsolicited response", now)
                 return
         if req is None or req.done:
+            if req is not None and req.timer is not None:  # an abandoned request's deadline
+                req.timer.cancel()
+                req.timer = None
             cluster_counters.response_dropped += 1  # late (timed out) or abandoned
             self._after_upstream_freed(up, now)
             return
@@ -416,12 +433,16 @@ class UpstreamSide(EngineBase):
         for ds in up.feeders:
             self._enable(ds, Reason.UPSTREAM_WRITE_BUFFER_HIGH)
         up.feeders.clear()
+        for ds in up.blocked_by:
+            ds.blocking.pop(up, None)
+        up.blocked_by.clear()
         if pool.retired and not pool.connections and not pool.waiting:
             self.pools.pop(pool, None)
 
     def _close_upstream(self, up: Upstream, flush: bool) -> None:
-        self._out.append(CloseConnection(up.id, flush=flush))
-        self._forget_upstream(up)
+        if self.upstreams.get(up.id) is up:
+            self._out.append(CloseConnection(up.id, flush=flush))
+            self._forget_upstream(up)
 
     def _upstream_failed(
         self, req: ActiveRequest, error: ErrorType, reason: str, detail: str, now: float
@@ -470,8 +491,32 @@ class UpstreamSide(EngineBase):
 
     def _request_timeout(self, req: ActiveRequest, now: float) -> None:
         req.timer = None
-        if req.done:
-            return
-        if req.cluster is not None:
-            req.cluster.counters.upstream_rq_timeout += 1
-        self._upstream_failed(req, ErrorType.TIMEOUT, "timeout", "request timed out", now)
+        up = req.upstream
+        if not req.done:
+            if req.cluster is not None:
+                req.cluster.counters.upstream_rq_timeout += 1
+            self._upstream_failed(req, ErrorType.TIMEOUT, "timeout", "request timed out", now)
+        if up is not None and up.pool.ordering is not Ordering.MULTIPLEXED and req in up.fifo:
+            # Without ids the late answer would hold every later answer on this connection
+            # back: close it (as Envoy and twemproxy do); what it still carried fails.
+            self._reset_upstream(up, "upstream connection closed after a request timed out", now)
+
+    def _reset_upstream(self, up: Upstream, detail: str, now: float) -> None:
+        if self.upstreams.get(up.id) is up:
+            self._out.append(CloseConnection(up.id, flush=False))
+            self._upstream_gone(up, ErrorType.UPSTREAM_RESET, detail, now)
+
+    def _abandoned_on(self, up: Upstream, req: ActiveRequest, deadline: float | None) -> None:
+        """``req``'s client went away while ``up`` (ordered) still owes its answer. If nothing
+        else is waiting on ``up``, close it now; else its answer is awaited (and dropped) until
+        the request's deadline, when the connection is reset like any timeout."""
+        if not any(not other.done for other in up.fifo):
+            self._close_upstream(up, flush=False)
+            for other in up.fifo:  # placeholders of this client's earlier requests
+                if other.timer is not None:
+                    other.timer.cancel()
+                    other.timer = None
+            up.fifo.clear()
+        elif deadline is not None:
+            req.upstream = up
+            req.timer = self.timers.schedule(deadline, self._request_timeout, req)

@@ -1,0 +1,164 @@
+"""Load drivers: redis-benchmark, wrk and our Thrift/Dubbo load generator, parsed alike.
+
+Each driver runs one bounded load (a fixed request count, or a few seconds for wrk) against
+127.0.0.1:port and returns a ``Load``: requests completed, wall seconds, req/s, p50/p99
+latency in ms and an error count. A driver that fails raises ``DriverError``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["DriverError", "Load", "loadgen", "redis_benchmark", "wrk"]
+
+HERE = Path(__file__).resolve().parent
+
+
+class DriverError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Load:
+    requests: int
+    seconds: float
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int = 0
+
+
+def _run(argv: list[str], timeout: float) -> str:
+    try:
+        done = subprocess.run(
+            argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise DriverError(f"{argv[0]} timed out after {timeout:.0f}s") from exc
+    if done.returncode != 0:
+        raise DriverError(f"{argv[0]} exited {done.returncode}: {done.stderr.strip()[-500:]}")
+    return done.stdout
+
+
+def redis_benchmark(port: int, *, pipeline: int, requests: int, clients: int = 50) -> Load:
+    """``redis-benchmark -t ping_mbulk,set,get -c clients -n requests -P pipeline --csv``.
+
+    req/s is the combined rate (all requests over the summed per-test durations); p50/p99
+    are the means of the three tests' percentiles.
+    """
+    tests = ("ping_mbulk", "set", "get")
+    started = time.perf_counter()
+    out = _run(
+        [
+            "redis-benchmark",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-c",
+            str(clients),
+            "-n",
+            str(requests),
+            "-P",
+            str(pipeline),
+            "-t",
+            ",".join(tests),
+            "--csv",
+        ],
+        timeout=180,
+    )
+    wall = time.perf_counter() - started
+    rows = [r for r in csv.DictReader(io.StringIO(out)) if r.get("rps")]
+    if len(rows) != len(tests):
+        raise DriverError(f"redis-benchmark printed {len(rows)} result rows:\n{out[-500:]}")
+    seconds = sum(requests / float(r["rps"]) for r in rows)
+    total = requests * len(rows)
+    return Load(
+        requests=total,
+        seconds=min(seconds, wall),
+        rps=total / seconds,
+        p50_ms=sum(float(r["p50_latency_ms"]) for r in rows) / len(rows),
+        p99_ms=sum(float(r["p99_latency_ms"]) for r in rows) / len(rows),
+    )
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
+
+
+def _ms(text: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
+    if m is None:
+        raise DriverError(f"cannot read wrk latency {text!r}")
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def wrk(port: int, path: str, *, seconds: int, clients: int = 50) -> Load:
+    """``wrk -t1 -c clients -d seconds --latency http://127.0.0.1:port/path``."""
+    out = _run(
+        [
+            "wrk",
+            "-t1",
+            f"-c{clients}",
+            f"-d{seconds}s",
+            "--latency",
+            f"http://127.0.0.1:{port}{path}",
+        ],
+        timeout=seconds + 60,
+    )
+    done = re.search(r"(\d+) requests in ([\d.]+)(us|ms|s|m)", out)
+    p50 = re.search(r"^\s+50%\s+(\S+)", out, re.M)
+    p99 = re.search(r"^\s+99%\s+(\S+)", out, re.M)
+    if done is None or p50 is None or p99 is None:
+        raise DriverError(f"cannot read wrk output:\n{out[-800:]}")
+    requests = int(done.group(1))
+    elapsed = _ms(done.group(2) + done.group(3)) / 1e3
+    errors = 0
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if bad is not None:
+        errors += int(bad.group(1))
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if sock is not None:
+        errors += sum(int(g) for g in sock.groups())
+    return Load(
+        requests=requests,
+        seconds=elapsed,
+        rps=requests / elapsed if elapsed else 0.0,
+        p50_ms=_ms(p50.group(1)),
+        p99_ms=_ms(p99.group(1)),
+        errors=errors,
+    )
+
+
+def loadgen(kind: str, port: int, *, requests: int, clients: int = 50) -> Load:
+    """Our closed-loop generator (``loadgen.py``) for ``thrift`` or ``dubbo``."""
+    out = _run(
+        [
+            sys.executable,
+            str(HERE / "loadgen.py"),
+            kind,
+            "--target",
+            f"127.0.0.1:{port}",
+            "--conns",
+            str(clients),
+            "--requests",
+            str(requests),
+        ],
+        timeout=150,
+    )
+    data = json.loads(out.strip().splitlines()[-1])
+    return Load(
+        requests=int(data["requests"]),
+        seconds=float(data["seconds"]),
+        rps=float(data["rps"]),
+        p50_ms=float(data["p50_ms"]),
+        p99_ms=float(data["p99_ms"]),
+        errors=int(data["errors"]),
+    )
