@@ -85,7 +85,11 @@ def build_core(config: Config, now: float) -> Core:
     from metaprotocol.core.proxy import Proxy
 
     # The core takes randomness as an argument (weighted clusters, mirror fractions, faults).
-    proxy: Core = Proxy(config, now=now, random=random.Random().random)
+    # Observer events cost about a fifth of the per-request CPU: only the access log needs
+    # them here (an embedding program that watches events passes its own Proxy).
+    proxy: Core = Proxy(
+        config, now=now, random=random.Random().random, observe=config.access_log is not None
+    )
     return proxy
 
 
