@@ -7,6 +7,9 @@
     pb << None                      # nothing more was emitted
     pb.done()                       # every output was expected; fails otherwise
 
+A playbook left with outputs nobody expected fails its test even without ``done()``: the
+suite's conftest checks ``unfinished_playbooks()`` after every test.
+
 Observer events (Decoded, Routed, ...) are skipped unless the playbook is built with
 ``observers=True``. On a mismatch the assertion shows the whole trace so far, fed events
 (``>>``) next to what the proxy emitted (``<<``), with the unexpected line marked.
@@ -14,6 +17,7 @@ Observer events (Decoded, Routed, ...) are skipped unless the playbook is built 
 
 from __future__ import annotations
 
+import weakref
 from collections import deque
 from typing import Any
 
@@ -29,7 +33,7 @@ from metaprotocol.core.outputs import (
 )
 from metaprotocol.core.proxy import Proxy
 
-__all__ = ["ANY", "Playbook", "PlaybookError"]
+__all__ = ["ANY", "Playbook", "PlaybookError", "unfinished_playbooks"]
 
 _INSTRUCTIONS = (Write, OpenUpstream, CloseConnection, ReadDisable, ReadEnable, ExternalCall)
 
@@ -59,8 +63,30 @@ def _short(item: object) -> str:
     return text if len(text) <= 150 else text[:147] + "..."
 
 
+_created: list[weakref.ref[Playbook]] = []
+
+
+def unfinished_playbooks() -> list[str]:
+    """Traces of every playbook made since the last call that still has unexpected outputs.
+
+    A test suite calls this after each test (``tests/conftest.py`` does, in an autouse
+    fixture) so a playbook whose last outputs were never expected fails its test.
+    """
+    problems: list[str] = []
+    for ref in _created:
+        pb = ref()
+        if pb is not None and pb.pending:
+            try:
+                pb.done()
+            except PlaybookError as exc:
+                problems.append(str(exc))
+    _created.clear()
+    return problems
+
+
 class Playbook:
     def __init__(self, proxy: Proxy, *, now: float = 0.0, observers: bool = False) -> None:
+        _created.append(weakref.ref(self))
         self.proxy = proxy
         self.now = now
         self.observers = observers
