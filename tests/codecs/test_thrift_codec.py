@@ -31,10 +31,9 @@ from metaprotocol.core.message import (
     ProtocolError,
     ResponseStatus,
 )
+from tests.codecs.vectors import VECTORS_PATH
 
-VECTORS = Path("/work/shared/vectors/wire-vectors.json")
-if not VECTORS.exists():
-    VECTORS = Path(__file__).resolve().parents[3] / "shared" / "vectors" / "wire-vectors.json"
+VECTORS = VECTORS_PATH  # the repository's copy of the shared wire vectors
 IDL = Path(__file__).parent / "data" / "calculator.thrift"
 PY_PROTOCOL: Any = thriftpy2.protocol  # thriftpy2's factories and transports are untyped
 PY_TRANSPORT: Any = thriftpy2.transport

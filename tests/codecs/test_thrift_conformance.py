@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from metaprotocol.codecs.thrift import ThriftCodec
 from metaprotocol.testing.conformance import check_codec
+from tests.codecs.vectors import VECTORS_PATH
 
-VECTORS = Path("/work/shared/vectors/wire-vectors.json")
-if not VECTORS.exists():
-    VECTORS = Path(__file__).resolve().parents[3] / "shared" / "vectors" / "wire-vectors.json"
+VECTORS = VECTORS_PATH  # the repository's copy of the shared wire vectors
 
 
 def frames(transport: str, protocol: str, direction: str) -> list[bytes]:

@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from metaprotocol.codecs.thrift import ThriftCodec
 from metaprotocol.core.codec import Side
 from metaprotocol.core.message import NEED_DATA, ErrorType, Message, ProtocolError
+from tests.codecs.vectors import load_vectors
 
-VECTORS = Path("/work/shared/vectors/wire-vectors.json")
-if not VECTORS.exists():
-    VECTORS = Path(__file__).resolve().parents[3] / "shared" / "vectors" / "wire-vectors.json"
-
-SAMPLES = [
-    bytes.fromhex(entry["hex"])
-    for entry in json.loads(VECTORS.read_text())
-    if entry["protocol"] == "thrift"
-]
+SAMPLES = [bytes.fromhex(entry["hex"]) for entry in load_vectors("thrift")]
 # A nested compact reply and a framed binary one, in case the vectors file changes.
 SAMPLES += [
     bytes.fromhex(
