@@ -87,6 +87,16 @@ class RouteMatch:
     """An AND of metadata matchers; empty matches everything."""
 
     metadata: tuple[tuple[str, StringMatcher], ...] = ()
+    # The same match as (key, value) pairs when every matcher is a plain ``exact`` (the common
+    # case, which the engine checks inline); None otherwise.
+    exact: tuple[tuple[str, str], ...] | None = field(
+        default=None, init=False, compare=False, repr=False
+    )
+
+    def __post_init__(self) -> None:
+        if all(m.kind == "exact" and not m.invert for _, m in self.metadata):
+            pairs = tuple((key, m.value) for key, m in self.metadata)
+            object.__setattr__(self, "exact", pairs)
 
     def matches(self, properties: Mapping[str, str]) -> bool:
         get = properties.get

@@ -40,11 +40,12 @@ from metaprotocol.core.outputs import (
     ReadDisable,
     Write,
 )
-from metaprotocol.core.routing import match_route, pick_cluster
+from metaprotocol.core.routing import pick_cluster
 from metaprotocol.core.runtime import Runtime
 from metaprotocol.core.state import (
     ActiveRequest,
     Downstream,
+    ListenerRuntime,
     Pool,
     ReplySlot,
     Upstream,
@@ -54,6 +55,10 @@ from metaprotocol.core.timers import Timers
 from metaprotocol.core.upstream_side import UpstreamSide
 
 __all__ = ["Proxy"]
+
+_REQUEST = MessageType.REQUEST
+_ONEWAY = MessageType.ONEWAY
+_STREAM_INIT = MessageType.STREAM_INIT
 
 _STREAM_TYPES = (MessageType.STREAM_DATA, MessageType.STREAM_CLOSE)
 
@@ -106,7 +111,10 @@ class Proxy(UpstreamSide):
         if type(event) is ev.DataReceived:  # the hot path, ahead of the general dispatch
             ds = self.downstreams.get(event.conn)
             if ds is not None:
-                self._downstream_data(ds, event.data, now)
+                ds.last_activity = now
+                if not ds.closing:  # closing: a fatal error or drain, only flushing is left
+                    ds.buffer += event.data
+                    self._decode_downstream(ds, now)
             else:
                 up = self.upstreams.get(event.conn)
                 if up is not None:
@@ -310,6 +318,9 @@ class Proxy(UpstreamSide):
     def _on_request(self, ds: Downstream, msg: Message, now: float) -> None:
         mtype = msg.type
         listener = ds.listener
+        if mtype is _REQUEST or mtype is _ONEWAY or mtype is _STREAM_INIT:
+            self._new_request(ds, listener, msg, mtype, now)
+            return
         counters = listener.counters
         if mtype is MessageType.HEARTBEAT:
             counters.heartbeat += 1
@@ -324,18 +335,26 @@ class Proxy(UpstreamSide):
             else:
                 self._out.append(Write(ds.id, reply))
             return
-        if mtype in _STREAM_TYPES:
+        if mtype is MessageType.STREAM_DATA or mtype is MessageType.STREAM_CLOSE:
             self._stream_frame(ds, msg, now)
             return
-        if not msg.is_request:
-            self._decode_failed(ds, ProtocolError(f"unexpected {mtype.value} from client"))
-            return
+        self._decode_failed(ds, ProtocolError(f"unexpected {mtype.value} from client"))
+
+    def _new_request(
+        self,
+        ds: Downstream,
+        listener: ListenerRuntime,
+        msg: Message,
+        mtype: MessageType,
+        now: float,
+    ) -> None:
+        counters = listener.counters
         counters.request += 1
         counters.request_decoding_success += 1
         if self.observe:
             self._out.append(Decoded(ds.id, msg.request_id, mtype.value, msg.properties))
         req = ActiveRequest(ds, listener, msg, now)
-        if mtype is MessageType.ONEWAY:
+        if mtype is _ONEWAY:
             counters.request_oneway += 1
         else:
             counters.request_twoway += 1
@@ -344,9 +363,12 @@ class Proxy(UpstreamSide):
             if listener.ordered:
                 req.slot = ReplySlot()
                 ds.slots.append(req.slot)
-            if mtype is MessageType.STREAM_INIT and msg.request_id is not None:
+            if mtype is _STREAM_INIT and msg.request_id is not None:
                 ds.streams[msg.request_id] = req
-        self._run_filters(req, now)
+        if listener.filters:
+            self._run_filters(req, now)
+        else:
+            self._route(req, now)
 
     # -- filters -----------------------------------------------------------------------------
 
@@ -410,8 +432,22 @@ class Proxy(UpstreamSide):
     # -- routing -----------------------------------------------------------------------------
 
     def _route(self, req: ActiveRequest, now: float) -> None:
-        msg = req.message
-        route = match_route(req.listener.routes, msg.properties)
+        properties = req.message.properties
+        get = properties.get
+        route = None
+        for candidate in req.listener.routes:  # first match; exact-only matches inlined
+            exact = candidate.match.exact
+            if exact is None:
+                if candidate.match.matches(properties):
+                    route = candidate
+                    break
+                continue
+            for key, value in exact:
+                if get(key) != value:
+                    break
+            else:
+                route = candidate
+                break
         if route is None:
             req.listener.counters.route_not_found += 1
             if self.observe and req.downstream is not None:
@@ -420,16 +456,17 @@ class Proxy(UpstreamSide):
             return
         req.route = route
         action = route.action
-        name = pick_cluster(action, self.random)
+        name = action.cluster if action.cluster is not None else pick_cluster(action, self.random)
         cluster = self.runtime.clusters.get(name) if name is not None else None
         if cluster is None:
             self._local_reply(req, ErrorType.CLUSTER_NOT_FOUND, f"cluster {name!r} not found", now)
             return
         req.cluster = cluster
         req.listener.route_counters[route.name].route_hit += 1
-        for mirror in action.mirror:
-            if mirror.fraction >= 1.0 or self.random() < mirror.fraction:
-                self._mirror(req, mirror.cluster, now)
+        if action.mirror:
+            for mirror in action.mirror:
+                if mirror.fraction >= 1.0 or self.random() < mirror.fraction:
+                    self._mirror(req, mirror.cluster, now)
         self._send(req, now)
 
     # -- streams -----------------------------------------------------------------------------

@@ -1,19 +1,15 @@
-"""Route selection: first match over the ordered route table, then a cluster from the action."""
+"""Route actions: a cluster from the action (weighted picks) and the consistent-hash key.
+
+The first-match walk over the route table is inlined in ``Proxy._route`` (hot path).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 
-from metaprotocol.core.config import RouteAction, RouteConfig
+from metaprotocol.core.config import RouteAction
 
-__all__ = ["hash_key", "match_route", "pick_cluster"]
-
-
-def match_route(routes: Sequence[RouteConfig], properties: Mapping[str, str]) -> RouteConfig | None:
-    for route in routes:
-        if route.match.matches(properties):
-            return route
-    return None
+__all__ = ["hash_key", "pick_cluster"]
 
 
 def pick_cluster(action: RouteAction, random: Callable[[], float]) -> str | None:
