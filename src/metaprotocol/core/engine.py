@@ -120,6 +120,8 @@ class EngineBase:
             self._out.append(Write(ds.id, data))
         if completed is not None:
             self._out.append(completed)
+        if not ds.gate.reasons and not ds.closing:
+            return  # the common case: nothing held back, nothing to close
         if self.downstreams.get(ds.id) is not ds:
             return
         pending_limit = ds.listener.config.max_pending_requests
@@ -156,27 +158,31 @@ class EngineBase:
         if req.done:
             return None
         req.done = True
-        endpoint = req.pool.endpoint.label if req.pool is not None else ""
-        if req.timer is not None:
-            req.timer.cancel()
+        pool = req.pool
+        endpoint = pool.endpoint.label if pool is not None and self.observe else ""
+        timer = req.timer
+        if timer is not None:
+            timer.cancel()
             req.timer = None
-        if req.pause_timer is not None:
-            req.pause_timer.cancel()
-            req.pause_timer = None
-        if req.call is not None:
-            self.calls.pop(req.call, None)
-            self.decisions.pop(req.call, None)
-            req.call = None
-        if status != "oneway":
+        if req.pause_timer is not None or req.call is not None:
+            self._stop_waiting(req)
+        if status != "oneway" and (req.upstream is not None or pool is not None):
             self._release_upstream(req)
-        self._unclaim(req)
+        ep = req.endpoint
+        if ep is not None:  # unclaim (inlined: once per request)
+            ep.active_requests -= 1
+            req.endpoint = None
+            if req.cluster is not None:
+                req.cluster.active_requests -= 1
+        req.pool = None
         ds = req.downstream
         if ds is not None and req in ds.active:
             ds.active.discard(req)
             req.listener.counters.active_requests -= 1
-            mid = req.message.request_id
-            if mid is not None and ds.streams.get(mid) is req:
-                del ds.streams[mid]
+            if ds.streams:
+                mid = req.message.request_id
+                if mid is not None and ds.streams.get(mid) is req:
+                    del ds.streams[mid]
         duration = now - req.start
         req.listener.duration.observe(duration)
         if not self.observe or ds is None:
@@ -195,6 +201,16 @@ class EngineBase:
         if emit:
             self._out.append(completed)
         return completed
+
+    def _stop_waiting(self, req: ActiveRequest) -> None:
+        """Forget a filter's pause (timer or external call) for a finished request."""
+        if req.pause_timer is not None:
+            req.pause_timer.cancel()
+            req.pause_timer = None
+        if req.call is not None:
+            self.calls.pop(req.call, None)
+            self.decisions.pop(req.call, None)
+            req.call = None
 
     def _maybe_finish_close(self, ds: Downstream) -> None:
         if ds.closing and not ds.active and not ds.slots and self.downstreams.get(ds.id) is ds:

@@ -43,8 +43,12 @@ class UpstreamSide(EngineBase):
             self._local_reply(req, ErrorType.OVER_LIMIT, "cluster max_requests reached", now)
             return
         action = route.action
-        key = hash_key(action, req.message.properties) if action.hash_policy else None
-        endpoint = cluster.balancer.pick(now, key, req.tried)
+        endpoints = cluster.endpoints
+        if len(endpoints) == 1 and not req.tried and endpoints[0].ejected_until <= now:
+            endpoint: EndpointState | None = endpoints[0]  # one endpoint: nothing to balance
+        else:
+            key = hash_key(action, req.message.properties) if action.hash_policy else None
+            endpoint = cluster.balancer.pick(now, key, req.tried)
         if endpoint is None:
             self._local_reply(req, ErrorType.NO_HEALTHY_UPSTREAM, "no healthy upstream", now)
             return
@@ -56,10 +60,18 @@ class UpstreamSide(EngineBase):
         pool = endpoint.pools.get(pool_key)
         if pool is None:
             pool = self._new_pool(listener, cluster, endpoint, pool_key, variant)
+        conns = pool.connections
+        if (
+            pool.ordering is Ordering.MULTIPLEXED
+            and len(conns) == 1
+            and conns[0].connected
+            and len(conns[0].inflight) < SHARE_THRESHOLD
+        ):
+            self._dispatch(req, conns[0], now)  # the common case: one warm shared connection
+            return
         up = self._acquire(pool, req, now)
-        if up is None:
-            return  # answered (overflow) or queued for a free connection
-        self._dispatch(req, up, now)
+        if up is not None:  # None: answered (overflow) or queued for a free connection
+            self._dispatch(req, up, now)
 
     def _new_pool(
         self,
@@ -188,7 +200,8 @@ class UpstreamSide(EngineBase):
         """Encode the request for ``up`` and write it (or queue it until connected)."""
         pool = up.pool
         req.pool = pool
-        self._claim(req, pool, now)
+        if req.endpoint is None:
+            self._claim(req, pool, now)
         msg = req.message
         route = req.route
         assert route is not None
@@ -320,7 +333,7 @@ class UpstreamSide(EngineBase):
             if reply is not None:
                 self._out.append(Write(up.id, reply))
             return  # upstream heartbeats never reach clients
-        if mtype in _STREAM_TYPES:
+        if mtype is MessageType.STREAM_DATA or mtype is MessageType.STREAM_CLOSE:
             self._upstream_stream_frame(up, msg, now)
             return
         if msg.properties.get("push") == "1":
@@ -354,6 +367,8 @@ class UpstreamSide(EngineBase):
             counters.response_error += 1
         if req.endpoint is not None:
             req.endpoint.consecutive_failures = 0
+        # The server closes after this response (HTTP "Connection: close").
+        closes = msg.properties.get("connection") == "close"
         ds = req.downstream
         if ds is None:  # a mirror copy: nobody waits for it
             self._finish(req, "ok" if ok else "error", None, now)
@@ -368,15 +383,12 @@ class UpstreamSide(EngineBase):
                 # The codec cannot apply the mutation to this response: forward it as is.
                 up.pool.cluster.counters.response_mutation_failed += 1
                 data = ds.codec.encode(msg, request_id=restore)
-            closes = msg.properties.get("connection") == "close"
             self._answer(req, data, "ok" if ok else "error", None, now, close_after=closes)
-        if (
-            msg.properties.get("connection") == "close"
-            and up.pool.ordering is not Ordering.MULTIPLEXED
-        ):
+        pool = up.pool
+        if closes and pool.ordering is not Ordering.MULTIPLEXED:
             self._upstream_closing(up, now)
-            return
-        self._after_upstream_freed(up, now)
+        elif pool.retired or pool.waiting:
+            self._after_upstream_freed(up, now)
 
     def _upstream_closing(self, up: Upstream, now: float) -> None:
         """The server announced it closes after this response: requests pipelined behind it
