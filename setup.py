@@ -16,8 +16,15 @@ if os.environ.get("METAPROTOCOL_MYPYC") == "1":
     root = Path(__file__).parent / "src" / "metaprotocol"
     # Interpreted: the registry loads entry points dynamically; core/codec.py holds
     # runtime-checkable Protocols, which mypyc cannot compile; the h11 reference parser is
-    # the slow oracle, never the data path.
-    interpreted = {"codecs/registry.py", "core/codec.py", "codecs/http1/reference.py"}
+    # the slow oracle, never the data path; events and outputs stay plain dataclasses so
+    # tests can put placeholders such as ``testing.ANY`` in them.
+    interpreted = {
+        "codecs/registry.py",
+        "core/codec.py",
+        "codecs/http1/reference.py",
+        "core/events.py",
+        "core/outputs.py",
+    }
     sources = sorted(
         str(path)
         for package in ("core", "codecs")
