@@ -2,7 +2,9 @@
 
 Fields: ``time`` (wall clock, ISO 8601 UTC with milliseconds), ``listener``, ``route``,
 ``cluster``, ``endpoint``, ``status``, ``error`` (an ``ErrorType`` value or null),
-``duration_ms`` (float) and ``metadata`` (the routing properties the core reported).
+``duration_ms`` (float) and ``metadata``: the routing properties named in the config's
+``access_log.metadata`` list (none by default: HTTP headers may carry credentials; ``"*"``
+logs every property).
 """
 
 from __future__ import annotations
@@ -18,8 +20,16 @@ from metaprotocol.core.outputs import RequestCompleted
 __all__ = ["AccessLog", "format_line"]
 
 
-def format_line(event: RequestCompleted, wall_time: float) -> str:
-    """The access-log line (without the newline) for ``event`` completed at ``wall_time``."""
+def format_line(
+    event: RequestCompleted, wall_time: float, metadata: tuple[str, ...] = ("*",)
+) -> str:
+    """The access-log line (without the newline) for ``event`` completed at ``wall_time``,
+    with the properties named in ``metadata`` (``"*"``: all of them)."""
+    props = event.properties
+    if "*" in metadata:
+        chosen = dict(props)
+    else:
+        chosen = {key: props[key] for key in metadata if key in props}
     record: dict[str, Any] = {
         "time": datetime.fromtimestamp(wall_time, UTC).isoformat(timespec="milliseconds"),
         "listener": event.listener,
@@ -29,7 +39,7 @@ def format_line(event: RequestCompleted, wall_time: float) -> str:
         "status": event.status,
         "error": None if event.error is None else event.error.value,
         "duration_ms": round(event.duration * 1000.0, 3),
-        "metadata": dict(event.properties),
+        "metadata": chosen,
     }
     return json.dumps(record, separators=(",", ":"), ensure_ascii=False)
 
@@ -41,7 +51,8 @@ class AccessLog:
     of core outputs, so a burst of completions costs one write.
     """
 
-    def __init__(self, target: str | IO[str]) -> None:
+    def __init__(self, target: str | IO[str], metadata: tuple[str, ...] = ()) -> None:
+        self.metadata = metadata  # which routing properties each line carries
         self._owned = False
         if isinstance(target, str):
             if target == "-":
@@ -54,7 +65,8 @@ class AccessLog:
         self._pending: list[str] = []
 
     def log(self, event: RequestCompleted, wall_time: float | None = None) -> None:
-        self._pending.append(format_line(event, time.time() if wall_time is None else wall_time))
+        when = time.time() if wall_time is None else wall_time
+        self._pending.append(format_line(event, when, self.metadata))
 
     def flush(self) -> None:
         if not self._pending:

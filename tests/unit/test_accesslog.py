@@ -73,3 +73,14 @@ def test_stream_target_and_closed_stream_do_not_raise() -> None:
     stream.close()
     log.log(_event())
     log.flush()
+
+
+def test_only_the_metadata_asked_for_is_logged() -> None:
+    line = json.loads(format_line(_event(), 0.0, ("command", "absent")))
+    assert line["metadata"] == {"command": "GET"}
+    assert json.loads(format_line(_event(), 0.0, ()))["metadata"] == {}
+    stream = io.StringIO()
+    log = AccessLog(stream, ("key",))
+    log.log(_event(), 0.0)
+    log.flush()
+    assert json.loads(stream.getvalue())["metadata"] == {"key": "session:é"}

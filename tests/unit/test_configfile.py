@@ -874,3 +874,17 @@ def test_any_value_anywhere_gives_a_config_or_path_qualified_errors(
             where, sep, message = line.partition(": ")
             assert sep and where and message, line
             assert "\n" not in line
+
+
+def test_access_log_metadata_keys() -> None:
+    from metaprotocol.configfile import parse_config
+
+    base = {
+        "listeners": [
+            {"name": "l", "address": "127.0.0.1:0", "codec": "lengthprefixed", "routes": []}
+        ],
+        "clusters": [],
+    }
+    cfg = parse_config({**base, "access_log": {"path": "-", "metadata": ["Command", "*"]}})
+    assert cfg.access_log == "-" and cfg.access_log_metadata == ("command", "*")
+    assert parse_config({**base, "access_log": "-"}).access_log_metadata == ()

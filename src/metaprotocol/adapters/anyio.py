@@ -379,7 +379,7 @@ async def serve(
     """Serve ``config`` while the block runs; leaving the block closes everything."""
     cfg = resolve_config(config)
     core = proxy if proxy is not None else build_core(cfg, anyio.current_time())
-    access_log = AccessLog(cfg.access_log) if cfg.access_log else None
+    access_log = AccessLog(cfg.access_log, cfg.access_log_metadata) if cfg.access_log else None
     async with anyio.create_task_group() as tg:
         server = _Server(tg, core, cfg, access_log)
         redis = global_ratelimit_address(cfg)

@@ -364,7 +364,7 @@ async def serve(
     cfg = resolve_config(config)
     loop = asyncio.get_running_loop()
     core = proxy if proxy is not None else build_core(cfg, loop.time())
-    access_log = AccessLog(cfg.access_log) if cfg.access_log else None
+    access_log = AccessLog(cfg.access_log, cfg.access_log_metadata) if cfg.access_log else None
     server = _Server(loop, core, cfg, access_log)
     redis = global_ratelimit_address(cfg)
     if redis is not None:

@@ -449,7 +449,9 @@ def serve_forever(
     """Serve ``config`` in this thread until ``handle.stop()``; ``ready`` gets the handle."""
     cfg = resolve_config(config)
     core = proxy if proxy is not None else build_core(cfg, time.monotonic())
-    loop = _Loop(core, cfg, AccessLog(cfg.access_log) if cfg.access_log else None)
+    loop = _Loop(
+        core, cfg, AccessLog(cfg.access_log, cfg.access_log_metadata) if cfg.access_log else None
+    )
     handle = Handle(loop)
     try:
         redis = global_ratelimit_address(cfg)

@@ -87,6 +87,11 @@ class Checker(RoutingReader):
         listeners = self.optional(top, "listeners", "", self.listeners) or ()
         clusters = self.optional(top, "clusters", "", self.clusters) or ()
         access_log = self.optional(top, "access_log", "", self.access_log)
+        log_metadata: tuple[str, ...] = ()
+        log_spec = top.get("access_log")
+        if isinstance(log_spec, Mapping) and "metadata" in log_spec:
+            keys = self.strings(log_spec["metadata"], "access_log.metadata") or ()
+            log_metadata = tuple(k if k == "*" else k.lower() for k in keys)
         redis = self.optional(top, "global_ratelimit_redis", "", self.redis_settings)
         del redis  # validated only: the adapter reads it from Config.raw
         known = {c.name for c in clusters}
@@ -99,7 +104,7 @@ class Checker(RoutingReader):
             if name not in known:
                 self.error(path, f"unknown cluster {name!r}{hint(name, known)}")
         raw = copy.deepcopy(dict(top))
-        return Config(listeners, clusters, admin, access_log, raw)
+        return Config(listeners, clusters, admin, access_log, log_metadata, raw)
 
     def admin(self, value: object, path: str) -> AdminConfig | None:
         m = self.mapping(value, path, ("address",))
@@ -111,7 +116,7 @@ class Checker(RoutingReader):
 
     def access_log(self, value: object, path: str) -> str | None:
         if isinstance(value, Mapping):
-            m = self.mapping(value, path, ("path",), ("path",))
+            m = self.mapping(value, path, ("path", "metadata"), ("path",))
             return None if m is None else self.optional(m, "path", path, self.string)
         return self.string(value, path)
 

@@ -258,4 +258,5 @@ class Config:
     clusters: tuple[ClusterConfig, ...]
     admin: AdminConfig | None = None
     access_log: str | None = None  # a file path, "-" for stdout, None for none
+    access_log_metadata: tuple[str, ...] = ()  # properties each line carries ("*": all)
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
