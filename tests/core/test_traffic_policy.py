@@ -366,3 +366,31 @@ def test_reload_keeps_warm_connections_to_endpoints_that_stay() -> None:
     pb >> DataReceived(-1, resp(2))
     pb << Write(1, resp(2))
     close_all(pb, 1, -1)
+
+
+def test_non_idempotent_requests_are_not_retried_after_a_reset() -> None:
+    policy = RetryPolicy(
+        attempts=1,
+        non_idempotent=RouteMatch((("method", StringMatcher("prefix", "create")),)),
+    )
+    pb = playbook(config(routes=(route(action=RouteAction(cluster="main", retries=policy)),),
+                         clusters=TWO))  # fmt: skip
+    detail = "upstream connection closed"
+    pb >> Accepted(1, "main")
+    pb >> DataReceived(1, req(1, method="createOrder"))
+    pb << OpenUpstream(-1, *B)
+    pb >> UpstreamConnected(-1)
+    pb << Write(-1, req(1, method="createOrder"))
+    pb >> Closed(-1)  # it may have reached the upstream: never sent twice
+    pb << Write(1, error_reply(1, "upstream_reset", detail, 7))
+    pb >> DataReceived(1, req(2, method="getOrder"))
+    pb << OpenUpstream(-2, *A)
+    pb >> UpstreamConnected(-2)
+    pb << Write(-2, req(2, method="getOrder"))
+    pb >> Closed(-2)
+    pb << OpenUpstream(-3, *B)  # an idempotent request is retried on the other endpoint
+    pb >> UpstreamConnected(-3)
+    pb << Write(-3, req(2, method="getOrder"))
+    pb >> DataReceived(-3, resp(2))
+    pb << Write(1, resp(2))
+    close_all(pb, 1, -3)

@@ -888,3 +888,37 @@ def test_access_log_metadata_keys() -> None:
     cfg = parse_config({**base, "access_log": {"path": "-", "metadata": ["Command", "*"]}})
     assert cfg.access_log == "-" and cfg.access_log_metadata == ("command", "*")
     assert parse_config({**base, "access_log": "-"}).access_log_metadata == ()
+
+
+def test_retries_non_idempotent_match() -> None:
+    from metaprotocol.configfile import parse_config
+
+    route = {
+        "name": "r",
+        "route": {
+            "cluster": "c",
+            "retries": {
+                "attempts": 2,
+                "retry_on": ["reset", "timeout"],
+                "non_idempotent": {"metadata": {"method": {"prefix": "create"}}},
+            },
+        },
+    }
+    cfg = parse_config(
+        {
+            "listeners": [
+                {
+                    "name": "l",
+                    "address": "127.0.0.1:0",
+                    "codec": "lengthprefixed",
+                    "routes": [route],
+                }  # fmt: skip
+            ],
+            "clusters": [{"name": "c", "endpoints": ["127.0.0.1:9000"]}],
+        }
+    )
+    retries = cfg.listeners[0].routes[0].action.retries
+    assert retries is not None and retries.attempts == 2
+    assert retries.allows("reset", {"method": "getX"})
+    assert not retries.allows("reset", {"method": "createX"})
+    assert not retries.allows("connect_failure", {"method": "getX"})  # not in retry_on

@@ -209,9 +209,10 @@ class RoutingReader(Reader):
         return Mutation(tuple(add), remove)
 
     def retries(self, value: object, path: str) -> RetryPolicy | None:
-        m = self.mapping(value, path, ("attempts", "retry_on"))
+        m = self.mapping(value, path, ("attempts", "retry_on", "non_idempotent"))
         if m is None:
             return None
+        non_idempotent = self.optional(m, "non_idempotent", path, self.route_match)
         default = RetryPolicy()
         retry_on = default.retry_on
         if m.get("retry_on") is not None:
@@ -220,7 +221,7 @@ class RoutingReader(Reader):
             chosen = (self.choice(x, f"{p}[{i}]", RETRY_ON) for i, x in enumerate(items))
             retry_on = frozenset(c for c in chosen if c is not None)
         attempts = self.field(m, "attempts", path, self.count, default.attempts)
-        return RetryPolicy(attempts, retry_on)
+        return RetryPolicy(attempts, retry_on, non_idempotent)
 
     # -- filters
 

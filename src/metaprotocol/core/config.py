@@ -126,6 +126,16 @@ RetryOn = Literal["connect_failure", "reset", "timeout"]
 class RetryPolicy:
     attempts: int = 1  # retries after the first try
     retry_on: frozenset[str] = frozenset({"connect_failure", "reset"})
+    # Requests matching this are not idempotent: once they may have reached the upstream
+    # (reset, timeout) they are never sent again; a connect failure is still retried.
+    non_idempotent: RouteMatch | None = None
+
+    def allows(self, reason: str, properties: Mapping[str, str]) -> bool:
+        if reason not in self.retry_on:
+            return False
+        if reason == "connect_failure" or self.non_idempotent is None:
+            return True
+        return not self.non_idempotent.matches(properties)
 
 
 @dataclass(frozen=True, slots=True)

@@ -469,7 +469,7 @@ class UpstreamSide(EngineBase):
         if (
             retries is not None
             and req.attempts < retries.attempts
-            and reason in retries.retry_on
+            and retries.allows(reason, req.message.properties)
             and req.message.type is not MessageType.ONEWAY
             and req.downstream is not None
         ):
