@@ -912,7 +912,7 @@ def test_retries_non_idempotent_match() -> None:
                     "address": "127.0.0.1:0",
                     "codec": "lengthprefixed",
                     "routes": [route],
-                }  # fmt: skip
+                }
             ],
             "clusters": [{"name": "c", "endpoints": ["127.0.0.1:9000"]}],
         }
