@@ -108,7 +108,7 @@ class Proxy(UpstreamSide):
     def handle(self, event: ev.Event, now: float) -> list[Output]:
         out: list[Output] = []
         self._out = out
-        if type(event) is ev.DataReceived:  # the hot path, ahead of the general dispatch
+        if isinstance(event, ev.DataReceived):  # the hot path, ahead of the general dispatch
             ds = self.downstreams.get(event.conn)
             if ds is not None:
                 ds.last_activity = now
@@ -125,14 +125,6 @@ class Proxy(UpstreamSide):
             self._out = []
             return out
         match event:
-            case ev.DataReceived(conn, data):
-                ds = self.downstreams.get(conn)
-                if ds is not None:
-                    self._downstream_data(ds, data, now)
-                else:
-                    up = self.upstreams.get(conn)
-                    if up is not None:
-                        self._upstream_data(up, data, now)
             case ev.Accepted(conn, listener):
                 self._accepted(conn, listener, now)
             case ev.UpstreamConnected(conn):
@@ -258,13 +250,6 @@ class Proxy(UpstreamSide):
         else:
             ds.listener.counters.idle_timeout += 1
             self._close_downstream(ds, flush=True)
-
-    def _downstream_data(self, ds: Downstream, data: bytes, now: float) -> None:
-        ds.last_activity = now
-        if ds.closing:
-            return  # a fatal error or drain: only flushing is left
-        ds.buffer += data
-        self._decode_downstream(ds, now)
 
     def _decode_downstream(self, ds: Downstream, now: float) -> None:
         codec = ds.codec
