@@ -16,6 +16,7 @@ from metaprotocol.core.config import (
     LocalRateLimitConfig,
     MatcherKind,
     MirrorPolicy,
+    PluginFilterConfig,
     RetryPolicy,
     RouteAction,
     RouteConfig,
@@ -25,6 +26,7 @@ from metaprotocol.core.config import (
     WeightedCluster,
 )
 from metaprotocol.core.message import ErrorType, Mutation
+from metaprotocol.plugins import filter_plugin_names, find_filter_factory
 
 __all__ = ["FILTER_NAMES", "MATCHER_KINDS", "RATE_UNITS", "RETRY_ON", "RoutingReader"]
 
@@ -241,10 +243,12 @@ class RoutingReader(Reader):
             else:
                 self.error(p, f"expected a filter like {{router: {{}}}}, got {describe(item)}")
                 continue
+            fp = join_path(p, str(name))
             if name not in FILTER_NAMES:
-                self.error(p, f"unknown filter {name!r}{hint(str(name), FILTER_NAMES)}")
+                plugin = self.plugin_filter(name, body, p, fp)
+                if plugin is not None:
+                    result.append(plugin)
                 continue
-            fp = join_path(p, name)
             if name == "router":
                 if i != len(items) - 1:
                     self.error(p, "router must be the last filter")
@@ -255,6 +259,24 @@ class RoutingReader(Reader):
             if built is not None:
                 result.append(built)
         return tuple(result)
+
+    def plugin_filter(
+        self, name: object, body: object, path: str, body_path: str
+    ) -> PluginFilterConfig | None:
+        """A third-party filter from the ``metaprotocol.filters`` entry-point group."""
+        factory = find_filter_factory(name) if isinstance(name, str) else None
+        if factory is None:
+            known = (*FILTER_NAMES, *filter_plugin_names())
+            self.error(path, f"unknown filter {name!r}{hint(str(name), known)}")
+            return None
+        settings = self.mapping({} if body is None else body, body_path, None)
+        if settings is None:
+            return None
+        validate = getattr(factory, "validate", None)
+        if validate is not None:
+            for problem in validate(settings):
+                self.error(body_path, str(problem))
+        return PluginFilterConfig(str(name), factory, dict(settings))
 
     def filter(self, name: str, value: object, path: str) -> FilterConfig | None:
         if name == "local_ratelimit":

@@ -34,6 +34,7 @@ __all__ = [
     "LocalRateLimitConfig",
     "MirrorPolicy",
     "OutlierDetection",
+    "PluginFilterConfig",
     "RetryPolicy",
     "RouteAction",
     "RouteConfig",
@@ -200,7 +201,20 @@ class FaultConfig:
     delay: float = 0.0
 
 
-FilterConfig = LocalRateLimitConfig | GlobalRateLimitConfig | FaultConfig
+@dataclass(frozen=True, slots=True)
+class PluginFilterConfig:
+    """A third-party filter: ``factory(settings, stats, labels)`` builds it per listener.
+
+    The config loader finds ``factory`` in the ``metaprotocol.filters`` entry-point group;
+    the built object follows ``metaprotocol.core.filters.Filter``.
+    """
+
+    name: str
+    factory: Any
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+
+FilterConfig = LocalRateLimitConfig | GlobalRateLimitConfig | FaultConfig | PluginFilterConfig
 
 
 @dataclass(frozen=True, slots=True)

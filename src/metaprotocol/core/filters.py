@@ -20,6 +20,7 @@ from metaprotocol.core.config import (
     FilterConfig,
     GlobalRateLimitConfig,
     LocalRateLimitConfig,
+    PluginFilterConfig,
     TokenBucket,
 )
 from metaprotocol.core.message import ErrorType
@@ -76,6 +77,12 @@ FilterResult = Continue | Abort | Delay | Call
 
 @mypyc_attr(allow_interpreted_subclasses=True)  # users may subclass it
 class Filter:
+    """A filter sees each decoded request's routing properties and the time, and says what
+    happens next (``CONTINUE``, ``Abort``, ``Delay`` or ``Call``). Third-party filters
+    subclass it and register a factory ``(settings, stats, labels) -> Filter`` under the
+    ``metaprotocol.filters`` entry-point group; a factory may also offer
+    ``validate(settings) -> list[str]`` for ``metaprotocol check``."""
+
     name = "filter"
 
     def on_request(self, properties: Mapping[str, str], now: float) -> FilterResult:
@@ -203,6 +210,11 @@ def build_filters(
             out.append(LocalRateLimitFilter(cfg, stats, labels, now))
         elif isinstance(cfg, GlobalRateLimitConfig):
             out.append(GlobalRateLimitFilter(cfg, stats, labels))
+        elif isinstance(cfg, PluginFilterConfig):
+            built = cfg.factory(cfg.settings, stats, labels)
+            if not isinstance(built, Filter):
+                raise TypeError(f"filter {cfg.name!r}: factory returned {built!r}, not a Filter")
+            out.append(built)
         else:
             out.append(FaultFilter(cfg, stats, labels, random))
     return out
