@@ -179,19 +179,26 @@ class _Server:
             arm_timer=self.arm_timer,
             access_log=log,
             config=config,
+            write=self.queue_write,
         )
 
     # -- instructions ---------------------------------------------------------------------
 
+    def queue_write(self, conn: int, data: bytes) -> None:
+        """Writes are coalesced per connection and flushed once per loop iteration."""
+        chunks = self.pending.get(conn)
+        if chunks is None:
+            self.pending[conn] = [data]
+        else:
+            chunks.append(data)
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            self.loop.call_soon(self.flush)
+
     def execute(self, instruction: Instruction) -> None:
         match instruction:
             case Write(conn, data):
-                chunks = self.pending.get(conn)
-                if chunks is None:
-                    self.pending[conn] = [data]
-                else:
-                    chunks.append(data)
-                self.schedule_flush()
+                self.queue_write(conn, data)
             case ReadDisable(conn):
                 proto = self.conns.get(conn)
                 if proto is not None:

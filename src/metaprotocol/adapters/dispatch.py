@@ -132,8 +132,12 @@ class Dispatcher:
         arm_timer: Callable[[float | None], None],
         access_log: AccessLog | None = None,
         config: Config | None = None,
+        write: Callable[[int, bytes], None] | None = None,
     ) -> None:
         self.core = core
+        # Optional fast path for the commonest instruction (``Write``), skipping the
+        # general ``execute`` dispatch; adapters without one get every instruction there.
+        self._write = write
         self.config = config
         self.access_log = access_log
         self.observers: list[Callable[[Output], None]] = []
@@ -196,7 +200,7 @@ class Dispatcher:
 
     def _run(self) -> None:
         self._busy = True
-        queue, core, execute = self._queue, self.core, self._execute
+        queue, core, execute, write = self._queue, self.core, self._execute, self._write
         try:
             while queue:
                 item = queue.popleft()
@@ -210,7 +214,13 @@ class Dispatcher:
                         self.crashes.append(exc)
                         continue
                 for out in outputs:
-                    if isinstance(out, _INSTRUCTIONS):
+                    if write is not None and type(out) is Write:
+                        try:
+                            write(out.conn, out.data)
+                        except Exception as exc:
+                            log.exception("executing %r raised", out)
+                            self.crashes.append(exc)
+                    elif isinstance(out, _INSTRUCTIONS):
                         try:
                             execute(out)
                         except Exception as exc:
