@@ -26,7 +26,7 @@ from metaprotocol.core.outputs import (
 from metaprotocol.core.runtime import Runtime
 from metaprotocol.core.state import ActiveRequest, Downstream, Pool, Upstream
 from metaprotocol.core.stats import Stats
-from metaprotocol.core.timers import Timers
+from metaprotocol.core.timers import DeadlineQueue, Timers
 
 __all__ = ["EngineBase"]
 
@@ -38,6 +38,7 @@ class EngineBase:
     random: Callable[[], float]
     observe: bool
     timers: Timers
+    deadline_queues: dict[float, DeadlineQueue]  # request timeouts, one queue per duration
     downstreams: dict[int, Downstream]
     upstreams: dict[int, Upstream]
     pools: dict[Pool, None]  # every pool with connections (an ordered set)
@@ -160,6 +161,10 @@ class EngineBase:
         req.done = True
         pool = req.pool
         endpoint = pool.endpoint.label if pool is not None and self.observe else ""
+        queue = req.deadline_queue
+        if queue is not None:
+            queue.discard(req)
+            req.deadline_queue = None
         timer = req.timer
         if timer is not None:
             timer.cancel()
@@ -232,7 +237,7 @@ class EngineBase:
             ds.idle_timer.cancel()
         for req in list(ds.active):
             up = req.upstream
-            deadline = req.timer.deadline if req.timer is not None else None
+            deadline = req.deadline if req.deadline_queue is not None else None
             self._finish(req, "abandoned", None, now if now is not None else req.start)
             ordered = up is not None and up.pool.ordering is not Ordering.MULTIPLEXED
             if ordered and up is not None and self.upstreams.get(up.id) is up:

@@ -51,7 +51,7 @@ from metaprotocol.core.state import (
     Upstream,
 )
 from metaprotocol.core.stats import Stats
-from metaprotocol.core.timers import Timers
+from metaprotocol.core.timers import DeadlineQueue, Timers
 from metaprotocol.core.upstream_side import UpstreamSide
 
 __all__ = ["Proxy"]
@@ -80,6 +80,7 @@ class Proxy(UpstreamSide):
         self.random: Callable[[], float] = random if random is not None else _no_random
         self.observe = observe
         self.timers = Timers()
+        self.deadline_queues: dict[float, DeadlineQueue] = {}
         self.downstreams: dict[int, Downstream] = {}
         self.upstreams: dict[int, Upstream] = {}
         self.pools: dict[Pool, None] = {}  # every pool with connections (an ordered set)
@@ -213,6 +214,11 @@ class Proxy(UpstreamSide):
     @property
     def drained(self) -> bool:
         return not self.downstreams
+
+    def live_timers(self) -> int:
+        """Armed timers that still stand for something (idle deadline watchers do not)."""
+        idle = sum(1 for queue in self.deadline_queues.values() if queue.idle_check)
+        return len(self.timers) - idle
 
     def connection_count(self) -> int:
         return len(self.downstreams) + len(self.upstreams)

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from metaprotocol.core.config import ClusterConfig, ListenerConfig, RouteConfig
     from metaprotocol.core.filters import Filter
     from metaprotocol.core.stats import Labels
-    from metaprotocol.core.timers import Timer
+    from metaprotocol.core.timers import DeadlineQueue, Timer
 
 __all__ = [
     "ActiveRequest",
@@ -109,6 +109,8 @@ class ActiveRequest:
         "attempts",
         "call",
         "cluster",
+        "deadline",
+        "deadline_queue",
         "done",
         "downstream",
         "endpoint",
@@ -143,6 +145,10 @@ class ActiveRequest:
         self.pool: Pool | None = None
         self.upstream: Upstream | None = None
         self.upstream_id: int | None = None
+        # The request timeout: an entry in a DeadlineQueue (the usual case), or a heap timer
+        # for an abandoned request's leftover deadline (see UpstreamSide._abandoned_on).
+        self.deadline_queue: DeadlineQueue | None = None
+        self.deadline = 0.0
         self.timer: Timer | None = None
         self.pause_timer: Timer | None = None
         self.call: int | None = None

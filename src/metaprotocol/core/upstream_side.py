@@ -18,6 +18,7 @@ from metaprotocol.core.message import (
 from metaprotocol.core.outputs import CloseConnection, OpenUpstream, Routed, Write
 from metaprotocol.core.routing import hash_key
 from metaprotocol.core.state import ActiveRequest, ClusterRuntime, ListenerRuntime, Pool, Upstream
+from metaprotocol.core.timers import DeadlineQueue
 
 __all__ = ["ID_SPACE", "SHARE_THRESHOLD", "UpstreamSide"]
 
@@ -188,13 +189,19 @@ class UpstreamSide(EngineBase):
                 req.downstream.id, req.route.name, pool.cluster.config.name, pool.endpoint.label
             )
             self._out.append(routed)
-        if req.message.type is MessageType.ONEWAY or req.timer is not None:
-            return
+        if req.message.type is MessageType.ONEWAY or req.deadline_queue is not None:
+            return  # no answer to wait for, or the deadline of an earlier try still runs
         route = req.route
         assert route is not None
         timeout = route.action.timeout or req.listener.config.request_timeout
         if timeout:
-            req.timer = self.timers.schedule(now + timeout, self._request_timeout, req)
+            queue = self.deadline_queues.get(timeout)
+            if queue is None:
+                queue = DeadlineQueue(self.timers, timeout, self._request_timeout)
+                self.deadline_queues[timeout] = queue
+            queue.add(req, now)
+            req.deadline_queue = queue
+            req.deadline = now + timeout
 
     def _dispatch(self, req: ActiveRequest, up: Upstream, now: float) -> None:
         """Encode the request for ``up`` and write it (or queue it until connected)."""
@@ -503,6 +510,7 @@ class UpstreamSide(EngineBase):
 
     def _request_timeout(self, req: ActiveRequest, now: float) -> None:
         req.timer = None
+        req.deadline_queue = None
         up = req.upstream
         if not req.done:
             if req.cluster is not None:

@@ -146,7 +146,7 @@ class Playbook:
             "upstreams": len(proxy.upstreams),
             "requests": proxy.request_count(),
             "calls": len(proxy.calls),
-            "timers": len(proxy.timers),
+            "timers": proxy.live_timers(),
         }
         leftovers = {k: v for k, v in left.items() if v}
         if leftovers:
