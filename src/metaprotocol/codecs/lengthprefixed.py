@@ -67,6 +67,8 @@ _KIND_OF: dict[MessageType, int] = {
     MessageType.STREAM_CLOSE: 8,
 }
 _ERROR_STATUS = {err: index + 1 for index, err in enumerate(ErrorType)}
+_OK = ResponseStatus.OK
+_ERROR = ResponseStatus.ERROR
 
 
 def build_frame(
@@ -126,16 +128,19 @@ class LengthPrefixedCodec:
                     if not sep:
                         raise ProtocolError(f"bad header line {line!r}", fatal=False)
                     properties[key.lower()] = value
+        # Positional arguments, in Message's field order (cheaper than keywords per frame):
+        # type, frame, request_id, properties, status, stream_id, header_size, body_size,
+        # codec_data (the kind byte, so a pong can be told from a ping).
         return Message(
             mtype,
             frame,
-            request_id=request_id,
-            properties=properties,
-            status=ResponseStatus.OK if status == 0 else ResponseStatus.ERROR,
-            stream_id=request_id if kind >= 6 else None,
-            header_size=_FIXED + header_len,
-            body_size=total - _FIXED - header_len,
-            codec_data=kind,
+            request_id,
+            properties,
+            _OK if status == 0 else _ERROR,
+            request_id if kind >= 6 else None,
+            _FIXED + header_len,
+            total - _FIXED - header_len,
+            kind,
         )
 
     def encode(
