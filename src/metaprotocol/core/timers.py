@@ -106,6 +106,12 @@ class DeadlineQueue:
         deadline = now + self.duration
         self.entries[key] = deadline
         if self.check is None:
+            self._watch(deadline)
+
+    def _watch(self, deadline: float) -> None:
+        # A method of its own: after ``self.check = None`` in ``_expire`` a callback may set
+        # it again, which type narrowing inside one function (and mypyc) would not see.
+        if self.check is None:
             self.check = self.timers.schedule(deadline, self._expire)
 
     def discard(self, key: Any) -> None:
@@ -124,8 +130,7 @@ class DeadlineQueue:
         while entries:
             key, deadline = next(iter(entries.items()))
             if deadline > now:
-                if self.check is None:
-                    self.check = self.timers.schedule(deadline, self._expire)
+                self._watch(deadline)
                 return
             del entries[key]
             self.callback(key, now)
