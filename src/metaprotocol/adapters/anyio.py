@@ -75,7 +75,10 @@ class _Connection:
         self.scope = anyio.CancelScope()
         self.readable = True
         self.read_wakeup: anyio.Event | None = None
-        self.write_wakeup: anyio.Event | None = None
+        # The writer is a task of its own only while there is something to write: an idle
+        # connection costs one task (its reader), not two plus a task group.
+        self.writing = False
+        self.write_scope: anyio.CancelScope | None = None
         self.closing = False  # a flushing close was asked for
         self.closed_by_us = False
         self.started = False  # reading and writing (an upstream: connected)
@@ -84,10 +87,6 @@ class _Connection:
     def wake_reader(self) -> None:
         if self.read_wakeup is not None:
             self.read_wakeup.set()
-
-    def wake_writer(self) -> None:
-        if self.write_wakeup is not None:
-            self.write_wakeup.set()
 
 
 class _Server:
@@ -117,7 +116,7 @@ class _Server:
                 if c is not None and not c.closing:
                     if c.out.append(data):
                         self.dispatcher.feed(WriteBufferHigh(conn))
-                    c.wake_writer()
+                    self.kick_writer(c)
             case ReadDisable(conn):
                 c = self.conns.get(conn)
                 if c is not None:
@@ -136,7 +135,7 @@ class _Server:
                     c.closed_by_us = True
                     if flush and c.stream is not None:
                         c.closing = True
-                        c.wake_writer()
+                        self.kick_writer(c)
                     else:
                         c.scope.cancel()
             case ExternalCall(call, kind, payload):
@@ -204,11 +203,21 @@ class _Server:
         raw = stream.extra(SocketAttribute.raw_socket)
         if raw.family in (socket.AF_INET, socket.AF_INET6):
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self.read_loop, c, stream)
-            tg.start_soon(self.write_loop, c, stream)
+        self.kick_writer(c)  # an upstream may have requests queued before it connected
+        if await self.read_loop(c, stream):
+            await anyio.sleep_forever()  # end of stream: keep writing until the core closes
+
+    def kick_writer(self, c: _Connection) -> None:
+        """Start a writer task for ``c`` when it has bytes to send (or a close to finish)."""
+        if c.writing or not c.started or c.stream is None:
+            return
+        if c.out.data or c.closing:
+            c.writing = True
+            self.tg.start_soon(self.write_loop, c, c.stream)
 
     async def finish(self, c: _Connection) -> None:
+        if c.write_scope is not None:
+            c.write_scope.cancel()
         if c.stream is not None:
             await _close(c.stream)
         if self.conns.get(c.conn) is c:
@@ -216,7 +225,8 @@ class _Server:
         if c.started and not c.closed_by_us:
             self.dispatcher.feed(Closed(c.conn, c.error))
 
-    async def read_loop(self, c: _Connection, stream: anyio.abc.SocketStream) -> None:
+    async def read_loop(self, c: _Connection, stream: anyio.abc.SocketStream) -> bool:
+        """Read until the peer's end of stream (True) or an error (False)."""
         while True:
             while not c.readable:
                 c.read_wakeup = anyio.Event()
@@ -226,36 +236,39 @@ class _Server:
             except anyio.EndOfStream:
                 if not c.closed_by_us:
                     self.dispatcher.feed(EofReceived(c.conn))
-                return  # keep writing: the core decides when to close
+                return True  # keep writing: the core decides when to close
             except _GONE as exc:
                 c.error = str(exc) or type(exc).__name__
                 c.scope.cancel()
-                return
+                return False
             if not c.closed_by_us:
                 self.dispatcher.feed(DataReceived(c.conn, data))
 
     async def write_loop(self, c: _Connection, stream: anyio.abc.SocketStream) -> None:
+        """Send what is buffered, then end (``kick_writer`` starts a new one when needed)."""
         out = c.out
-        while True:
-            while not out.data and not c.closing:
-                c.write_wakeup = anyio.Event()
-                await c.write_wakeup.wait()
-            if not out.data:  # closing and flushed
-                c.scope.cancel()
-                return
-            data = bytes(out.data)
-            try:
-                with anyio.move_on_after(CLOSE_LINGER if c.closing else None) as linger:
-                    await stream.send(data)
-            except _GONE as exc:
-                c.error = str(exc) or type(exc).__name__
-                c.scope.cancel()
-                return
-            if linger.cancelled_caught:  # a closing peer that does not read: give up
-                c.scope.cancel()
-                return
-            if out.consumed(len(data)) and not c.closed_by_us:
-                self.dispatcher.feed(WriteBufferLow(c.conn))
+        try:
+            with anyio.CancelScope() as scope:
+                c.write_scope = scope
+                while out.data:
+                    data = bytes(out.data)
+                    try:
+                        with anyio.move_on_after(CLOSE_LINGER if c.closing else None) as linger:
+                            await stream.send(data)
+                    except _GONE as exc:
+                        c.error = str(exc) or type(exc).__name__
+                        c.scope.cancel()
+                        return
+                    if linger.cancelled_caught:  # a closing peer that does not read: give up
+                        c.scope.cancel()
+                        return
+                    if out.consumed(len(data)) and not c.closed_by_us:
+                        self.dispatcher.feed(WriteBufferLow(c.conn))
+                if c.closing:  # closing and flushed
+                    c.scope.cancel()
+        finally:
+            c.write_scope = None
+            c.writing = False
 
 
 async def _close(stream: anyio.abc.AsyncResource) -> None:
