@@ -21,6 +21,7 @@ from metaprotocol.core.message import (
     ProtocolError,
     ResponseStatus,
 )
+from tests.codecs.feeding import decode_all, feed
 
 MAX = 1 << 20
 GOLDEN = Path(__file__).with_name("data") / "redis_replies.json"
@@ -28,26 +29,6 @@ GOLDEN = Path(__file__).with_name("data") / "redis_replies.json"
 
 def upstream(max_message_size: int = MAX, **options: int) -> RedisCodec:
     return RedisCodec(Side.UPSTREAM, options, max_message_size)
-
-
-def decode_all(codec: RedisCodec, buffer: bytearray) -> list[Message]:
-    messages: list[Message] = []
-    while True:
-        result = codec.decode(buffer)
-        if result is NEED_DATA:
-            return messages
-        assert isinstance(result, Message)
-        messages.append(result)
-
-
-def feed(codec: RedisCodec, chunks: list[bytes]) -> list[Message]:
-    buffer = bytearray()
-    messages: list[Message] = []
-    for chunk in chunks:
-        buffer += chunk
-        messages += decode_all(codec, buffer)
-    assert buffer == b""
-    return messages
 
 
 def load_golden() -> list[dict[str, Any]]:

@@ -19,6 +19,7 @@ from metaprotocol.core.message import (
     MessageType,
     ProtocolError,
 )
+from tests.codecs.feeding import decode_all, feed
 
 MAX = 1 << 20
 
@@ -30,27 +31,6 @@ def downstream(max_message_size: int = MAX, **options: int) -> RedisCodec:
 def pack(*arguments: str | bytes | int) -> bytes:
     """A request exactly as redis-py sends it."""
     return b"".join(Connection().pack_command(*arguments))
-
-
-def decode_all(codec: RedisCodec, buffer: bytearray) -> list[Message]:
-    messages: list[Message] = []
-    while True:
-        result = codec.decode(buffer)
-        if result is NEED_DATA:
-            return messages
-        assert isinstance(result, Message)
-        messages.append(result)
-
-
-def feed(codec: RedisCodec, chunks: list[bytes]) -> list[Message]:
-    """Feed chunks into one growing buffer, decoding after each, like the core does."""
-    buffer = bytearray()
-    messages: list[Message] = []
-    for chunk in chunks:
-        buffer += chunk
-        messages += decode_all(codec, buffer)
-    assert buffer == b""
-    return messages
 
 
 REDIS_PY_REQUESTS: list[tuple[tuple[str | bytes | int, ...], dict[str, str]]] = [
