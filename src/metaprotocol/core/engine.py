@@ -72,10 +72,11 @@ class EngineBase:
     def _unclaim(self, req: ActiveRequest) -> None:
         ep = req.endpoint
         if ep is not None:
-            ep.active_requests -= 1
+            n = req.message.count
+            ep.active_requests -= n
             req.endpoint = None
             if req.cluster is not None:
-                req.cluster.active_requests -= 1
+                req.cluster.active_requests -= n
         req.pool = None
 
     # -- answers -----------------------------------------------------------------------------
@@ -86,7 +87,8 @@ class EngineBase:
             self._finish(req, "local_error", error, now)
             return
         reply = ds.codec.encode_error(req.message, error, detail)
-        req.listener.counters.local_response_error += 1
+        owed = req.remaining  # a merged message: one error reply per request still owed
+        req.listener.counters.local_response_error += owed
         if self.observe:
             self._out.append(LocalReplied(ds.id, error, detail))
         if reply is None:
@@ -94,6 +96,10 @@ class EngineBase:
             if self.downstreams.get(ds.id) is ds:
                 self._close_downstream(ds, flush=True)
             return
+        if owed > 1:
+            reply *= owed
+        if req.partial is not None:  # the answers that came before the failure go first
+            reply = b"".join((*req.partial, reply))
         self._answer(req, reply, "local_error", error, now)
 
     def _answer(
@@ -126,7 +132,7 @@ class EngineBase:
         if self.downstreams.get(ds.id) is not ds:
             return
         pending_limit = ds.listener.config.max_pending_requests
-        if Reason.TOO_MANY_PENDING in ds.gate.reasons and len(ds.active) < pending_limit:
+        if Reason.TOO_MANY_PENDING in ds.gate.reasons and ds.pending < pending_limit:
             self._enable(ds, Reason.TOO_MANY_PENDING)
             self._decode_downstream(ds, now)
         self._maybe_finish_close(ds)
@@ -173,23 +179,28 @@ class EngineBase:
             self._stop_waiting(req)
         if status != "oneway" and (req.upstream is not None or pool is not None):
             self._release_upstream(req)
+        n = req.message.count
         ep = req.endpoint
         if ep is not None:  # unclaim (inlined: once per request)
-            ep.active_requests -= 1
+            ep.active_requests -= n
             req.endpoint = None
             if req.cluster is not None:
-                req.cluster.active_requests -= 1
+                req.cluster.active_requests -= n
         req.pool = None
         ds = req.downstream
         if ds is not None and req in ds.active:
             ds.active.discard(req)
-            req.listener.counters.active_requests -= 1
+            ds.pending -= n
+            req.listener.counters.active_requests -= n
             if ds.streams:
                 mid = req.message.request_id
                 if mid is not None and ds.streams.get(mid) is req:
                     del ds.streams[mid]
         duration = now - req.start
-        req.listener.duration.observe(duration)
+        if n == 1:
+            req.listener.duration.observe(duration)
+        else:
+            req.listener.duration.observe_many(duration, n)
         if not self.observe or ds is None:
             return None
         completed = RequestCompleted(

@@ -110,6 +110,10 @@ class Message:
     header_size: int = 0
     body_size: int = 0
     codec_data: Any = None
+    # How many requests (or responses) of the wire this message stands for: more than one
+    # only from a codec's optional ``decode_many`` hook, which merges a pipelined run of
+    # them into one frame (see core/codec.py).
+    count: int = 1
 
     @property
     def is_request(self) -> bool:

@@ -20,7 +20,7 @@ from typing import Any
 
 from metaprotocol.core import events as ev
 from metaprotocol.core.codec import CodecFactory, Side
-from metaprotocol.core.config import Config
+from metaprotocol.core.config import Config, RouteConfig
 from metaprotocol.core.filters import CONTINUE, Abort, Call, Delay
 from metaprotocol.core.flow import Reason
 from metaprotocol.core.message import (
@@ -90,6 +90,10 @@ class Proxy(UpstreamSide):
         self._next_conn = -1  # upstream ids are negative so they never collide with the adapter's
         self._next_call = 1
         self._out: list[Output] = []
+        # What _same_route compares against while a codec merges pipelined requests.
+        self._merge_routes: tuple[RouteConfig, ...] = ()
+        self._merge_first: dict[str, str] | None = None
+        self._merge_route: RouteConfig | None = None
         self.runtime = Runtime(config, self.stats, self.random, self.codec_factory, now)
 
     # -- public API ------------------------------------------------------------------------
@@ -260,13 +264,24 @@ class Proxy(UpstreamSide):
     def _decode_downstream(self, ds: Downstream, now: float) -> None:
         codec = ds.codec
         buffer = ds.buffer
-        lc = ds.listener.config
+        listener = ds.listener
+        lc = listener.config
+        # Pipelined requests taking the same route may be merged into one message (fewer
+        # objects, one upstream write); not while observers want to see each request.
+        many = getattr(codec, "decode_many", None)
+        if many is not None:
+            if self.observe or not listener.batchable:
+                many = None
+            else:
+                self._merge_routes = listener.routes
+                self._merge_first = None
         while buffer and not ds.closing:
-            if len(ds.active) >= lc.max_pending_requests:
+            room = lc.max_pending_requests - ds.pending
+            if room <= 0:
                 self._disable(ds, Reason.TOO_MANY_PENDING)
                 return
             try:
-                msg = codec.decode(buffer)
+                msg = codec.decode(buffer) if many is None else many(buffer, room, self._same_route)
             except ProtocolError as exc:
                 self._decode_failed(ds, exc)
                 continue
@@ -340,17 +355,19 @@ class Proxy(UpstreamSide):
         now: float,
     ) -> None:
         counters = listener.counters
-        counters.request += 1
-        counters.request_decoding_success += 1
+        n = msg.count
+        counters.request += n
+        counters.request_decoding_success += n
         if self.observe:
             self._out.append(Decoded(ds.id, msg.request_id, mtype.value, msg.properties))
         req = ActiveRequest(ds, listener, msg, now)
         if mtype is _ONEWAY:
-            counters.request_oneway += 1
+            counters.request_oneway += n
         else:
-            counters.request_twoway += 1
+            counters.request_twoway += n
             ds.active.add(req)
-            counters.active_requests += 1
+            ds.pending += n
+            counters.active_requests += n
             if listener.ordered:
                 req.slot = ReplySlot()
                 ds.slots.append(req.slot)
@@ -422,23 +439,36 @@ class Proxy(UpstreamSide):
 
     # -- routing -----------------------------------------------------------------------------
 
-    def _route(self, req: ActiveRequest, now: float) -> None:
-        properties = req.message.properties
+    def _match(
+        self, routes: tuple[RouteConfig, ...], properties: dict[str, str]
+    ) -> RouteConfig | None:
+        """The first route matching ``properties`` (exact-only matches inlined)."""
         get = properties.get
-        route = None
-        for candidate in req.listener.routes:  # first match; exact-only matches inlined
+        for candidate in routes:
             exact = candidate.match.exact
             if exact is None:
                 if candidate.match.matches(properties):
-                    route = candidate
-                    break
+                    return candidate
                 continue
             for key, value in exact:
                 if get(key) != value:
                     break
             else:
-                route = candidate
-                break
+                return candidate
+        return None
+
+    def _same_route(self, first: dict[str, str], other: dict[str, str]) -> bool:
+        """For a codec's ``decode_many``: may the request with properties ``other`` join
+        the merged message started by ``first``? Only if both take the same route."""
+        routes = self._merge_routes
+        if first is not self._merge_first:
+            self._merge_first = first
+            self._merge_route = self._match(routes, first)
+        route = self._merge_route
+        return route is not None and self._match(routes, other) is route
+
+    def _route(self, req: ActiveRequest, now: float) -> None:
+        route = self._match(req.listener.routes, req.message.properties)
         if route is None:
             req.listener.counters.route_not_found += 1
             if self.observe and req.downstream is not None:
@@ -453,7 +483,7 @@ class Proxy(UpstreamSide):
             self._local_reply(req, ErrorType.CLUSTER_NOT_FOUND, f"cluster {name!r} not found", now)
             return
         req.cluster = cluster
-        req.listener.route_counters[route.name].route_hit += 1
+        req.listener.route_counters[route.name].route_hit += req.message.count
         if action.mirror:
             for mirror in action.mirror:
                 if mirror.fraction >= 1.0 or self.random() < mirror.fraction:

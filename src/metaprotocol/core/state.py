@@ -32,6 +32,7 @@ class ListenerRuntime:
     """A listener's config plus what the engine derives from it once."""
 
     __slots__ = (
+        "batchable",
         "codec_factory",
         "config",
         "counters",
@@ -62,6 +63,29 @@ class ListenerRuntime:
         self.labels = labels
         self.routes: tuple[RouteConfig, ...] = config.routes
         self.ordered = codec_factory.ordering is not Ordering.MULTIPLEXED
+        # Whether pipelined requests that take the same route may travel as one merged
+        # message (the codec's ``decode_many``): only when nothing on the way needs to see
+        # each request on its own (filters count them, mirrors and mutations copy or change
+        # them, a hash or a weighted pick may send each elsewhere).
+        self.batchable = (
+            hasattr(codec_factory, "decode_many")
+            and codec_factory.ordering is not Ordering.MULTIPLEXED
+            and not filters
+            and all(_merges(route) for route in config.routes)
+        )
+
+
+def _merges(route: RouteConfig) -> bool:
+    action = route.action
+    retries = action.retries
+    return (
+        action.cluster is not None
+        and not action.hash_policy
+        and not action.mirror
+        and action.request_mutation is None
+        and action.response_mutation is None
+        and (retries is None or retries.non_idempotent is None)
+    )
 
 
 class ClusterRuntime:
@@ -117,8 +141,10 @@ class ActiveRequest:
         "filter_index",
         "listener",
         "message",
+        "partial",
         "pause_timer",
         "pool",
+        "remaining",
         "route",
         "slot",
         "start",
@@ -157,6 +183,10 @@ class ActiveRequest:
         self.filter_index = 0
         self.slot: ReplySlot | None = None
         self.done = False
+        # A merged message (``message.count`` > 1): answers still owed, and the ones that
+        # came already (kept until the last, so the client gets them in one piece).
+        self.remaining = message.count
+        self.partial: list[bytes] | None = None
 
 
 class Downstream:
@@ -171,6 +201,7 @@ class Downstream:
         "idle_timer",
         "last_activity",
         "listener",
+        "pending",
         "pinned",
         "slots",
         "streams",
@@ -183,6 +214,7 @@ class Downstream:
         self.buffer = bytearray()
         self.gate = ReadGate()
         self.active: set[ActiveRequest] = set()
+        self.pending = 0  # requests in ``active``, a merged message counting as many
         self.slots: deque[ReplySlot] = deque()
         self.streams: dict[int, ActiveRequest] = {}  # downstream stream id -> its init request
         self.closing = False  # close once every reply is written

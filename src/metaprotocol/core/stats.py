@@ -44,6 +44,12 @@ class Histogram:
         self.total += value
         self.count += 1
 
+    def observe_many(self, value: float, n: int) -> None:
+        """``n`` observations of the same ``value`` (the requests of a merged message)."""
+        self.counts[bisect_left(self.bounds, value)] += n
+        self.total += value * n
+        self.count += n
+
     def cumulative(self) -> list[tuple[float, int]]:
         """``(upper_bound, cumulative_count)`` pairs, the last bound being +inf."""
         out: list[tuple[float, int]] = []

@@ -180,9 +180,10 @@ class UpstreamSide(EngineBase):
         if req.endpoint is not None:
             return
         req.endpoint = pool.endpoint
-        pool.endpoint.active_requests += 1
+        n = req.message.count
+        pool.endpoint.active_requests += n
         assert req.cluster is not None
-        req.cluster.active_requests += 1
+        req.cluster.active_requests += n
         if req.downstream is not None and self.observe:
             assert req.route is not None
             routed = Routed(
@@ -315,9 +316,13 @@ class UpstreamSide(EngineBase):
         up.buffer += data
         codec = up.codec
         buffer = up.buffer
+        fifo = up.fifo
         while buffer:
             try:
-                msg = codec.decode(buffer)
+                if fifo and fifo[0].remaining > 1:  # answers to a merged message: merge them
+                    msg = codec.decode_many(buffer, fifo[0].remaining)  # type: ignore[attr-defined]
+                else:
+                    msg = codec.decode(buffer)
             except ProtocolError as exc:
                 up.pool.cluster.counters.response_decoding_error += 1
                 self._out.append(CloseConnection(up.id, flush=False))
@@ -352,26 +357,32 @@ class UpstreamSide(EngineBase):
             if req is None and rid is not None:
                 req = up.streams.get(rid)
         else:
-            req = up.fifo.popleft() if up.fifo else None
-            if req is None:
+            fifo = up.fifo
+            if not fifo:
                 cluster_counters.response_decoding_error += 1
                 self._out.append(CloseConnection(up.id, flush=False))
                 self._upstream_gone(up, ErrorType.BAD_RESPONSE, "unsolicited response", now)
                 return
+            req = fifo[0]
+            if req.remaining > msg.count:  # a merged message still waits for more answers
+                self._partial_response(up, req, msg)
+                return
+            fifo.popleft()
+        n = msg.count
         if req is None or req.done:
             if req is not None and req.timer is not None:  # an abandoned request's deadline
                 req.timer.cancel()
                 req.timer = None
-            cluster_counters.response_dropped += 1  # late (timed out) or abandoned
+            cluster_counters.response_dropped += n  # late (timed out) or abandoned
             self._after_upstream_freed(up, now)
             return
         counters = req.listener.counters
-        counters.response += 1
+        counters.response += n
         ok = msg.status is ResponseStatus.OK
         if ok:
-            counters.response_success += 1
+            counters.response_success += n
         else:
-            counters.response_error += 1
+            counters.response_error += n
         if req.endpoint is not None:
             req.endpoint.consecutive_failures = 0
         # The server closes after this response (HTTP "Connection: close").
@@ -390,12 +401,36 @@ class UpstreamSide(EngineBase):
                 # The codec cannot apply the mutation to this response: forward it as is.
                 up.pool.cluster.counters.response_mutation_failed += 1
                 data = ds.codec.encode(msg, request_id=restore)
+            if req.partial is not None:
+                data = b"".join((*req.partial, data))
             self._answer(req, data, "ok" if ok else "error", None, now, close_after=closes)
         pool = up.pool
         if closes and pool.ordering is not Ordering.MULTIPLEXED:
             self._upstream_closing(up, now)
         elif pool.retired or pool.waiting:
             self._after_upstream_freed(up, now)
+
+    def _partial_response(self, up: Upstream, req: ActiveRequest, msg: Message) -> None:
+        """Some of the answers a merged message waits for: kept until the last one."""
+        n = msg.count
+        req.remaining -= n
+        if req.done:
+            up.pool.cluster.counters.response_dropped += n
+            return
+        counters = req.listener.counters
+        counters.response += n
+        if msg.status is ResponseStatus.OK:
+            counters.response_success += n
+        else:
+            counters.response_error += n
+        ds = req.downstream
+        if ds is None:
+            return
+        data = ds.codec.encode(msg)  # merged messages are never mutated
+        if req.partial is None:
+            req.partial = [data]
+        else:
+            req.partial.append(data)
 
     def _upstream_closing(self, up: Upstream, now: float) -> None:
         """The server announced it closes after this response: requests pipelined behind it
@@ -405,6 +440,10 @@ class UpstreamSide(EngineBase):
         self._close_upstream(up, flush=False)
         for req in unanswered:
             req.upstream = None
+            if req.partial is not None:  # partly answered: the rest cannot go out again
+                detail = "upstream connection closed"
+                self._local_reply(req, ErrorType.UPSTREAM_RESET, detail, now)
+                continue
             self._unclaim(req)
             self._send(req, now)
 
@@ -479,6 +518,7 @@ class UpstreamSide(EngineBase):
             and retries.allows(reason, req.message.properties)
             and req.message.type is not MessageType.ONEWAY
             and req.downstream is not None
+            and req.partial is None  # a partly answered merged message is not sent again
         ):
             req.attempts += 1
             if ep is not None:

@@ -120,6 +120,51 @@ class ReplyDecoder:
             return NEED_DATA
         return self._parse(buffer, progress.pos, progress.scan, progress.stack, progress.top)
 
+    def decode_many(self, buffer: bytearray, limit: int) -> Message | NeedData:
+        """Up to ``limit`` replies in one message (``count`` of them), while they are of the
+        plain kinds (simple string, integer, bulk string, null bulk) and complete; the
+        first reply of any other kind comes alone, through ``decode``."""
+        if self._progress is not None or limit < 2:
+            return self.decode(buffer)
+        size = len(buffer)
+        max_size = self._max_size
+        pos = 0
+        count = 0
+        while count < limit and pos < size:
+            kind = buffer[pos]
+            eol = buffer.find(b"\r\n", pos + 1)
+            if eol < 0:
+                break
+            if kind == 0x2B:  # "+" simple string
+                end = eol + 2
+            elif kind == 0x24:  # "$" bulk string
+                line = buffer[pos + 1 : eol]
+                if line == b"-1":
+                    end = eol + 2
+                elif not line.isdigit() or (line[0] == 0x30 and len(line) > 1):
+                    break
+                else:
+                    end = eol + 4 + int(line)
+                    if end > size or buffer[end - 2] != 0x0D or buffer[end - 1] != 0x0A:
+                        break
+            elif kind == 0x3A:  # ":" integer
+                line = buffer[pos + 1 : eol]
+                digits = line[1:] if line[:1] == b"-" or line[:1] == b"+" else line
+                if not digits.isdigit():
+                    break
+                end = eol + 2
+            else:
+                break
+            if end > max_size:
+                break
+            pos = end
+            count += 1
+        if count < 2:
+            return self.decode(buffer)
+        frame = bytes(buffer[:pos])
+        del buffer[:pos]
+        return Message(_RESPONSE, frame, None, {}, _OK, None, 0, pos, None, count)
+
     def _parse(
         self, buffer: bytearray, pos: int, scan: int, stack: list[list[int]], top: int
     ) -> Message | NeedData:
