@@ -45,6 +45,7 @@ _STREAMABLE = frozenset(b"*~%>")
 _ERRORS = frozenset(b"-!")
 _PUSH = ord(">")
 _ATTR = ord("|")
+_MERGE_WINDOW = 16 * 1024  # bytes decode_many looks at per call
 _MIN_ELEMENT = 3  # "_\r\n": lets a declared count fail the size limit early
 _RESPONSE = MessageType.RESPONSE
 _OK = ResponseStatus.OK
@@ -126,29 +127,30 @@ class ReplyDecoder:
         first reply of any other kind comes alone, through ``decode``."""
         if self._progress is not None or limit < 2:
             return self.decode(buffer)
-        size = len(buffer)
+        data = bytes(buffer[:_MERGE_WINDOW])  # bytes: cheap to index once compiled
+        size = len(data)
         max_size = self._max_size
         pos = 0
         count = 0
         while count < limit and pos < size:
-            kind = buffer[pos]
-            eol = buffer.find(b"\r\n", pos + 1)
+            kind = data[pos]
+            eol = data.find(b"\r\n", pos + 1)
             if eol < 0:
                 break
             if kind == 0x2B:  # "+" simple string
                 end = eol + 2
             elif kind == 0x24:  # "$" bulk string
-                line = buffer[pos + 1 : eol]
+                line = data[pos + 1 : eol]
                 if line == b"-1":
                     end = eol + 2
                 elif not line.isdigit() or (line[0] == 0x30 and len(line) > 1):
                     break
                 else:
                     end = eol + 4 + int(line)
-                    if end > size or buffer[end - 2] != 0x0D or buffer[end - 1] != 0x0A:
+                    if end > size or data[end - 2] != 0x0D or data[end - 1] != 0x0A:
                         break
             elif kind == 0x3A:  # ":" integer
-                line = buffer[pos + 1 : eol]
+                line = data[pos + 1 : eol]
                 digits = line[1:] if line[:1] == b"-" or line[:1] == b"+" else line
                 if not digits.isdigit():
                     break
@@ -161,7 +163,7 @@ class ReplyDecoder:
             count += 1
         if count < 2:
             return self.decode(buffer)
-        frame = bytes(buffer[:pos])
+        frame = data[:pos]
         del buffer[:pos]
         return Message(_RESPONSE, frame, None, {}, _OK, None, 0, pos, None, count)
 
