@@ -9,13 +9,13 @@ import pytest
 from metaprotocol.codecs.lengthprefixed import LengthPrefixedCodec, build_frame
 from metaprotocol.core import upstream_side
 from metaprotocol.core.codec import Ordering
-from metaprotocol.core.config import ClusterConfig, Endpoint
+from metaprotocol.core.config import ClusterConfig, Endpoint, RetryPolicy, RouteAction
 from metaprotocol.core.events import Accepted, Closed, DataReceived, UpstreamConnected
 from metaprotocol.core.outputs import CloseConnection, OpenUpstream, Write
 from metaprotocol.core.proxy import Proxy
 from metaprotocol.testing import Playbook
 
-from .helpers import UP, config, error_reply, fifo_playbook, req, resp
+from .helpers import UP, config, error_reply, fifo_playbook, req, resp, route
 
 
 def test_fifo_ordering_with_three_pipelined_requests() -> None:
@@ -160,11 +160,34 @@ def test_fifo_timeout_resets_the_upstream_connection() -> None:
     pb >> DataReceived(2, req(2))
     pb << Write(-1, req(2))
     pb.tick(0.5)  # the first request times out: its late answer would block the second
-    pb << Write(1, error_reply(1, "timeout", "request timed out", 6))
     pb << CloseConnection(-1, flush=False)
     detail = "upstream connection closed after a request timed out"
     pb << Write(2, error_reply(2, "upstream_reset", detail, 7))
+    pb << Write(1, error_reply(1, "timeout", "request timed out", 6))
     for conn in (1, 2):
+        pb >> Closed(conn)
+    pb.assert_clean()
+
+
+def test_fifo_timeout_retry_goes_to_a_fresh_connection() -> None:
+    """The timed-out connection is reset before the retry is sent, so the retry cannot be
+    pinned to it (and failed by its reset)."""
+    retries = RetryPolicy(attempts=1, retry_on=frozenset({"timeout"}))
+    action = RouteAction(cluster="main", timeout=1.0, retries=retries)
+    pb = fifo_playbook(config(routes=(route(action=action),), codec="fifo"))
+    pb >> Accepted(1, "main")
+    pb >> DataReceived(1, req(1))
+    pb << OpenUpstream(-1, *UP)
+    pb >> UpstreamConnected(-1)
+    pb << Write(-1, req(1))
+    pb.tick(1.5)
+    pb << CloseConnection(-1, flush=False)
+    pb << OpenUpstream(-2, *UP)
+    pb >> UpstreamConnected(-2)
+    pb << Write(-2, req(1))
+    pb >> DataReceived(-2, resp(1, b"late but fine"))
+    pb << Write(1, resp(1, b"late but fine"))
+    for conn in (1, -2):
         pb >> Closed(conn)
     pb.assert_clean()
 

@@ -181,8 +181,8 @@ def test_a_timeout_answers_every_command_and_resets_the_upstream() -> None:
     connected(pb, cmd("GET", "a") + cmd("GET", "b"))
     pb.tick(1.5)
     timeout = b"-ERR upstream request timeout: request timed out\r\n"
-    pb << Write(1, timeout + timeout)
     pb << CloseConnection(-1, flush=False)
+    pb << Write(1, timeout + timeout)
     pb >> Closed(1)
     pb.assert_clean()
 

@@ -552,14 +552,16 @@ class UpstreamSide(EngineBase):
         req.timer = None
         req.deadline_queue = None
         up = req.upstream
+        if up is not None and up.pool.ordering is not Ordering.MULTIPLEXED and req in up.fifo:
+            # Without ids the late answer would hold every later answer on this connection
+            # back: close it (as Envoy and twemproxy do); what it still carried fails. First,
+            # and without this request: a retry of it must not land on the same connection.
+            up.fifo.remove(req)
+            self._reset_upstream(up, "upstream connection closed after a request timed out", now)
         if not req.done:
             if req.cluster is not None:
                 req.cluster.counters.upstream_rq_timeout += 1
             self._upstream_failed(req, ErrorType.TIMEOUT, "timeout", "request timed out", now)
-        if up is not None and up.pool.ordering is not Ordering.MULTIPLEXED and req in up.fifo:
-            # Without ids the late answer would hold every later answer on this connection
-            # back: close it (as Envoy and twemproxy do); what it still carried fails.
-            self._reset_upstream(up, "upstream connection closed after a request timed out", now)
 
     def _reset_upstream(self, up: Upstream, detail: str, now: float) -> None:
         if self.upstreams.get(up.id) is up:
