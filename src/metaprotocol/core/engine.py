@@ -139,6 +139,8 @@ class EngineBase:
 
     def _flush_slots(self, ds: Downstream) -> None:
         slots = ds.slots
+        if slots is None:
+            return
         chunks: list[bytes] = []
         close = False
         while slots and slots[0].data is not None:
@@ -147,6 +149,8 @@ class EngineBase:
             if slot.close_after:
                 close = True
                 break
+        if not slots:
+            ds.slots = None
         if chunks:
             self._out.append(Write(ds.id, chunks[0] if len(chunks) == 1 else b"".join(chunks)))
         if close:
@@ -189,7 +193,14 @@ class EngineBase:
         req.pool = None
         ds = req.downstream
         if ds is not None and req in ds.active:
-            ds.active.discard(req)
+            active = ds.active
+            del active[req]
+            if not active:
+                # Nothing in flight: free the tables' storage (idle connections stay small),
+                # and no pipeline order left to keep, so the next request may go anywhere.
+                active.clear()
+                if ds.pinned:
+                    ds.pinned.clear()
             ds.pending -= n
             req.listener.counters.active_requests -= n
             if ds.streams:
@@ -253,7 +264,7 @@ class EngineBase:
             ordered = up is not None and up.pool.ordering is not Ordering.MULTIPLEXED
             if ordered and up is not None and self.upstreams.get(up.id) is up:
                 self._abandoned_on(up, req, deadline)
-        ds.slots.clear()
+        ds.slots = None
         ds.streams.clear()
         ds.buffer.clear()
         ds.pinned.clear()

@@ -15,25 +15,35 @@ class Reason(enum.Enum):
     CLOSING = "closing"  # a fatal protocol error: only flushing is left
 
 
+_NONE: frozenset[Reason] = frozenset()
+
+
 class ReadGate:
-    """The set of reasons a connection is not being read. Each reason counts once."""
+    """The set of reasons a connection is not being read. Each reason counts once.
+
+    The set is an immutable one replaced on change: a readable connection (nearly all of
+    them) shares the empty frozenset instead of holding an empty set of its own.
+    """
 
     __slots__ = ("reasons",)
 
     def __init__(self) -> None:
-        self.reasons: set[Reason] = set()
+        self.reasons: frozenset[Reason] = _NONE
 
     def disable(self, reason: Reason) -> bool:
         """Add a reason; True when the connection just went from readable to disabled."""
         was_empty = not self.reasons
-        self.reasons.add(reason)
+        if reason not in self.reasons:
+            self.reasons = self.reasons | {reason}
         return was_empty
 
     def enable(self, reason: Reason) -> bool:
         """Drop a reason; True when the last reason went away."""
         if reason not in self.reasons:
             return False
-        self.reasons.discard(reason)
+        self.reasons = self.reasons - {reason}
+        if not self.reasons:
+            self.reasons = _NONE
         return not self.reasons
 
     @property

@@ -312,7 +312,7 @@ class Proxy(UpstreamSide):
                 slot = ReplySlot()
                 slot.data = reply
                 slot.close_after = fatal
-                ds.slots.append(slot)
+                ds.add_slot(slot)
                 self._flush_slots(ds)
             else:
                 self._out.append(Write(ds.id, reply))
@@ -336,7 +336,7 @@ class Proxy(UpstreamSide):
             if listener.ordered:  # behind the answers to earlier requests
                 slot = ReplySlot()
                 slot.data = reply
-                ds.slots.append(slot)
+                ds.add_slot(slot)
                 self._flush_slots(ds)
             else:
                 self._out.append(Write(ds.id, reply))
@@ -365,12 +365,12 @@ class Proxy(UpstreamSide):
             counters.request_oneway += n
         else:
             counters.request_twoway += n
-            ds.active.add(req)
+            ds.active[req] = None
             ds.pending += n
             counters.active_requests += n
             if listener.ordered:
                 req.slot = ReplySlot()
-                ds.slots.append(req.slot)
+                ds.add_slot(req.slot)
             if mtype is _STREAM_INIT and msg.request_id is not None:
                 ds.streams[msg.request_id] = req
         if listener.filters:

@@ -213,9 +213,12 @@ class Downstream:
         self.codec = codec
         self.buffer = bytearray()
         self.gate = ReadGate()
-        self.active: set[ActiveRequest] = set()
+        # Requests waiting for their answer (a dict as an ordered set: smaller than a set).
+        self.active: dict[ActiveRequest, None] = {}
         self.pending = 0  # requests in ``active``, a merged message counting as many
-        self.slots: deque[ReplySlot] = deque()
+        # Ordered protocols: answers in request order. Made on first use and dropped when
+        # empty, so an idle connection does not hold a deque's block.
+        self.slots: deque[ReplySlot] | None = None
         self.streams: dict[int, ActiveRequest] = {}  # downstream stream id -> its init request
         self.closing = False  # close once every reply is written
         self.last_activity = now
@@ -225,6 +228,14 @@ class Downstream:
         self.pinned: dict[Pool, Upstream] = {}
         # Upstreams whose reading this client holds off while it does not read its replies.
         self.blocking: dict[Upstream, None] = {}
+
+    def add_slot(self, slot: ReplySlot) -> None:
+        """Take ``slot``'s place in the answer order."""
+        slots = self.slots
+        if slots is None:
+            self.slots = deque((slot,))
+        else:
+            slots.append(slot)
 
 
 class Upstream:

@@ -52,7 +52,9 @@ def _clean(text: str) -> str:
     return "".join(" " if ch < " " or ch == "\x7f" else ch for ch in text)
 
 
-def _validated(options: Mapping[str, Any]) -> dict[str, int]:
+def _validated(options: Mapping[str, Any]) -> Mapping[str, int]:
+    if not options:
+        return DEFAULT_OPTIONS  # shared: a codec per connection need not copy the defaults
     unknown = sorted(set(options) - set(DEFAULT_OPTIONS))
     if unknown:
         raise ValueError(
