@@ -108,13 +108,26 @@ def _start_no_observe(codec: str, procs: Procs, upstream: int) -> Target:
     )
 
 
+def _start_compiled(python: str, adapter: str, codec: str, procs: Procs, upstream: int) -> Target:
+    return targets.start_metaprotocol(procs, adapter, codec, upstream, python=python)
+
+
 def _factories(
-    group: str, adapters: tuple[str, ...], experiments: bool = False
+    group: str,
+    adapters: tuple[str, ...],
+    experiments: bool = False,
+    compiled: tuple[str, tuple[str, ...]] | None = None,
 ) -> list[tuple[str, Factory]]:
     codec = CODEC[group]
     out: list[tuple[str, Factory]] = [
         (f"metaprotocol/{a}", partial(_start_metaprotocol, a, codec)) for a in adapters
     ]
+    if compiled is not None:  # the mypyc build, side by side in the same rounds
+        python, compiled_adapters = compiled
+        out += [
+            (f"metaprotocol[mypyc]/{a}", partial(_start_compiled, python, a, codec))
+            for a in compiled_adapters
+        ]
     if experiments:  # the engine without observer events: what that option would save
         out.append(("metaprotocol/uvloop-noobserve", partial(_start_no_observe, codec)))
     if group == "redis":
@@ -169,6 +182,7 @@ class Run:
         self.settings = settings
         self.out = out
         self.experiments = False
+        self.compiled: tuple[str, tuple[str, ...]] | None = None
         self.adapters = adapters
         self.procs = procs
         self.samples: dict[tuple[str, str], list[Sample]] = {}
@@ -188,7 +202,7 @@ class Run:
         loads = _loads(self.settings)
         upstream = _start_upstream(group, self.procs)
         started: list[Target] = [Target("direct", "direct", upstream)]
-        for name, factory in _factories(group, self.adapters, self.experiments):
+        for name, factory in _factories(group, self.adapters, self.experiments, self.compiled):
             try:
                 target = factory(self.procs, upstream)
             except (StartError, OSError) as exc:
@@ -416,6 +430,15 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="add A/B targets: metaprotocol/uvloop-noobserve (engine without observer events)",
     )
+    parser.add_argument(
+        "--compiled",
+        metavar="PYTHON",
+        help="also run the mypyc build installed in this interpreter "
+        "(METAPROTOCOL_MYPYC=1 pip install .), as metaprotocol[mypyc]/ADAPTER",
+    )
+    parser.add_argument(
+        "--compiled-adapters", default="uvloop", help="adapters for --compiled (comma list)"
+    )
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--no-profile", action="store_true")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
@@ -442,6 +465,9 @@ def main(argv: list[str] | None = None) -> int:
     procs = Procs(workdir)
     run = Run(settings, adapters, procs, args.out)
     run.experiments = args.experiments
+    if args.compiled:
+        compiled_adapters = tuple(a for a in args.compiled_adapters.split(",") if a)
+        run.compiled = (args.compiled, compiled_adapters)
     started = time.monotonic()
     try:
         for group in groups:

@@ -332,9 +332,20 @@ def start_metaprotocol(
     extra: str = "",
     label: str = "",
     launcher_flags: tuple[str, ...] = (),
+    python: str | None = None,
 ) -> Target:
     """``python -m metaprotocol run`` on a one-listener config; ``launcher_flags`` (A/B
-    experiments such as ``--no-observe``) go through ``mprun.py`` instead."""
+    experiments such as ``--no-observe``) go through ``mprun.py`` instead. ``python`` is
+    another interpreter with metaprotocol installed (the mypyc build): its target is named
+    ``metaprotocol[mypyc]/ADAPTER``."""
+    if python is not None:
+        port = free_port()
+        conf = procs.workdir / f"metaprotocol-mypyc-{codec}-{adapter}-{port}.yaml"
+        conf.write_text(metaprotocol_config(codec, port, upstream, extra=extra))
+        argv = [python, "-m", "metaprotocol", "run", str(conf), "--adapter", adapter]
+        argv += ["--log-level", "warning"]
+        name = f"metaprotocol[mypyc]/{adapter}"
+        return Target(name, "metaprotocol", port, _start(procs, name, argv, port))
     port = free_port()
     conf = procs.workdir / f"metaprotocol-{codec}-{adapter}{label}-{port}.yaml"
     conf.write_text(metaprotocol_config(codec, port, upstream, extra=extra))

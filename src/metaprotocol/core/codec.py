@@ -43,6 +43,10 @@ class Codec(Protocol):
     - ``encode_error`` builds a protocol-correct error reply for ``request``
       (None when the request could not be decoded at all); None means the
       protocol has no way to answer (the core then closes).
+
+    Optional hooks the core finds with ``getattr`` (docs/writing-a-codec.md): ``decode_eof``,
+    ``interim_reply``, ``preamble`` with ``variant``, and ``decode_many``, which returns a
+    pipelined run of messages as one merged message (``Message.count`` of them).
     """
 
     name: ClassVar[str]
