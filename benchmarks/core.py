@@ -3,7 +3,9 @@
 Path measured: a client request is decoded, routed and passed through unchanged to a
 shared upstream connection; the response is decoded, matched by id and written back.
 Codec: the tutorial ``lengthprefixed`` codec. Observer events off (as in production
-without an access log), then on.
+without an access log), then on. Then pipelined Redis: 16 ``SET`` commands per read through
+two routes (one prefix match, one catch-all), 16 ``+OK`` per upstream read, as
+``redis-benchmark -P 16`` sends them; microseconds per command.
 
     python benchmarks/core.py [--requests N]
 """
@@ -60,6 +62,41 @@ def round_trips(proxy: Proxy, n: int) -> float:
     return (time.perf_counter() - start) / n * 1e6
 
 
+def make_redis_proxy() -> Proxy:
+    routes = (
+        RouteConfig(
+            "sessions",
+            RouteAction(cluster="main"),
+            RouteMatch((("key", StringMatcher("prefix", "session:")),)),
+        ),
+        RouteConfig("default", RouteAction(cluster="main")),
+    )
+    listener = ListenerConfig("main", "127.0.0.1", 0, "redis", routes=routes)
+    cfg = Config((listener,), (ClusterConfig("main", (Endpoint("127.0.0.1", 6379),)),))
+    proxy = Proxy(cfg, now=0.0, observe=False)
+    proxy.handle(Accepted(1, "main"), 0.0)
+    proxy.handle(DataReceived(1, REDIS_SET), 0.0)
+    proxy.handle(UpstreamConnected(-1), 0.0)
+    proxy.handle(DataReceived(-1, b"+OK\r\n"), 0.0)
+    return proxy
+
+
+REDIS_SET = b"*3\r\n$3\r\nSET\r\n$16\r\nkey:__rand_int__\r\n$3\r\nxxx\r\n"
+PIPELINE = 16
+
+
+def pipelined_commands(proxy: Proxy, n: int) -> float:
+    request = DataReceived(1, REDIS_SET * PIPELINE)
+    response = DataReceived(-1, b"+OK\r\n" * PIPELINE)
+    handle = proxy.handle
+    start = time.perf_counter()
+    for i in range(n):
+        now = i * 1e-6
+        handle(request, now)
+        handle(response, now)
+    return (time.perf_counter() - start) / (n * PIPELINE) * 1e6
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=200_000)
@@ -73,6 +110,11 @@ def main() -> None:
         best = min(round_trips(proxy, args.requests) for _ in range(3))
         print(f"| {'on' if observe else 'off'} | {best:.2f} |")
     print("goal: <= 5 us per round trip (observer events off)")
+    redis = make_redis_proxy()
+    pipelined_commands(redis, 1_000)  # warm up
+    runs = max(1, args.requests // PIPELINE)
+    best = min(pipelined_commands(redis, runs) for _ in range(3))
+    print(f"\nredis, {PIPELINE} pipelined SETs per read (merged): {best:.2f} us per command")
     if args.profile:
         proxy = make_proxy(False)
         profile = cProfile.Profile()

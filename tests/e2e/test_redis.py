@@ -112,6 +112,8 @@ def test_redis_benchmark_through_proxy(
     listener = (("listener", "redis"),)
     assert stats.counters[("request", listener)] >= 6000
     assert stats.counters[("local_response_error", listener)] == 0
+    # Pipelined commands travel merged (one message per run), yet each one is counted.
+    assert stats.counters[("response", listener)] == stats.counters[("request", listener)]
 
 
 @pytest.mark.parametrize(
