@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from metaprotocol.codecs.redis.commands import refusal_reason
 from metaprotocol.core.config import (
+    CircuitBreakers,
     ClusterConfig,
     Endpoint,
     RouteAction,
@@ -344,3 +345,21 @@ def test_merging_never_changes_the_answers(
         run(Closed(conn))
     assert proxy.request_count() == 0
     assert not proxy.downstreams and not proxy.upstreams
+
+
+def test_a_merged_run_stops_at_the_circuit_breaker_like_single_requests_do() -> None:
+    breakers = CircuitBreakers(max_requests=3)
+    routes = (RouteConfig("default", RouteAction(cluster="main")),)
+    clusters = (ClusterConfig("main", (Endpoint(*UP),), circuit_breakers=breakers),)
+    proxy = Proxy(config(routes, clusters, codec="redis"), now=0.0, observe=False)
+    pb = Playbook(proxy)
+    pb >> Accepted(1, "main")
+    pb >> DataReceived(1, b"".join(cmd("GET", k) for k in "abcde"))
+    pb << OpenUpstream(-1, *UP)
+    pb >> UpstreamConnected(-1)
+    pb << Write(-1, cmd("GET", "a") + cmd("GET", "b") + cmd("GET", "c"))
+    pb >> DataReceived(-1, bulk("A") + bulk("B") + bulk("C"))
+    over = b"-ERR rate limit exceeded: cluster max_requests reached\r\n"
+    pb << Write(1, bulk("A") + bulk("B") + bulk("C") + over + over)
+    pb >> Closed(1) >> Closed(-1)
+    pb.assert_clean()

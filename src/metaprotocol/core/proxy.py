@@ -52,7 +52,7 @@ from metaprotocol.core.state import (
 )
 from metaprotocol.core.stats import Stats
 from metaprotocol.core.timers import DeadlineQueue, Timers
-from metaprotocol.core.upstream_side import UpstreamSide
+from metaprotocol.core.upstream_side import ID_SPACE, UpstreamSide
 
 __all__ = ["Proxy"]
 
@@ -94,6 +94,7 @@ class Proxy(UpstreamSide):
         self._merge_routes: tuple[RouteConfig, ...] = ()
         self._merge_first: dict[str, str] | None = None
         self._merge_route: RouteConfig | None = None
+        self._merge_room = 0  # requests the merged run may still take (circuit breaker)
         self.runtime = Runtime(config, self.stats, self.random, self.codec_factory, now)
 
     # -- public API ------------------------------------------------------------------------
@@ -463,9 +464,20 @@ class Proxy(UpstreamSide):
         routes = self._merge_routes
         if first is not self._merge_first:
             self._merge_first = first
-            self._merge_route = self._match(routes, first)
+            route = self._merge_route = self._match(routes, first)
+            # The run also stops where its cluster's max_requests would be exceeded, so a
+            # merged message never asks for more than the circuit breaker lets through.
+            cluster = self.runtime.clusters.get(route.action.cluster or "") if route else None
+            if cluster is None:
+                self._merge_room = ID_SPACE
+            else:
+                limit = cluster.config.circuit_breakers.max_requests
+                self._merge_room = limit - cluster.active_requests - 1
         route = self._merge_route
-        return route is not None and self._match(routes, other) is route
+        if route is None or self._merge_room <= 0 or self._match(routes, other) is not route:
+            return False
+        self._merge_room -= 1
+        return True
 
     def _route(self, req: ActiveRequest, now: float) -> None:
         route = self._match(req.listener.routes, req.message.properties)

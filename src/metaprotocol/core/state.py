@@ -69,7 +69,7 @@ class ListenerRuntime:
         # them, a hash or a weighted pick may send each elsewhere).
         self.batchable = (
             hasattr(codec_factory, "decode_many")
-            and codec_factory.ordering is not Ordering.MULTIPLEXED
+            and codec_factory.ordering is Ordering.ORDERED  # exclusive: one at a time
             and not filters
             and all(_merges(route) for route in config.routes)
         )

@@ -39,7 +39,11 @@ class UpstreamSide(EngineBase):
         cluster = req.cluster
         route = req.route
         assert cluster is not None and route is not None
-        if cluster.active_requests >= cluster.config.circuit_breakers.max_requests:
+        # A merged message counts as the requests it stands for, and fits whole or not at all.
+        if (
+            cluster.active_requests + req.message.count
+            > cluster.config.circuit_breakers.max_requests
+        ):
             cluster.counters.upstream_rq_pending_overflow += 1
             self._local_reply(req, ErrorType.OVER_LIMIT, "cluster max_requests reached", now)
             return
