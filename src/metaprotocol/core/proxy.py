@@ -20,7 +20,7 @@ from typing import Any
 
 from metaprotocol.core import events as ev
 from metaprotocol.core.codec import CodecFactory, Side
-from metaprotocol.core.config import Config, RouteConfig
+from metaprotocol.core.config import Config
 from metaprotocol.core.filters import CONTINUE, Abort, Call, Delay
 from metaprotocol.core.flow import Reason
 from metaprotocol.core.message import (
@@ -40,7 +40,7 @@ from metaprotocol.core.outputs import (
     ReadDisable,
     Write,
 )
-from metaprotocol.core.routing import pick_cluster
+from metaprotocol.core.routing import MergeRun, match_route, pick_cluster
 from metaprotocol.core.runtime import Runtime
 from metaprotocol.core.state import (
     ActiveRequest,
@@ -52,7 +52,7 @@ from metaprotocol.core.state import (
 )
 from metaprotocol.core.stats import Stats
 from metaprotocol.core.timers import DeadlineQueue, Timers
-from metaprotocol.core.upstream_side import ID_SPACE, UpstreamSide
+from metaprotocol.core.upstream_side import UpstreamSide
 
 __all__ = ["Proxy"]
 
@@ -90,11 +90,7 @@ class Proxy(UpstreamSide):
         self._next_conn = -1  # upstream ids are negative so they never collide with the adapter's
         self._next_call = 1
         self._out: list[Output] = []
-        # What _same_route compares against while a codec merges pipelined requests.
-        self._merge_routes: tuple[RouteConfig, ...] = ()
-        self._merge_first: dict[str, str] | None = None
-        self._merge_route: RouteConfig | None = None
-        self._merge_room = 0  # requests the merged run may still take (circuit breaker)
+        self._merge = MergeRun()  # what a codec's decode_many asks before merging a request
         self.runtime = Runtime(config, self.stats, self.random, self.codec_factory, now)
 
     # -- public API ------------------------------------------------------------------------
@@ -274,15 +270,14 @@ class Proxy(UpstreamSide):
             if self.observe or not listener.batchable:
                 many = None
             else:
-                self._merge_routes = listener.routes
-                self._merge_first = None
+                self._merge.start(listener.routes, self.runtime.clusters)
         while buffer and not ds.closing:
             room = lc.max_pending_requests - ds.pending
             if room <= 0:
                 self._disable(ds, Reason.TOO_MANY_PENDING)
                 return
             try:
-                msg = codec.decode(buffer) if many is None else many(buffer, room, self._same_route)
+                msg = codec.decode(buffer) if many is None else many(buffer, room, self._merge)
             except ProtocolError as exc:
                 self._decode_failed(ds, exc)
                 continue
@@ -440,47 +435,8 @@ class Proxy(UpstreamSide):
 
     # -- routing -----------------------------------------------------------------------------
 
-    def _match(
-        self, routes: tuple[RouteConfig, ...], properties: dict[str, str]
-    ) -> RouteConfig | None:
-        """The first route matching ``properties`` (exact-only matches inlined)."""
-        get = properties.get
-        for candidate in routes:
-            exact = candidate.match.exact
-            if exact is None:
-                if candidate.match.matches(properties):
-                    return candidate
-                continue
-            for key, value in exact:
-                if get(key) != value:
-                    break
-            else:
-                return candidate
-        return None
-
-    def _same_route(self, first: dict[str, str], other: dict[str, str]) -> bool:
-        """For a codec's ``decode_many``: may the request with properties ``other`` join
-        the merged message started by ``first``? Only if both take the same route."""
-        routes = self._merge_routes
-        if first is not self._merge_first:
-            self._merge_first = first
-            route = self._merge_route = self._match(routes, first)
-            # The run also stops where its cluster's max_requests would be exceeded, so a
-            # merged message never asks for more than the circuit breaker lets through.
-            cluster = self.runtime.clusters.get(route.action.cluster or "") if route else None
-            if cluster is None:
-                self._merge_room = ID_SPACE
-            else:
-                limit = cluster.config.circuit_breakers.max_requests
-                self._merge_room = limit - cluster.active_requests - 1
-        route = self._merge_route
-        if route is None or self._merge_room <= 0 or self._match(routes, other) is not route:
-            return False
-        self._merge_room -= 1
-        return True
-
     def _route(self, req: ActiveRequest, now: float) -> None:
-        route = self._match(req.listener.routes, req.message.properties)
+        route = match_route(req.listener.routes, req.message.properties)
         if route is None:
             req.listener.counters.route_not_found += 1
             if self.observe and req.downstream is not None:
