@@ -108,6 +108,7 @@ def test_a_pipeline_travels_as_one_write_each_way_and_counts_every_command() -> 
         "local_response_error": 0,
     }
     assert proxy.runtime.listeners["main"].route_counters["default"].route_hit == 5
+    assert proxy.runtime.listeners["main"].counters.request_merged == 4  # not the first GET
     assert proxy.runtime.listeners["main"].duration.count == 5
     pb >> Closed(1) >> Closed(-1)
     pb.assert_clean()

@@ -114,6 +114,8 @@ def test_redis_benchmark_through_proxy(
     assert stats.counters[("local_response_error", listener)] == 0
     # Pipelined commands travel merged (one message per run), yet each one is counted.
     assert stats.counters[("response", listener)] == stats.counters[("request", listener)]
+    if pipeline > 1:
+        assert stats.counters[("request_merged", listener)] > 0
 
 
 @pytest.mark.parametrize(

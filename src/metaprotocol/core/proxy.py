@@ -354,6 +354,8 @@ class Proxy(UpstreamSide):
         n = msg.count
         counters.request += n
         counters.request_decoding_success += n
+        if n > 1:
+            counters.request_merged += n
         if self.observe:
             self._out.append(Decoded(ds.id, msg.request_id, mtype.value, msg.properties))
         req = ActiveRequest(ds, listener, msg, now)

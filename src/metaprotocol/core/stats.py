@@ -182,6 +182,7 @@ class ListenerCounters(CounterBlock):
         "request",
         "request_decoding_error",
         "request_decoding_success",
+        "request_merged",
         "request_oneway",
         "request_twoway",
         "response",
@@ -202,6 +203,7 @@ class ListenerCounters(CounterBlock):
     request: int
     request_decoding_error: int
     request_decoding_success: int
+    request_merged: int  # requests that travelled inside a merged pipeline message
     request_oneway: int
     request_twoway: int
     response: int
