@@ -15,6 +15,7 @@ Rules the engine keeps:
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -269,8 +270,11 @@ class Proxy(UpstreamSide):
         if many is not None:
             if self.observe or not listener.batchable:
                 many = None
-            else:
-                self._merge.start(listener.routes, self.runtime.clusters)
+            else:  # a new pass: the codec's same_route questions are about this listener
+                merge = self._merge
+                merge.routes = listener.routes
+                merge.clusters = self.runtime.clusters
+                merge.first = None
         while buffer and not ds.closing:
             room = lc.max_pending_requests - ds.pending
             if room <= 0:
@@ -367,8 +371,12 @@ class Proxy(UpstreamSide):
             ds.pending += n
             counters.active_requests += n
             if listener.ordered:
-                req.slot = ReplySlot()
-                ds.add_slot(req.slot)
+                slot = req.slot = ReplySlot()
+                slots = ds.slots
+                if slots is None:
+                    ds.slots = deque((slot,))
+                else:
+                    slots.append(slot)
             if mtype is _STREAM_INIT and msg.request_id is not None:
                 ds.streams[msg.request_id] = req
         if listener.filters:

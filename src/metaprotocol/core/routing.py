@@ -39,7 +39,8 @@ class MergeRun:
 
     Only if both take the same route, and only while the route's cluster has room under its
     ``max_requests`` circuit breaker, so a merged message is admitted exactly when its
-    requests, sent one by one, would have been.
+    requests, sent one by one, would have been. The engine sets ``routes``, ``clusters``
+    and ``first = None`` before each decode pass over a connection's buffer.
     """
 
     __slots__ = ("clusters", "first", "room", "route", "routes")
@@ -50,12 +51,6 @@ class MergeRun:
         self.first: dict[str, str] | None = None
         self.route: RouteConfig | None = None
         self.room = 0  # requests the run may still take
-
-    def start(self, routes: tuple[RouteConfig, ...], clusters: dict[str, ClusterRuntime]) -> None:
-        """A new decode pass over one connection's buffer."""
-        self.routes = routes
-        self.clusters = clusters
-        self.first = None
 
     def __call__(self, first: dict[str, str], other: dict[str, str]) -> bool:
         routes = self.routes

@@ -88,6 +88,7 @@ class RedisCodec:
         "_reply_decode",
         "_requests",
         "decode",
+        "decode_many",
         "max_message_size",
         "options",
         "side",
@@ -97,6 +98,10 @@ class RedisCodec:
     # ``decode`` is the bound method of the side's decoder, stored on the instance: it
     # saves a call per message on the hot path (see the benchmark in the tests).
     decode: Callable[[bytearray], Message | NeedData]
+    # The optional merging hook (see core/codec.py), bound the same way: downstream,
+    # ``(buffer, limit, same_route)`` merges pipelined commands that take the same route;
+    # upstream, ``(buffer, limit)`` merges the replies to a merged message.
+    decode_many: Callable[..., Message | NeedData]
 
     def __init__(self, side: Side, options: Mapping[str, Any], max_message_size: int) -> None:
         if max_message_size < 1:
@@ -115,25 +120,17 @@ class RedisCodec:
                 max_message_size, values["max_array_length"], values["max_inline_size"]
             )
             self.decode = self._requests.decode
+            self.decode_many = self._requests.decode_many
         else:
             self._replies = ReplyDecoder(
                 max_message_size, values["max_array_length"], values["max_nesting_depth"]
             )
             self.decode = self._reply_decode = self._replies.decode
+            self.decode_many = self._replies_many
 
-    def decode_many(
-        self,
-        buffer: bytearray,
-        limit: int,
-        same_route: Callable[[dict[str, str], dict[str, str]], bool] | None = None,
+    def _replies_many(
+        self, buffer: bytearray, limit: int, same_route: object = None
     ) -> Message | NeedData:
-        """The optional merging hook (see core/codec.py): pipelined commands that take the
-        same route (downstream), or the replies to a merged message (upstream), as one
-        message whose ``count`` says how many."""
-        if self._requests is not None:
-            if same_route is None:
-                return self.decode(buffer)
-            return self._requests.decode_many(buffer, limit, same_route)
         if self.decode is not self._reply_decode or self._replies is None:
             return self.decode(buffer)  # the reply to the connection's HELLO 3 comes first
         return self._replies.decode_many(buffer, limit)
