@@ -22,7 +22,7 @@ from metaprotocol.core.outputs import (
 )
 from metaprotocol.testing import Playbook
 
-from .helpers import UP, config, error_reply, oneway, ping, playbook, pong, req, resp
+from .helpers import UP, config, error_reply, oneway, ping, playbook, pong, req, resp, route
 
 UPSTREAM = -1  # the core numbers upstream connections -1, -2, ...
 
@@ -221,6 +221,31 @@ def test_upstream_write_buffer_high_disables_every_feeding_downstream() -> None:
     pb << Write(2, resp(2))
     pb << Write(3, resp(3))
     finish(pb, 1, 2, 3, UPSTREAM)
+
+
+def test_a_client_feeding_two_full_upstreams_waits_for_both() -> None:
+    other = ("10.0.0.2", 9000)
+    routes = (route("a", "a", service="a"), route("b", "b", service="b"))
+    clusters = (ClusterConfig("a", (Endpoint(*UP),)), ClusterConfig("b", (Endpoint(*other),)))
+    pb = connected(playbook(config(routes, clusters)))
+    pb >> DataReceived(1, req(1, service="a") + req(2, service="b"))
+    pb << OpenUpstream(-1, *UP) << OpenUpstream(-2, *other)
+    pb >> UpstreamConnected(-1) >> UpstreamConnected(-2)
+    pb << Write(-1, req(1, service="a")) << Write(-2, req(2, service="b"))
+    pb >> WriteBufferHigh(-1)
+    pb << ReadDisable(1)
+    pb >> WriteBufferHigh(-2)  # the same reason again: no second ReadDisable
+    pb >> WriteBufferLow(-1)
+    pb << None  # -2 still holds the client back
+    pb >> WriteBufferHigh(-1)
+    pb >> Closed(-2)  # gone: it holds nothing back any more, but -1 does
+    pb << Write(1, error_reply(2, "upstream_reset", "upstream connection closed", 7))
+    pb << None
+    pb >> WriteBufferLow(-1)
+    pb << ReadEnable(1)
+    pb >> DataReceived(-1, resp(1))
+    pb << Write(1, resp(1))
+    finish(pb, 1, -1)
 
 
 def test_too_many_pending_disables_reading_then_enables() -> None:

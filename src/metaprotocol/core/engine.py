@@ -269,8 +269,10 @@ class EngineBase:
         ds.buffer.clear()
         ds.pinned.clear()
         self._unblock_upstreams(ds)
-        for up in self.upstreams.values():
-            up.feeders.pop(ds, None)
+        if ds.feeding is not None:
+            for up in ds.feeding:
+                up.feeders.pop(ds, None)
+            ds.feeding = None
 
     def _abandoned_on(self, up: Upstream, req: ActiveRequest, deadline: float | None) -> None:
         raise NotImplementedError
@@ -284,6 +286,29 @@ class EngineBase:
         ds.blocking.clear()
 
     # -- flow control ------------------------------------------------------------------------
+
+    def _hold_feeder(self, up: Upstream, ds: Downstream) -> None:
+        """``up`` is above its write high watermark: stop reading ``ds``, which feeds it."""
+        up.feeders[ds] = None
+        if ds.feeding is None:
+            ds.feeding = {up: None}
+        else:
+            ds.feeding[up] = None
+        self._disable(ds, Reason.UPSTREAM_WRITE_BUFFER_HIGH)
+
+    def _release_feeders(self, up: Upstream) -> None:
+        """``up`` drained (or is gone): read its feeders again, unless another full upstream
+        still holds one back."""
+        feeders = list(up.feeders)
+        up.feeders.clear()
+        for ds in feeders:
+            feeding = ds.feeding
+            if feeding is not None:
+                feeding.pop(up, None)
+                if feeding:
+                    continue
+                ds.feeding = None
+            self._enable(ds, Reason.UPSTREAM_WRITE_BUFFER_HIGH)
 
     def _disable(self, ds: Downstream, reason: Reason) -> None:
         if ds.gate.disable(reason):

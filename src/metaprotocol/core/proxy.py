@@ -538,8 +538,7 @@ class Proxy(UpstreamSide):
         for req in (*up.inflight.values(), *up.fifo):
             ds = req.downstream
             if ds is not None and not req.done and self.downstreams.get(ds.id) is ds:
-                up.feeders[ds] = None
-                self._disable(ds, Reason.UPSTREAM_WRITE_BUFFER_HIGH)
+                self._hold_feeder(up, ds)
 
     def _write_buffer_low(self, conn: int, now: float) -> None:
         ds = self.downstreams.get(conn)
@@ -551,12 +550,7 @@ class Proxy(UpstreamSide):
         if up is None or not up.write_high:
             return
         up.write_high = False
-        feeders = list(up.feeders)
-        up.feeders.clear()
-        for ds in feeders:
-            # Another full upstream may still hold this connection back.
-            if not any(ds in other.feeders for other in self.upstreams.values()):
-                self._enable(ds, Reason.UPSTREAM_WRITE_BUFFER_HIGH)
+        self._release_feeders(up)
 
 
 def _no_random() -> float:

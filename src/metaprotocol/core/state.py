@@ -196,6 +196,7 @@ class Downstream:
         "buffer",
         "closing",
         "codec",
+        "feeding",
         "gate",
         "id",
         "idle_timer",
@@ -228,6 +229,8 @@ class Downstream:
         self.pinned: dict[Pool, Upstream] = {}
         # Upstreams whose reading this client holds off while it does not read its replies.
         self.blocking: dict[Upstream, None] = {}
+        # Full upstreams this client feeds, which hold off reading it (made when needed).
+        self.feeding: dict[Upstream, None] | None = None
 
     def add_slot(self, slot: ReplySlot) -> None:
         """Take ``slot``'s place in the answer order."""

@@ -6,7 +6,6 @@ from __future__ import annotations
 from metaprotocol.core.balancer import EndpointState
 from metaprotocol.core.codec import Ordering, Side
 from metaprotocol.core.engine import EngineBase
-from metaprotocol.core.flow import Reason
 from metaprotocol.core.message import (
     NEED_DATA,
     ErrorType,
@@ -247,8 +246,7 @@ class UpstreamSide(EngineBase):
         else:
             up.queued.append(data)
         if up.write_high and req.downstream is not None:
-            up.feeders[req.downstream] = None
-            self._disable(req.downstream, Reason.UPSTREAM_WRITE_BUFFER_HIGH)
+            self._hold_feeder(up, req.downstream)
 
     def _free_id(self, up: Upstream) -> int:
         while True:
@@ -492,9 +490,7 @@ class UpstreamSide(EngineBase):
             up.connect_timer.cancel()
         if up.connected:
             pool.cluster.counters.upstream_cx_active -= 1
-        for ds in up.feeders:
-            self._enable(ds, Reason.UPSTREAM_WRITE_BUFFER_HIGH)
-        up.feeders.clear()
+        self._release_feeders(up)
         for ds in up.blocked_by:
             ds.blocking.pop(up, None)
         up.blocked_by.clear()
