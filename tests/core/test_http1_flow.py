@@ -38,11 +38,61 @@ def test_client_connection_close_closes_after_the_answer() -> None:
     pb >> DataReceived(1, get("/a", "Connection: close\r\n"))
     pb << OpenUpstream(-1, *UP)
     pb >> UpstreamConnected(-1)
-    pb << Write(-1, get("/a", "Connection: close\r\n"))
-    pb >> DataReceived(-1, ok(b"A"))
-    pb << Write(1, ok(b"A"))
+    pb << Write(-1, get("/a"))  # hop by hop: the shared upstream connection stays open
+    pb >> DataReceived(-1, ok(b"A", "Keep-Alive: timeout=5\r\n"))
+    pb << Write(1, ok(b"A", "Connection: close\r\n"))  # the client is told, then closed
     pb << CloseConnection(1, flush=True)
     pb >> Closed(-1)
+    pb.assert_clean()
+
+
+def test_http10_clients_share_one_kept_alive_upstream_connection() -> None:
+    pb = playbook(config(codec="http1"))
+    request = b"GET /a HTTP/1.0\r\nConnection: close, X-Hop\r\nX-Hop: 1\r\nX-End: 2\r\n\r\n"
+    forwarded = b"GET /a HTTP/1.0\r\nX-End: 2\r\nConnection: keep-alive\r\n\r\n"
+    pb >> Accepted(1, "main") >> Accepted(2, "main")
+    pb >> DataReceived(1, request)
+    pb << OpenUpstream(-1, *UP)
+    pb >> UpstreamConnected(-1)
+    pb << Write(-1, forwarded)
+    pb >> DataReceived(-1, ok(b"A", "Connection: keep-alive\r\n"))
+    pb << Write(1, ok(b"A", "Connection: close\r\n"))
+    pb << CloseConnection(1, flush=True)
+    pb >> DataReceived(2, b"GET /b HTTP/1.0\r\n\r\n")  # the same upstream connection
+    pb << Write(-1, b"GET /b HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+    pb >> DataReceived(-1, ok(b"B", "Connection: keep-alive\r\n"))
+    pb << Write(2, ok(b"B", "Connection: close\r\n"))
+    pb << CloseConnection(2, flush=True)
+    pb >> Closed(-1)
+    pb.assert_clean()
+
+
+def test_only_the_last_answer_before_a_requested_close_says_close() -> None:
+    pb = playbook(config(codec="http1"))
+    pb >> Accepted(1, "main")
+    pb >> DataReceived(1, get("/a") + get("/b", "Connection: close\r\n"))
+    pb << OpenUpstream(-1, *UP)
+    pb >> UpstreamConnected(-1)
+    pb << Write(-1, get("/a") + get("/b"))
+    pb >> DataReceived(-1, ok(b"A") + ok(b"B"))
+    pb << Write(1, ok(b"A"))  # untouched
+    pb << Write(1, ok(b"B", "Connection: close\r\n"))
+    pb << CloseConnection(1, flush=True)
+    pb >> Closed(-1)
+    pb.assert_clean()
+
+
+def test_keep_alive_requests_pass_through_untouched() -> None:
+    pb = playbook(config(codec="http1"))
+    pb >> Accepted(1, "main")
+    pb >> DataReceived(1, get("/a", "Connection: keep-alive\r\n"))
+    pb << OpenUpstream(-1, *UP)
+    pb >> UpstreamConnected(-1)
+    pb << Write(-1, get("/a", "Connection: keep-alive\r\n"))
+    pb >> DataReceived(-1, ok(b"A", "Keep-Alive: timeout=5\r\n"))
+    pb << Write(1, ok(b"A", "Keep-Alive: timeout=5\r\n"))
+    for conn in (1, -1):
+        pb >> Closed(conn)
     pb.assert_clean()
 
 

@@ -207,3 +207,30 @@ def test_gzip_sanity_of_nginx_fixture(nginx: tuple[int, Path]) -> None:
     assert response.headers["content-encoding"] == "gzip"
     assert response.headers["transfer-encoding"] == "chunked"
     assert response.content == (www / "text.txt").read_bytes()
+
+
+def test_http10_and_closing_clients_keep_the_upstream_connection(
+    proxied: RunningProxy, upstream: Upstream
+) -> None:
+    """Connection management is hop by hop: clients that close after one request (HTTP/1.0,
+    ``Connection: close``) are told so, while the proxy keeps its upstream connection."""
+    port = proxied.ports["http1"]
+    path, body = upstream.hello
+    requests = (
+        b"GET %s HTTP/1.0\r\n\r\n",
+        b"GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    for request in requests * 3:
+        with socket.create_connection(("127.0.0.1", port), timeout=DEADLINE) as sock:
+            sock.sendall(request % path.encode())
+            data = b""
+            while chunk := sock.recv(65536):  # the proxy closes after the answer
+                data += chunk
+        head, _, got = data.partition(b"\r\n\r\n")
+        assert head.split(b"\r\n")[0].split(b" ")[1] == b"200", head
+        assert got == body
+        if upstream.kind == "nginx":  # a keep-alive server: the proxy says close itself
+            assert b"\r\nconnection: close" in head.lower(), head
+    if upstream.kind == "nginx":
+        stats = proxied.call(lambda: proxied.proxy.stats.snapshot())
+        assert stats.counters[("upstream_cx_total", (("cluster", "web"),))] == 1

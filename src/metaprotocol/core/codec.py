@@ -39,7 +39,9 @@ class Codec(Protocol):
       nothing. Malformed bytes raise ``ProtocolError``. Any prefix of a valid
       stream gives ``NEED_DATA``, never an error.
     - ``encode`` with no mutation and ``request_id`` None returns
-      ``message.frame`` itself (zero-copy pass-through).
+      ``message.frame`` itself (zero-copy pass-through), except where the protocol
+      requires a proxy to change the message between hops (HTTP/1.1's
+      connection-specific fields, RFC 9110 section 7.6.1).
     - ``encode_error`` builds a protocol-correct error reply for ``request``
       (None when the request could not be decoded at all); None means the
       protocol has no way to answer (the core then closes).

@@ -21,6 +21,15 @@ Choices (see also the package docstring):
 - A response framed by the connection closing is finished by ``decode_eof``
   (additive to the Codec protocol), which adds a Content-Length so the frame can
   be forwarded on a keep-alive downstream connection.
+- Connection management is hop by hop (RFC 9110 section 7.6.1), the one place where
+  ``encode`` changes an unmutated message. Upstream connections are shared and kept
+  alive: a request's ``Connection`` field, the fields it names, ``Keep-Alive`` and
+  ``Proxy-Connection`` are not forwarded, and an HTTP/1.0 request goes upstream with
+  ``Connection: keep-alive`` (still as HTTP/1.0, so the server never answers it
+  chunked). Otherwise every HTTP/1.0 or ``Connection: close`` client would close the
+  shared connection after its response. Downstream, the answer to the last request of a
+  client that asked to close carries ``Connection: close`` in place of the server's
+  connection fields, and the proxy closes that client connection after it.
 """
 
 from __future__ import annotations
@@ -84,6 +93,7 @@ _TOKEN_RE = re.compile(r"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
 _VALUE_RE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
 # Framing belongs to the codec: mutations never touch these fields.
 _PROTECTED = frozenset({"content-length", "transfer-encoding"})
+_HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection"})
 _MAX_DETAIL = 200
 
 
@@ -121,6 +131,10 @@ class Http1Codec:
         self._methods: deque[str] = deque()  # upstream: methods of requests awaiting responses
         self._error_status: int | None = None  # downstream: wire status of the last decode error
         self._continued: object = None  # downstream: the request head we sent 100 Continue for
+        # Downstream: requests decoded and not yet answered, and whether the client asked to
+        # close after the last of them (its answer then says so).
+        self._owed = 0
+        self._close_after_last = False
 
     def interim_reply(self) -> bytes | None:
         """Bytes to send the client now, while its request is incomplete (optional hook).
@@ -184,6 +198,8 @@ class Http1Codec:
             fields[":authority"] = host
         if (version == "1.0" or "connection" in fields) and connection_must_close(version, fields):
             fields["connection"] = "close"
+            self._close_after_last = True
+        self._owed += 1
         frame = parsed.frame
         head_len = parsed.head_len
         # Positional arguments: this runs once per request and keywords cost measurably.
@@ -233,13 +249,42 @@ class Http1Codec:
             if mutation:
                 method = next((v for k, v in mutation.add if k == ":method"), method)
             self._methods.append(method)
-            drop_expect = _expects_continue(message.properties)
-            if not mutation and not drop_expect:
+            properties = message.properties
+            drop_expect = _expects_continue(properties)
+            http10 = _is_http10_request(message.frame)
+            connection = properties.get("connection")
+            hop = (
+                http10
+                or (connection is not None and connection.lower() != "keep-alive")
+                or "keep-alive" in properties
+                or "proxy-connection" in properties
+            )
+            if not mutation and not drop_expect and not hop:
                 return message.frame
-            return _rewrite(message, mutation, drop_expect=drop_expect)
-        if not mutation:
-            return message.frame
-        return _rewrite(message, mutation, drop_expect=False)
+            return _rewrite(
+                message,
+                mutation,
+                drop_expect=drop_expect,
+                hop_by_hop=hop,
+                connection=b"keep-alive" if http10 else None,
+            )
+        # Downstream: the answer to a client's last request, when it asked to close, says so
+        # (unless the server's answer already closes).
+        last = self._close_after_last and self._owed == 1
+        if last and message.properties.get("connection") == "close":
+            last = False
+        if mutation or last:
+            data = _rewrite(
+                message, mutation, drop_expect=False, hop_by_hop=last, connection=b"close"
+            )
+        else:
+            data = message.frame
+        self._answered()
+        return data
+
+    def _answered(self) -> None:
+        if self._owed:
+            self._owed -= 1
 
     def encode_error(self, request: Message | None, error: ErrorType, detail: str) -> bytes | None:
         """A short text/plain reply; ``Connection: close`` when the request was undecodable."""
@@ -255,6 +300,7 @@ class Http1Codec:
         else:
             close = request.properties.get("connection") == "close"
             head_only = request.properties.get(":method") == "HEAD"
+            self._answered()
         self._error_status = None
         reason = _REASONS[status]
         text = detail[:_MAX_DETAIL] if detail else reason
@@ -272,14 +318,44 @@ class Http1Codec:
         return None  # HTTP/1.1 has no heartbeats
 
 
-def _rewrite(message: Message, mutation: Mutation | None, *, drop_expect: bool) -> bytes:
-    """Rebuild the head with fields removed / added; the body bytes are kept verbatim."""
+def _is_http10_request(frame: bytes) -> bool:
+    eol = frame.find(b"\r\n")
+    return eol >= 8 and frame.startswith(b"HTTP/1.0", eol - 8)
+
+
+def _hop_by_hop(lines: list[bytes]) -> set[str]:
+    """The connection-specific fields of a head: the fixed ones and those ``Connection``
+    names (RFC 9110 section 7.6.1)."""
+    names = set(_HOP_BY_HOP)
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        if name.lower() == b"connection":
+            names.update(t.strip().lower().decode("latin-1") for t in value.split(b","))
+    names.discard("")
+    return names
+
+
+def _rewrite(
+    message: Message,
+    mutation: Mutation | None,
+    *,
+    drop_expect: bool,
+    hop_by_hop: bool = False,
+    connection: bytes | None = None,
+) -> bytes:
+    """Rebuild the head with fields removed / added; the body bytes are kept verbatim.
+    ``hop_by_hop`` drops the connection-specific fields, then adds ``Connection:
+    <connection>`` when that is given."""
     frame = message.frame
     head_len = message.header_size
     lines = frame[: head_len - 4].split(b"\r\n")
     start = lines[0]
     remove: set[str] = {"expect"} if drop_expect else set()
     added: list[bytes] = []
+    if hop_by_hop:
+        remove |= _hop_by_hop(lines)
+        if connection is not None:
+            added.append(b"Connection: " + connection)
     if mutation:
         remove.update(key.lower() for key in mutation.remove)
         for key, value in mutation.add:
