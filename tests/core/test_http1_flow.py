@@ -104,10 +104,15 @@ def test_upstream_connection_close_resends_the_requests_pipelined_behind_it() ->
     pb >> UpstreamConnected(-1)
     pb << Write(-1, get("/a") + get("/b"))
     pb >> DataReceived(-1, ok(b"A", "Connection: close\r\n"))
-    pb << Write(1, ok(b"A", "Connection: close\r\n"))
-    pb << CloseConnection(1, flush=True)  # the client was told the connection closes
+    pb << Write(1, ok(b"A"))  # the server recycles its connection: not the client's business
     pb << CloseConnection(-1, flush=False)
-    pb << None  # /b belonged to the closed client: nothing is re-sent for it
+    pb << OpenUpstream(-2, *UP)  # /b was never processed: it goes out again
+    pb >> UpstreamConnected(-2)
+    pb << Write(-2, get("/b"))
+    pb >> DataReceived(-2, ok(b"B"))
+    pb << Write(1, ok(b"B"))
+    for conn in (1, -2):
+        pb >> Closed(conn)
     pb.assert_clean()
 
 
@@ -121,16 +126,29 @@ def test_upstream_close_resends_unprocessed_requests_of_other_clients() -> None:
     pb >> UpstreamConnected(-1)
     pb << Write(-1, get("/a") + get("/b"))
     pb >> DataReceived(-1, ok(b"A", "Connection: close\r\n"))
-    pb << Write(1, ok(b"A", "Connection: close\r\n"))
-    pb << CloseConnection(1, flush=True)
+    pb << Write(1, ok(b"A"))
     pb << CloseConnection(-1, flush=False)
     pb << OpenUpstream(-2, *UP)  # /b was never processed: it goes out again
     pb >> UpstreamConnected(-2)
     pb << Write(-2, get("/b"))
     pb >> DataReceived(-2, ok(b"B"))
     pb << Write(2, ok(b"B"))
-    for conn in (2, -2):
+    for conn in (1, 2, -2):
         pb >> Closed(conn)
+    pb.assert_clean()
+
+
+def test_a_closing_client_answered_by_a_closing_server_is_told_once() -> None:
+    pb = playbook(config(codec="http1"))
+    pb >> Accepted(1, "main")
+    pb >> DataReceived(1, get("/a", "Connection: close\r\n"))
+    pb << OpenUpstream(-1, *UP)
+    pb >> UpstreamConnected(-1)
+    pb << Write(-1, get("/a"))
+    pb >> DataReceived(-1, ok(b"A", "Connection: close\r\n"))
+    pb << Write(1, ok(b"A", "Connection: close\r\n"))  # as the server said it
+    pb << CloseConnection(1, flush=True)
+    pb << CloseConnection(-1, flush=False)
     pb.assert_clean()
 
 
@@ -147,8 +165,8 @@ def test_response_framed_by_upstream_close_is_completed() -> None:
     reply = pb.take()
     assert isinstance(reply, Write) and reply.conn == 1
     assert b"Content-Length: 11\r\n" in reply.data and reply.data.endswith(b"until-close")
-    pb << CloseConnection(1, flush=True)
     pb << CloseConnection(-1, flush=False)
+    pb >> Closed(1)  # the client decides: an HTTP/1.0 answer tells it not to persist
     pb.assert_clean()
 
 

@@ -109,10 +109,9 @@ class EngineBase:
         status: str,
         error: ErrorType | None,
         now: float,
-        close_after: bool = False,
     ) -> None:
-        """Hand ``data`` to the request's client, in order for ordered protocols;
-        ``close_after`` closes the client connection once it is written."""
+        """Hand ``data`` to the request's client, in order for ordered protocols; the client
+        connection closes after it when the request asked for that (``connection: close``)."""
         ds = req.downstream
         completed = self._finish(req, status, error, now, emit=False)
         if ds is None or self.downstreams.get(ds.id) is not ds:
@@ -120,7 +119,7 @@ class EngineBase:
         slot = req.slot
         if slot is not None:
             slot.data = data
-            if close_after or req.message.properties.get("connection") == "close":
+            if req.message.properties.get("connection") == "close":
                 slot.close_after = True
             self._flush_slots(ds)
         else:

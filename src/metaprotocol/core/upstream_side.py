@@ -405,7 +405,9 @@ class UpstreamSide(EngineBase):
                 data = ds.codec.encode(msg, request_id=restore)
             if req.partial is not None:
                 data = b"".join((*req.partial, data))
-            self._answer(req, data, "ok" if ok else "error", None, now, close_after=closes)
+            # The server closing its connection does not close the client's: upstream
+            # connections are shared, and the codec keeps the answer consistent with that.
+            self._answer(req, data, "ok" if ok else "error", None, now)
         pool = up.pool
         if closes and pool.ordering is not Ordering.MULTIPLEXED:
             self._upstream_closing(up, now)

@@ -29,7 +29,9 @@ Choices (see also the package docstring):
   chunked). Otherwise every HTTP/1.0 or ``Connection: close`` client would close the
   shared connection after its response. Downstream, the answer to the last request of a
   client that asked to close carries ``Connection: close`` in place of the server's
-  connection fields, and the proxy closes that client connection after it.
+  connection fields, and the proxy closes that client connection after it; a server's
+  ``Connection: close`` (it recycles its connection) is removed from the answer and the
+  client connection stays open.
 """
 
 from __future__ import annotations
@@ -268,14 +270,19 @@ class Http1Codec:
                 hop_by_hop=hop,
                 connection=b"keep-alive" if http10 else None,
             )
-        # Downstream: the answer to a client's last request, when it asked to close, says so
-        # (unless the server's answer already closes).
+        # Downstream: the answer to a client's last request, when it asked to close, says
+        # so (unless the server's answer already does); a server closing its (shared)
+        # connection is not the client's business, so that is not passed on.
         last = self._close_after_last and self._owed == 1
-        if last and message.properties.get("connection") == "close":
-            last = False
-        if mutation or last:
+        server_closes = message.properties.get("connection") == "close"
+        hop = last != server_closes
+        if mutation or hop:
             data = _rewrite(
-                message, mutation, drop_expect=False, hop_by_hop=last, connection=b"close"
+                message,
+                mutation,
+                drop_expect=False,
+                hop_by_hop=hop,
+                connection=b"close" if last else None,
             )
         else:
             data = message.frame
