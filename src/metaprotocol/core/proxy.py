@@ -266,11 +266,10 @@ class Proxy(UpstreamSide):
         lc = listener.config
         # Pipelined requests taking the same route may be merged into one message (fewer
         # objects, one upstream write); not while observers want to see each request.
-        many = getattr(codec, "decode_many", None)
-        if many is not None:
-            if self.observe or not listener.batchable:
-                many = None
-            else:  # a new pass: the codec's same_route questions are about this listener
+        many = None
+        if listener.batchable and not self.observe:
+            many = getattr(codec, "decode_many", None)
+            if many is not None:  # a new pass: same_route questions are about this listener
                 merge = self._merge
                 merge.routes = listener.routes
                 merge.clusters = self.runtime.clusters
@@ -286,7 +285,7 @@ class Proxy(UpstreamSide):
                 self._decode_failed(ds, exc)
                 continue
             if msg is NEED_DATA:
-                interim = getattr(codec, "interim_reply", None)
+                interim = getattr(codec, "interim_reply", None) if listener.has_interim else None
                 if interim is not None:
                     early = interim()
                     if early:

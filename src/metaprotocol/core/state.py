@@ -38,6 +38,8 @@ class ListenerRuntime:
         "counters",
         "duration",
         "filters",
+        "has_interim",
+        "has_variants",
         "labels",
         "ordered",
         "route_counters",
@@ -63,6 +65,9 @@ class ListenerRuntime:
         self.labels = labels
         self.routes: tuple[RouteConfig, ...] = config.routes
         self.ordered = codec_factory.ordering is not Ordering.MULTIPLEXED
+        # Optional codec hooks, looked up once here rather than per message.
+        self.has_interim = hasattr(codec_factory, "interim_reply")
+        self.has_variants = hasattr(codec_factory, "preamble")
         # Whether pipelined requests that take the same route may travel as one merged
         # message (the codec's ``decode_many``): only when nothing on the way needs to see
         # each request on its own (filters count them, mirrors and mutations copy or change

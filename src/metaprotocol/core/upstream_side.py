@@ -59,7 +59,9 @@ class UpstreamSide(EngineBase):
         listener = req.listener
         ds = req.downstream
         # A codec may need upstream connections of a kind (Redis: RESP3 after HELLO 3).
-        variant: str = getattr(ds.codec, "variant", "") if ds is not None else ""
+        variant: str = ""
+        if ds is not None and listener.has_variants:
+            variant = getattr(ds.codec, "variant", "")
         pool_key = listener.config.name if not variant else f"{listener.config.name}/{variant}"
         pool = endpoint.pools.get(pool_key)
         if pool is None:
