@@ -50,16 +50,21 @@ def make_proxy(observe: bool) -> Proxy:
     return proxy
 
 
-def round_trips(proxy: Proxy, n: int) -> float:
-    request = DataReceived(1, build_frame(1, 7, {"service": "users", "method": "get"}, b"x" * 64))
-    response = DataReceived(-1, build_frame(2, 7, {}, b"y" * 64))
+def _exchanges(proxy: Proxy, request: DataReceived, response: DataReceived, n: int) -> float:
+    """Seconds for ``n`` request/response exchanges through ``proxy``."""
     handle = proxy.handle
     start = time.perf_counter()
     for i in range(n):
         now = i * 1e-6
         handle(request, now)
         handle(response, now)
-    return (time.perf_counter() - start) / n * 1e6
+    return time.perf_counter() - start
+
+
+def round_trips(proxy: Proxy, n: int) -> float:
+    request = DataReceived(1, build_frame(1, 7, {"service": "users", "method": "get"}, b"x" * 64))
+    response = DataReceived(-1, build_frame(2, 7, {}, b"y" * 64))
+    return _exchanges(proxy, request, response, n) / n * 1e6
 
 
 def make_redis_proxy() -> Proxy:
@@ -88,13 +93,7 @@ PIPELINE = 16
 def pipelined_commands(proxy: Proxy, n: int) -> float:
     request = DataReceived(1, REDIS_SET * PIPELINE)
     response = DataReceived(-1, b"+OK\r\n" * PIPELINE)
-    handle = proxy.handle
-    start = time.perf_counter()
-    for i in range(n):
-        now = i * 1e-6
-        handle(request, now)
-        handle(response, now)
-    return (time.perf_counter() - start) / (n * PIPELINE) * 1e6
+    return _exchanges(proxy, request, response, n) / (n * PIPELINE) * 1e6
 
 
 def main() -> None:

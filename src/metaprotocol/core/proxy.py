@@ -15,7 +15,6 @@ Rules the engine keeps:
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -370,12 +369,8 @@ class Proxy(UpstreamSide):
             ds.pending += n
             counters.active_requests += n
             if listener.ordered:
-                slot = req.slot = ReplySlot()
-                slots = ds.slots
-                if slots is None:
-                    ds.slots = deque((slot,))
-                else:
-                    slots.append(slot)
+                req.slot = ReplySlot()
+                ds.add_slot(req.slot)
             if mtype is _STREAM_INIT and msg.request_id is not None:
                 ds.streams[msg.request_id] = req
         if listener.filters:
