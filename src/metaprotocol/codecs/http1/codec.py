@@ -253,8 +253,10 @@ class Http1Codec:
             self._methods.append(method)
             properties = message.properties
             drop_expect = _expects_continue(properties)
-            http10 = _is_http10_request(message.frame)
+            # Every HTTP/1.0 request has a "connection" property (the decoder sets "close"
+            # when it did not ask for keep-alive): the version is only read then.
             connection = properties.get("connection")
+            http10 = connection is not None and _is_http10_request(message.frame)
             hop = (
                 http10
                 or (connection is not None and connection.lower() != "keep-alive")
