@@ -91,3 +91,16 @@ class FifoCodec(LengthPrefixedCodec):
 
 def fifo_playbook(cfg: Config) -> Playbook:
     return Playbook(Proxy(cfg, now=0.0, codecs={"fifo": FifoCodec}))
+
+
+def cmd(*args: str) -> bytes:
+    """A RESP multibulk command, as redis clients send it."""
+    out = b"*%d\r\n" % len(args)
+    for arg in args:
+        out += b"$%d\r\n%s\r\n" % (len(arg), arg.encode())
+    return out
+
+
+def bulk(text: str) -> bytes:
+    """A RESP bulk-string reply."""
+    return b"$%d\r\n%s\r\n" % (len(text), text.encode())

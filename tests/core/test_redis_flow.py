@@ -6,15 +6,7 @@ from __future__ import annotations
 from metaprotocol.core.events import Accepted, Closed, DataReceived, UpstreamConnected
 from metaprotocol.core.outputs import OpenUpstream, Write
 
-from .helpers import UP, config, playbook
-
-
-def cmd(*args: str) -> bytes:
-    out = b"*%d\r\n" % len(args)
-    for arg in args:
-        out += b"$%d\r\n%s\r\n" % (len(arg), arg.encode())
-    return out
-
+from .helpers import UP, cmd, config, playbook
 
 HELLO3_REPLY_HEAD = b"%7\r\n$6\r\nserver\r\n$5\r\nredis\r\n"
 

@@ -39,20 +39,9 @@ from metaprotocol.core.outputs import (
 from metaprotocol.core.proxy import Proxy
 from metaprotocol.testing.playbook import Playbook
 
-from .helpers import UP, config
+from .helpers import UP, bulk, cmd, config
 
 SESSIONS_UP = ("10.0.0.2", 9000)
-
-
-def cmd(*args: str) -> bytes:
-    out = b"*%d\r\n" % len(args)
-    for arg in args:
-        out += b"$%d\r\n%s\r\n" % (len(arg), arg.encode())
-    return out
-
-
-def bulk(text: str) -> bytes:
-    return b"$%d\r\n%s\r\n" % (len(text), text.encode())
 
 
 def two_clusters(**listener: object) -> Proxy:
