@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 from mypy_extensions import mypyc_attr
 
@@ -44,9 +44,9 @@ from metaprotocol.core.message import (
 
 __all__ = ["KIND", "LengthPrefixedCodec", "build_frame"]
 
-_HEADER = struct.Struct(">IBBIH")  # length, kind, status, request_id, header_len
-_FIXED = _HEADER.size  # 12
-_ID = struct.Struct(">I")
+_HEADER: Final = struct.Struct(">IBBIH")  # length, kind, status, request_id, header_len
+_FIXED: Final = _HEADER.size  # 12
+_ID: Final = struct.Struct(">I")
 
 KIND: dict[int, MessageType] = {
     1: MessageType.REQUEST,
@@ -66,9 +66,9 @@ _KIND_OF: dict[MessageType, int] = {
     MessageType.STREAM_DATA: 7,
     MessageType.STREAM_CLOSE: 8,
 }
-_ERROR_STATUS = {err: index + 1 for index, err in enumerate(ErrorType)}
-_OK = ResponseStatus.OK
-_ERROR = ResponseStatus.ERROR
+_ERROR_STATUS: Final = {err: index + 1 for index, err in enumerate(ErrorType)}
+_OK: Final = ResponseStatus.OK
+_ERROR: Final = ResponseStatus.ERROR
 
 
 def build_frame(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from metaprotocol.core.message import ErrorType, Mutation
 
@@ -44,12 +44,12 @@ __all__ = [
     "WeightedCluster",
 ]
 
-DEFAULT_IDLE_TIMEOUT = 300.0
-DEFAULT_REQUEST_TIMEOUT = 30.0
-DEFAULT_CONNECT_TIMEOUT = 5.0
-DEFAULT_MAX_MESSAGE_SIZE = 8 * 1024 * 1024
-DEFAULT_MAX_PENDING_REQUESTS = 1024
-DEFAULT_MAX_UPSTREAM_CONNECTIONS_PER_ENDPOINT = 4
+DEFAULT_IDLE_TIMEOUT: Final = 300.0
+DEFAULT_REQUEST_TIMEOUT: Final = 30.0
+DEFAULT_CONNECT_TIMEOUT: Final = 5.0
+DEFAULT_MAX_MESSAGE_SIZE: Final = 8 * 1024 * 1024
+DEFAULT_MAX_PENDING_REQUESTS: Final = 1024
+DEFAULT_MAX_UPSTREAM_CONNECTIONS_PER_ENDPOINT: Final = 4
 
 MatcherKind = Literal["exact", "prefix", "suffix", "regex", "present"]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from mypy_extensions import mypyc_attr
 
@@ -46,7 +46,7 @@ class Continue(enum.Enum):
     CONTINUE = "continue"
 
 
-CONTINUE = Continue.CONTINUE
+CONTINUE: Final = Continue.CONTINUE
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Final
 
 __all__ = [
     "NEED_DATA",
@@ -56,7 +56,7 @@ class NeedData(enum.Enum):
     NEED_DATA = "need_data"
 
 
-NEED_DATA = NeedData.NEED_DATA
+NEED_DATA: Final = NeedData.NEED_DATA
 
 
 class ProtocolError(Exception):
@@ -90,7 +90,6 @@ class Mutation:
         return bool(self.add or self.remove)
 
 
-@dataclass(slots=True, eq=False)
 class Message:
     """One decoded message: routing metadata plus the original frame bytes.
 
@@ -99,21 +98,61 @@ class Message:
     unmutated message is forwarded without re-encoding. ``codec_data`` is
     private to the codec that produced the message (offsets for rewriting ids
     or re-serialising attachments); the core never looks inside it.
+
+    ``count`` is how many requests (or responses) of the wire this message stands for:
+    more than one only from a codec's optional ``decode_many`` hook, which merges a
+    pipelined run of them into one frame (see core/codec.py).
+
+    A plain class rather than a dataclass: one is built per message on each side, and the
+    ``__init__`` a dataclass generates stays interpreted code even in the mypyc build.
+    Messages compare by identity.
     """
 
-    type: MessageType
-    frame: bytes
-    request_id: int | None = None
-    properties: dict[str, str] = field(default_factory=dict)
-    status: ResponseStatus = ResponseStatus.OK
-    stream_id: int | None = None
-    header_size: int = 0
-    body_size: int = 0
-    codec_data: Any = None
-    # How many requests (or responses) of the wire this message stands for: more than one
-    # only from a codec's optional ``decode_many`` hook, which merges a pipelined run of
-    # them into one frame (see core/codec.py).
-    count: int = 1
+    __slots__ = (
+        "body_size",
+        "codec_data",
+        "count",
+        "frame",
+        "header_size",
+        "properties",
+        "request_id",
+        "status",
+        "stream_id",
+        "type",
+    )
+
+    def __init__(
+        self,
+        type: MessageType,
+        frame: bytes,
+        request_id: int | None = None,
+        properties: dict[str, str] | None = None,
+        status: ResponseStatus = ResponseStatus.OK,
+        stream_id: int | None = None,
+        header_size: int = 0,
+        body_size: int = 0,
+        codec_data: Any = None,
+        count: int = 1,
+    ) -> None:
+        self.type = type
+        self.frame = frame
+        self.request_id = request_id
+        self.properties: dict[str, str] = {} if properties is None else properties
+        self.status = status
+        self.stream_id = stream_id
+        self.header_size = header_size
+        self.body_size = body_size
+        self.codec_data = codec_data
+        self.count = count
+
+    def __repr__(self) -> str:
+        return (
+            f"Message(type={self.type!r}, frame={self.frame!r}, request_id={self.request_id!r}, "
+            f"properties={self.properties!r}, status={self.status!r}, "
+            f"stream_id={self.stream_id!r}, header_size={self.header_size!r}, "
+            f"body_size={self.body_size!r}, codec_data={self.codec_data!r}, "
+            f"count={self.count!r})"
+        )
 
     @property
     def is_request(self) -> bool:
@@ -124,7 +163,7 @@ class Message:
         return self.type is MessageType.REQUEST or self.type is MessageType.STREAM_INIT
 
 
-_REQUEST_TYPES = frozenset(
+_REQUEST_TYPES: Final = frozenset(
     {
         MessageType.REQUEST,
         MessageType.ONEWAY,

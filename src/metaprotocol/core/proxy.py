@@ -16,7 +16,7 @@ Rules the engine keeps:
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Final
 
 from metaprotocol.core import events as ev
 from metaprotocol.core.codec import CodecFactory, Side
@@ -56,11 +56,11 @@ from metaprotocol.core.upstream_side import UpstreamSide
 
 __all__ = ["Proxy"]
 
-_REQUEST = MessageType.REQUEST
-_ONEWAY = MessageType.ONEWAY
-_STREAM_INIT = MessageType.STREAM_INIT
+_REQUEST: Final = MessageType.REQUEST
+_ONEWAY: Final = MessageType.ONEWAY
+_STREAM_INIT: Final = MessageType.STREAM_INIT
 
-_STREAM_TYPES = (MessageType.STREAM_DATA, MessageType.STREAM_CLOSE)
+_STREAM_TYPES: Final = (MessageType.STREAM_DATA, MessageType.STREAM_CLOSE)
 
 
 class Proxy(UpstreamSide):

@@ -4,7 +4,7 @@ requests, a cluster from an action (weighted picks) and the consistent-hash key.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from metaprotocol.core.config import RouteAction, RouteConfig
 
@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 __all__ = ["MergeRun", "hash_key", "match_route", "pick_cluster"]
 
-_NO_LIMIT = 2**62
+_NO_LIMIT: Final = 2**62
 
 
 def match_route(routes: tuple[RouteConfig, ...], properties: dict[str, str]) -> RouteConfig | None:

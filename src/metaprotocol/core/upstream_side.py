@@ -3,6 +3,8 @@ and retries. Mixed into ``Proxy``; see engine.py for the shared state."""
 
 from __future__ import annotations
 
+from typing import Final
+
 from metaprotocol.core.balancer import EndpointState
 from metaprotocol.core.codec import Ordering, Side
 from metaprotocol.core.engine import EngineBase
@@ -24,8 +26,8 @@ __all__ = ["ID_SPACE", "SHARE_THRESHOLD", "UpstreamSide"]
 # Upstream connections are shared: a new one opens only when every open one carries
 # this many requests (and the per-endpoint limit allows).
 SHARE_THRESHOLD = 64
-ID_SPACE = 2**31 - 1  # request ids we allocate fit every protocol's id field (Thrift: i32)
-_STREAM_TYPES = (MessageType.STREAM_DATA, MessageType.STREAM_CLOSE)
+ID_SPACE: Final = 2**31 - 1  # request ids we allocate fit every protocol's id field (Thrift: i32)
+_STREAM_TYPES: Final = (MessageType.STREAM_DATA, MessageType.STREAM_CLOSE)
 
 
 class UpstreamSide(EngineBase):

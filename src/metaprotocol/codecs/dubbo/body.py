@@ -13,7 +13,7 @@ Any other status carries a Hessian2 string (the error message).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from metaprotocol.codecs.dubbo.header import HEADER_SIZE, DubboHeader, parse_header
 from metaprotocol.codecs.dubbo.hessian2 import (
@@ -41,9 +41,9 @@ __all__ = [
     "skip_response_value",
 ]
 
-RESPONSE_FLAGS_WITH_ATTACHMENTS = frozenset({3, 4, 5})
+RESPONSE_FLAGS_WITH_ATTACHMENTS: Final = frozenset({3, 4, 5})
 
-_MAX_DESC_CACHE = 256
+_MAX_DESC_CACHE: Final = 256
 
 
 def count_parameters(desc: str) -> int:

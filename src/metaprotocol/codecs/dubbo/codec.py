@@ -48,7 +48,7 @@ patches the 8 id bytes in a copy.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 from mypy_extensions import mypyc_attr
 
@@ -107,7 +107,7 @@ ERROR_STATUS: dict[ErrorType, int] = {
 }
 """Dubbo status per error type; every other error type is 80 SERVER_ERROR."""
 
-_OPTIONS = frozenset({"unsupported_serialization", "max_depth"})
+_OPTIONS: Final = frozenset({"unsupported_serialization", "max_depth"})
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)  # users may subclass it

@@ -14,7 +14,7 @@ Layout (Dubbo "dubbo" protocol, ExchangeCodec):
 from __future__ import annotations
 
 import struct
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 __all__ = [
     "FLAG_EVENT",
@@ -39,25 +39,25 @@ __all__ = [
     "parse_header",
 ]
 
-MAGIC = 0xDABB
-HEADER_SIZE = 16
-HEADER = struct.Struct(">HBBQi")  # magic, flag, status, request id, body length
+MAGIC: Final = 0xDABB
+HEADER_SIZE: Final = 16
+HEADER: Final = struct.Struct(">HBBQi")  # magic, flag, status, request id, body length
 
-FLAG_REQUEST = 0x80
-FLAG_TWO_WAY = 0x40
-FLAG_EVENT = 0x20
-SERIALIZATION_MASK = 0x1F
-SERIALIZATION_HESSIAN2 = 2
+FLAG_REQUEST: Final = 0x80
+FLAG_TWO_WAY: Final = 0x40
+FLAG_EVENT: Final = 0x20
+SERIALIZATION_MASK: Final = 0x1F
+SERIALIZATION_HESSIAN2: Final = 2
 
-STATUS_OK = 20
-STATUS_CLIENT_TIMEOUT = 30
-STATUS_SERVER_TIMEOUT = 31
-STATUS_BAD_REQUEST = 40
-STATUS_BAD_RESPONSE = 50
-STATUS_SERVICE_NOT_FOUND = 60
-STATUS_SERVICE_ERROR = 70
-STATUS_SERVER_ERROR = 80
-STATUS_SERVER_THREADPOOL_EXHAUSTED = 100
+STATUS_OK: Final = 20
+STATUS_CLIENT_TIMEOUT: Final = 30
+STATUS_SERVER_TIMEOUT: Final = 31
+STATUS_BAD_REQUEST: Final = 40
+STATUS_BAD_RESPONSE: Final = 50
+STATUS_SERVICE_NOT_FOUND: Final = 60
+STATUS_SERVICE_ERROR: Final = 70
+STATUS_SERVER_ERROR: Final = 80
+STATUS_SERVER_THREADPOOL_EXHAUSTED: Final = 100
 
 
 class DubboHeader(NamedTuple):

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 __all__ = [
     "DEFAULT_MAX_DEPTH",
@@ -43,14 +43,14 @@ __all__ = [
     "write_value",
 ]
 
-DEFAULT_MAX_DEPTH = 64
+DEFAULT_MAX_DEPTH: Final = 64
 
-_I32 = struct.Struct(">i")
-_I64 = struct.Struct(">q")
-_F64 = struct.Struct(">d")
-_F32I = struct.Struct(">i")  # 0x5f: double as int32 thousandths (hessian-lite, Dubbo)
-_H16 = struct.Struct(">H")
-_H16S = struct.Struct(">h")
+_I32: Final = struct.Struct(">i")
+_I64: Final = struct.Struct(">q")
+_F64: Final = struct.Struct(">d")
+_F32I: Final = struct.Struct(">i")  # 0x5f: double as int32 thousandths (hessian-lite, Dubbo)
+_H16: Final = struct.Struct(">H")
+_H16S: Final = struct.Struct(">h")
 
 
 class Hessian2Error(ValueError):

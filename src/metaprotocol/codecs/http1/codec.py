@@ -39,7 +39,7 @@ from __future__ import annotations
 import re
 from collections import deque
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 from mypy_extensions import mypyc_attr
 
@@ -77,7 +77,7 @@ ERROR_STATUS: dict[ErrorType, int] = {
     ErrorType.BAD_REQUEST: 400,
     ErrorType.UNSPECIFIED: 500,
 }
-_REASONS = {
+_REASONS: Final = {
     400: "Bad Request",
     404: "Not Found",
     413: "Content Too Large",
@@ -89,14 +89,14 @@ _REASONS = {
     504: "Gateway Timeout",
     505: "HTTP Version Not Supported",
 }
-_PARSERS = ("fast", "h11")
-_OK = ResponseStatus.OK
-_TOKEN_RE = re.compile(r"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
-_VALUE_RE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
+_PARSERS: Final = ("fast", "h11")
+_OK: Final = ResponseStatus.OK
+_TOKEN_RE: Final = re.compile(r"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
+_VALUE_RE: Final = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
 # Framing belongs to the codec: mutations never touch these fields.
-_PROTECTED = frozenset({"content-length", "transfer-encoding"})
-_HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection"})
-_MAX_DETAIL = 200
+_PROTECTED: Final = frozenset({"content-length", "transfer-encoding"})
+_HOP_BY_HOP: Final = frozenset({"connection", "keep-alive", "proxy-connection"})
+_MAX_DETAIL: Final = 200
 
 
 def _expects_continue(properties: Mapping[str, str]) -> bool:

@@ -22,7 +22,7 @@ how the proxy's one-buffer-per-connection works; a shrunken buffer resets it.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from typing import Final
 
 from metaprotocol.core.message import ErrorType, ProtocolError
 
@@ -34,23 +34,23 @@ __all__ = [
     "connection_must_close",
 ]
 
-_TOKEN = rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+"
+_TOKEN: Final = rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+"
 # RFC 9110 section 5.5: field-value = OWS *(field-vchar / SP / HTAB) OWS, which is exactly
 # "any run of HTAB, SP, VCHAR and obs-text"; OWS is trimmed afterwards. Every field line
 # is preceded by the CRLF that ends the line before it.
-_FIELD_BLOCK_RE = re.compile(rb"(?:\r\n%s:[\t\x20-\x7e\x80-\xff]*)*" % _TOKEN)
-_REQUEST_LINE_RE = re.compile(rb"%s [\x21-\x7e]+ HTTP/[0-9]\.[0-9]" % _TOKEN)
-_STATUS_LINE_RE = re.compile(rb"HTTP/[0-9]\.[0-9] [0-9]{3}(?: [ \t\x21-\x7e\x80-\xff]*)?")
-_CHUNK_LINE_RE = re.compile(rb"([0-9A-Fa-f]{1,20})(?:;[\t\x20-\x7e\x80-\xff]*)?[ \t]*")
-_DIGITS_RE = re.compile(r"[0-9]{1,20}")
+_FIELD_BLOCK_RE: Final = re.compile(rb"(?:\r\n%s:[\t\x20-\x7e\x80-\xff]*)*" % _TOKEN)
+_REQUEST_LINE_RE: Final = re.compile(rb"%s [\x21-\x7e]+ HTTP/[0-9]\.[0-9]" % _TOKEN)
+_STATUS_LINE_RE: Final = re.compile(rb"HTTP/[0-9]\.[0-9] [0-9]{3}(?: [ \t\x21-\x7e\x80-\xff]*)?")
+_CHUNK_LINE_RE: Final = re.compile(rb"([0-9A-Fa-f]{1,20})(?:;[\t\x20-\x7e\x80-\xff]*)?[ \t]*")
+_DIGITS_RE: Final = re.compile(r"[0-9]{1,20}")
 
-_FRAMING_FIELDS = frozenset({"content-length", "transfer-encoding"})
-_REQUEST_SINGLE_FIELDS = frozenset({"content-length", "transfer-encoding", "host"})
+_FRAMING_FIELDS: Final = frozenset({"content-length", "transfer-encoding"})
+_REQUEST_SINGLE_FIELDS: Final = frozenset({"content-length", "transfer-encoding", "host"})
 
 # Body framing kinds.
-_LENGTH = 0
-_CHUNKED = 1
-_UNTIL_EOF = 2
+_LENGTH: Final = 0
+_CHUNKED: Final = 1
+_UNTIL_EOF: Final = 2
 
 
 class HttpError(ProtocolError):
@@ -66,14 +66,31 @@ class HttpError(ProtocolError):
         self.status = status
 
 
-@dataclass(slots=True)
 class ParsedMessage:
-    """One whole message: ``fields`` maps lower-case names to values (duplicates joined)."""
+    """One whole message: ``fields`` maps lower-case names to values (duplicates joined).
 
-    start_line: tuple[str, str, str]  # (method, target, version) or (version, status, reason)
-    fields: dict[str, str]
-    frame: bytes
-    head_len: int  # bytes up to and including the blank line
+    A plain class: one is built per message, and a dataclass's generated ``__init__`` would
+    stay interpreted code in the mypyc build."""
+
+    __slots__ = ("fields", "frame", "head_len", "start_line")
+
+    def __init__(
+        self,
+        start_line: tuple[str, str, str],  # (method, target, version) or (version, status, reason)
+        fields: dict[str, str],
+        frame: bytes,
+        head_len: int,  # bytes up to and including the blank line
+    ) -> None:
+        self.start_line = start_line
+        self.fields = fields
+        self.frame = frame
+        self.head_len = head_len
+
+    def __repr__(self) -> str:
+        return (
+            f"ParsedMessage(start_line={self.start_line!r}, fields={self.fields!r}, "
+            f"frame={self.frame!r}, head_len={self.head_len!r})"
+        )
 
 
 def connection_must_close(version: str, fields: dict[str, str]) -> bool:

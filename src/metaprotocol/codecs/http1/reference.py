@@ -15,6 +15,7 @@ simple and obviously right, and meant for checking, not for speed.
 from __future__ import annotations
 
 import re
+from typing import Final
 
 import h11
 
@@ -23,10 +24,10 @@ from metaprotocol.core.message import ErrorType
 
 __all__ = ["ReferenceRequestParser", "ReferenceResponseParser"]
 
-_BARE_LF = re.compile(rb"(?<!\r)\n")
-_BARE_CR = re.compile(rb"\r(?!\n)")
-_OBS_FOLD = re.compile(rb"\n[ \t]")
-_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_BARE_LF: Final = re.compile(rb"(?<!\r)\n")
+_BARE_CR: Final = re.compile(rb"\r(?!\n)")
+_OBS_FOLD: Final = re.compile(rb"\n[ \t]")
+_CONTROL: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 def _too_large(size: int, limit: int) -> HttpError:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 from mypy_extensions import mypyc_attr
 
@@ -42,9 +42,9 @@ _REASONS: Mapping[ErrorType, str] = {
     ErrorType.BAD_REQUEST: "bad request",
     ErrorType.UNSPECIFIED: "proxy error",
 }
-_NAMES_COMMAND = frozenset({ErrorType.ROUTE_NOT_FOUND, ErrorType.CLUSTER_NOT_FOUND})
-_MAX_ERROR_TEXT = 512  # keep local replies short whatever the detail
-_OK_REPLY = b"+OK\r\n"
+_NAMES_COMMAND: Final = frozenset({ErrorType.ROUTE_NOT_FOUND, ErrorType.CLUSTER_NOT_FOUND})
+_MAX_ERROR_TEXT: Final = 512  # keep local replies short whatever the detail
+_OK_REPLY: Final = b"+OK\r\n"
 
 
 def _clean(text: str) -> str:
@@ -197,7 +197,7 @@ class RedisCodec:
         return _hello_reply(version)
 
 
-_HELLO3 = b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n"
+_HELLO3: Final = b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n"
 
 
 def _hello_reply(version: int) -> bytes:

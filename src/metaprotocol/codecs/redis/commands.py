@@ -23,6 +23,7 @@ turns that detail into ``+OK``). PING is forwarded like any other command.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Final
 
 __all__ = [
     "CONDITIONALLY_BLOCKING_COMMANDS",
@@ -33,17 +34,17 @@ __all__ = [
     "uses_block_option",
 ]
 
-NOPROTO_DETAIL = "unsupported protocol version"
+NOPROTO_DETAIL: Final = "unsupported protocol version"
 """The ProtocolError detail for ``HELLO <v>`` with v not 2 or 3; answered ``-NOPROTO``."""
 
-QUIT_DETAIL = "client sent QUIT"
+QUIT_DETAIL: Final = "client sent QUIT"
 """The ProtocolError detail for QUIT; ``RedisCodec.encode_error`` answers it with ``+OK``."""
 
-_PUBSUB = "pub/sub needs a dedicated connection"
-_BLOCKING = "blocking commands would stall the shared upstream connection"
-_STATE = "it changes connection state shared with other clients"
-_TRANSACTION = "transactions need a dedicated connection"
-_STREAMING = "it turns the connection into a stream"
+_PUBSUB: Final = "pub/sub needs a dedicated connection"
+_BLOCKING: Final = "blocking commands would stall the shared upstream connection"
+_STATE: Final = "it changes connection state shared with other clients"
+_TRANSACTION: Final = "transactions need a dedicated connection"
+_STREAMING: Final = "it turns the connection into a stream"
 
 # One entry per refused command (upper case) with the reason sent to the client.
 # NON_POOLABLE_COMMANDS below is derived from it: keep the two in one place.
@@ -117,4 +118,4 @@ def uses_block_option(arguments: Sequence[bytes]) -> bool:
     return False
 
 
-_OPTION_VALUES = {b"COUNT": 1, b"GROUP": 2}  # how many values follow each XREAD option
+_OPTION_VALUES: Final = {b"COUNT": 1, b"GROUP": 2}  # how many values follow each XREAD option

@@ -19,6 +19,8 @@ reply stopped, so data arriving in small pieces is parsed once.
 
 from __future__ import annotations
 
+from typing import Final
+
 from metaprotocol.core.message import (
     NEED_DATA,
     ErrorType,
@@ -32,25 +34,25 @@ from metaprotocol.core.message import (
 __all__ = ["ReplyDecoder"]
 
 # Kinds of open aggregate on the stack: [remaining (or seen, for streamed), kind]
-_AGGREGATE = 0
-_ATTRIBUTE = 1  # completes without counting as an element of its parent
-_STREAMED = 2  # "*?" / "~?": open until "."; the count is elements seen
-_STREAMED_MAP = 3  # "%?": like _STREAMED, but the count must be even at "."
-_STREAMED_STRING = 4  # "$?": only ";len" chunks until ";0"
+_AGGREGATE: Final = 0
+_ATTRIBUTE: Final = 1  # completes without counting as an element of its parent
+_STREAMED: Final = 2  # "*?" / "~?": open until "."; the count is elements seen
+_STREAMED_MAP: Final = 3  # "%?": like _STREAMED, but the count must be even at "."
+_STREAMED_STRING: Final = 4  # "$?": only ";len" chunks until ";0"
 
-_SIMPLE = frozenset(b"+-:,(#_")
-_BULK = frozenset(b"$!=")
-_AGGREGATES = {ord("*"): 1, ord("~"): 1, ord(">"): 1, ord("%"): 2, ord("|"): 2}
-_STREAMABLE = frozenset(b"*~%>")
-_ERRORS = frozenset(b"-!")
-_PUSH = ord(">")
-_ATTR = ord("|")
-_MERGE_WINDOW = 16 * 1024  # bytes decode_many looks at per call
-_MIN_ELEMENT = 3  # "_\r\n": lets a declared count fail the size limit early
-_RESPONSE = MessageType.RESPONSE
-_OK = ResponseStatus.OK
-_ERROR = ResponseStatus.ERROR
-_PUSH_PROPERTIES = {"push": "1"}
+_SIMPLE: Final = frozenset(b"+-:,(#_")
+_BULK: Final = frozenset(b"$!=")
+_AGGREGATES: Final = {ord("*"): 1, ord("~"): 1, ord(">"): 1, ord("%"): 2, ord("|"): 2}
+_STREAMABLE: Final = frozenset(b"*~%>")
+_ERRORS: Final = frozenset(b"-!")
+_PUSH: Final = ord(">")
+_ATTR: Final = ord("|")
+_MERGE_WINDOW: Final = 16 * 1024  # bytes decode_many looks at per call
+_MIN_ELEMENT: Final = 3  # "_\r\n": lets a declared count fail the size limit early
+_RESPONSE: Final = MessageType.RESPONSE
+_OK: Final = ResponseStatus.OK
+_ERROR: Final = ResponseStatus.ERROR
+_PUSH_PROPERTIES: Final = {"push": "1"}
 
 
 def _bad(message: str) -> ProtocolError:

@@ -20,6 +20,7 @@ bulk arriving in pieces is not looked at until its declared length has arrived).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Final
 
 from metaprotocol.codecs.redis.commands import (
     CONDITIONALLY_BLOCKING_COMMANDS,
@@ -41,21 +42,21 @@ from metaprotocol.core.message import (
 
 __all__ = ["RequestDecoder", "command_name", "split_inline"]
 
-_STAR = 0x2A
-_DOLLAR = 0x24
-_CR = 0x0D
-_LF = 0x0A
-_HEADER_WINDOW = 24  # "*" or "$", 19 digits and CRLF always fit: a longer header is garbage
-_MERGE_WINDOW = 16 * 1024  # bytes decode_many looks at per call
-_MIN_BULK = 6  # "$0\r\n\r\n": lets a declared count fail the size limit before any parsing
-_REQUEST = MessageType.REQUEST
-_OK = ResponseStatus.OK
+_STAR: Final = 0x2A
+_DOLLAR: Final = 0x24
+_CR: Final = 0x0D
+_LF: Final = 0x0A
+_HEADER_WINDOW: Final = 24  # "*" or "$", 19 digits and CRLF always fit: a longer header is garbage
+_MERGE_WINDOW: Final = 16 * 1024  # bytes decode_many looks at per call
+_MIN_BULK: Final = 6  # "$0\r\n\r\n": lets a declared count fail the size limit before any parsing
+_REQUEST: Final = MessageType.REQUEST
+_OK: Final = ResponseStatus.OK
 
 # Commands needing more than a lookup: refused ones, QUIT and XREAD with BLOCK.
-_SPECIAL = NON_POOLABLE_COMMANDS | CONDITIONALLY_BLOCKING_COMMANDS | {"QUIT"}
+_SPECIAL: Final = NON_POOLABLE_COMMANDS | CONDITIONALLY_BLOCKING_COMMANDS | {"QUIT"}
 
 _COMMAND_NAMES: dict[bytes, str] = {}  # raw first argument -> upper-cased name
-_COMMAND_CACHE_LIMIT = 4096  # clients could send endless distinct names: stop caching then
+_COMMAND_CACHE_LIMIT: Final = 4096  # clients could send endless distinct names: stop caching then
 
 
 def command_name(raw: bytes) -> str:
@@ -400,7 +401,7 @@ def _too_large(size: int, limit: int) -> ProtocolError:
     )
 
 
-_ANSWERED_LOCALLY = frozenset({"HELLO", "CLIENT"})  # some forms are answered by the proxy
+_ANSWERED_LOCALLY: Final = frozenset({"HELLO", "CLIENT"})  # some forms are answered by the proxy
 
 
 def _check_special(command: str, frame: bytes, base: int) -> Message | None:
@@ -460,10 +461,10 @@ def _multibulk_arguments(frame: bytes, base: int) -> list[bytes]:
     return arguments
 
 
-_UNQUOTED_END = frozenset(b" \n\r\t")  # sdssplitargs ends a bare word only on these
-_SPACE = frozenset(b" \t\n\r\x0b\x0c")  # C isspace()
-_ESCAPES = {ord("n"): 0x0A, ord("r"): 0x0D, ord("t"): 0x09, ord("b"): 0x08, ord("a"): 0x07}
-_HEX = frozenset(b"0123456789abcdefABCDEF")
+_UNQUOTED_END: Final = frozenset(b" \n\r\t")  # sdssplitargs ends a bare word only on these
+_SPACE: Final = frozenset(b" \t\n\r\x0b\x0c")  # C isspace()
+_ESCAPES: Final = {ord("n"): 0x0A, ord("r"): 0x0D, ord("t"): 0x09, ord("b"): 0x08, ord("a"): 0x07}
+_HEX: Final = frozenset(b"0123456789abcdefABCDEF")
 
 
 def split_inline(line: bytes) -> list[bytes] | None:

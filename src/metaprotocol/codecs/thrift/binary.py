@@ -9,6 +9,7 @@ name, an i8 message type and the i32 seqid. The message body is one struct.
 from __future__ import annotations
 
 import struct
+from typing import Final
 
 from metaprotocol.core.message import ErrorType, ProtocolError
 
@@ -20,18 +21,18 @@ __all__ = [
     "write_binary_exception",
 ]
 
-MAX_DEPTH = 64  # nesting bound for struct skipping (Apache's default recursion limit)
+MAX_DEPTH: Final = 64  # nesting bound for struct skipping (Apache's default recursion limit)
 
-_I32 = struct.Struct("!i")
-_I16 = struct.Struct("!h")
-_VERSION_1 = 0x80010000
+_I32: Final = struct.Struct("!i")
+_I16: Final = struct.Struct("!h")
+_VERSION_1: Final = 0x80010000
 
 # Value types (TType) and the width of the fixed-size ones.
-_STOP = 0
+_STOP: Final = 0
 _BOOL, _BYTE, _DOUBLE, _I16T, _I32T, _I64T = 2, 3, 4, 6, 8, 10
 _STRING, _STRUCT, _MAP, _SET, _LIST, _UUID = 11, 12, 13, 14, 15, 16
-_FIXED_WIDTH = {_BOOL: 1, _BYTE: 1, _DOUBLE: 8, _I16T: 2, _I32T: 4, _I64T: 8, _UUID: 16}
-_VALID_TYPES = frozenset({*_FIXED_WIDTH, _STRING, _STRUCT, _MAP, _SET, _LIST})
+_FIXED_WIDTH: Final = {_BOOL: 1, _BYTE: 1, _DOUBLE: 8, _I16T: 2, _I32T: 4, _I64T: 8, _UUID: 16}
+_VALID_TYPES: Final = frozenset({*_FIXED_WIDTH, _STRING, _STRUCT, _MAP, _SET, _LIST})
 
 # Scanner stack frames are small lists: [_IN_STRUCT] or [_IN_LIST, elem_type, remaining]
 # or [_IN_MAP, key_type, value_type, remaining_values] (keys when remaining is even).

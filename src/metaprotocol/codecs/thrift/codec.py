@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 from mypy_extensions import mypyc_attr
 
@@ -59,46 +59,48 @@ from .transport import (
 __all__ = ["ThriftCodec", "ThriftFrameInfo"]
 
 # TApplicationException type codes (lib/py/src/Thrift.py).
-UNKNOWN_METHOD = 1
-INTERNAL_ERROR = 6
-PROTOCOL_ERROR = 7
-_APP_EXCEPTION_TYPE = {
+UNKNOWN_METHOD: Final = 1
+INTERNAL_ERROR: Final = 6
+PROTOCOL_ERROR: Final = 7
+_APP_EXCEPTION_TYPE: Final = {
     ErrorType.ROUTE_NOT_FOUND: UNKNOWN_METHOD,
     ErrorType.BAD_REQUEST: PROTOCOL_ERROR,
     ErrorType.MESSAGE_TOO_LARGE: PROTOCOL_ERROR,
 }
 
-_TRANSPORTS = {
+_TRANSPORTS: Final = {
     "auto": None,
     "framed": Transport.FRAMED,
     "unframed": Transport.UNFRAMED,
     "buffered": Transport.UNFRAMED,
     "header": Transport.HEADER,
 }
-_PROTOCOLS = {"auto": None, "binary": WireProtocol.BINARY, "compact": WireProtocol.COMPACT}
+_PROTOCOLS: Final = {"auto": None, "binary": WireProtocol.BINARY, "compact": WireProtocol.COMPACT}
 
 # Thrift message type -> (MessageType, message_type property, status before the reply check)
-_MESSAGE_TYPES = {
+_MESSAGE_TYPES: Final = {
     1: (MessageType.REQUEST, "call", ResponseStatus.OK),
     2: (MessageType.RESPONSE, "reply", ResponseStatus.OK),
     3: (MessageType.RESPONSE, "exception", ResponseStatus.ERROR),
     4: (MessageType.ONEWAY, "oneway", ResponseStatus.OK),
 }
-_REPLY = 2
+_REPLY: Final = 2
 
-_I32 = struct.Struct("!i")
-_FRAMED_STRICT_UNPACK = struct.Struct("!iIi").unpack_from  # frame length, version, name length
-_I32_UNPACK = _I32.unpack_from
-_NAME_CACHE_SIZE = 256
+_I32: Final = struct.Struct("!i")
+_FRAMED_STRICT_UNPACK: Final = struct.Struct(
+    "!iIi"
+).unpack_from  # frame length, version, name length
+_I32_UNPACK: Final = _I32.unpack_from
+_NAME_CACHE_SIZE: Final = 256
 # Frame copiers by frame size: one struct unpack copies a bytearray prefix to bytes in one
 # allocation (bytes(buffer[:n]) makes two). Shared by all codecs; bounded in count and size.
 _COPIERS: dict[int, Callable[[bytearray], tuple[bytes]]] = {}
-_COPIER_MAX_SIZE = 4096
-_BINARY = WireProtocol.BINARY
-_COMPACT = WireProtocol.COMPACT
-_FRAMED = Transport.FRAMED
-_UNFRAMED = Transport.UNFRAMED
-_HEADER = Transport.HEADER
+_COPIER_MAX_SIZE: Final = 4096
+_BINARY: Final = WireProtocol.BINARY
+_COMPACT: Final = WireProtocol.COMPACT
+_FRAMED: Final = Transport.FRAMED
+_UNFRAMED: Final = Transport.UNFRAMED
+_HEADER: Final = Transport.HEADER
 
 # Message.codec_data: (transport, protocol, seqid offset, seqid length, header info, name).
 # The seqid offset is into the frame, or into the (untransformed) payload for THeader.

@@ -8,6 +8,8 @@ type; integers are zigzag varints; the body is one struct.
 
 from __future__ import annotations
 
+from typing import Final
+
 from metaprotocol.core.message import ErrorType, ProtocolError
 
 __all__ = [
@@ -20,16 +22,16 @@ __all__ = [
     "write_compact_exception",
 ]
 
-COMPACT_PROTOCOL_ID = 0x82
-MAX_DEPTH = 64
+COMPACT_PROTOCOL_ID: Final = 0x82
+MAX_DEPTH: Final = 64
 
 _STOP, _TRUE, _FALSE, _BYTE, _I16, _I32, _I64, _DOUBLE = 0, 1, 2, 3, 4, 5, 6, 7
 _BINARY, _LIST, _SET, _MAP, _STRUCT, _UUID = 8, 9, 10, 11, 12, 13
-_VARINT_TYPES = frozenset({_I16, _I32, _I64})
+_VARINT_TYPES: Final = frozenset({_I16, _I32, _I64})
 # Width of fixed-size values inside containers (bools take one byte there, none in fields).
-_ELEMENT_WIDTH = {_TRUE: 1, _FALSE: 1, _BYTE: 1, _DOUBLE: 8, _UUID: 16}
-_FIELD_WIDTH = {_TRUE: 0, _FALSE: 0, _BYTE: 1, _DOUBLE: 8, _UUID: 16}
-_VALID_TYPES = frozenset(range(1, 14))
+_ELEMENT_WIDTH: Final = {_TRUE: 1, _FALSE: 1, _BYTE: 1, _DOUBLE: 8, _UUID: 16}
+_FIELD_WIDTH: Final = {_TRUE: 0, _FALSE: 0, _BYTE: 1, _DOUBLE: 8, _UUID: 16}
+_VALID_TYPES: Final = frozenset(range(1, 14))
 
 _IN_STRUCT, _IN_LIST, _IN_MAP = 0, 1, 2
 

@@ -13,6 +13,7 @@ import enum
 import struct
 import zlib
 from dataclasses import dataclass, field
+from typing import Final
 
 from metaprotocol.core.message import ErrorType, ProtocolError
 
@@ -30,12 +31,12 @@ __all__ = [
     "parse_header_frame",
 ]
 
-HEADER_MAGIC = 0x0FFF
-_HEADER_PROTOCOL_IDS = {0: "binary", 2: "compact"}
-_ZLIB = 1
-_INFO_KEY_VALUE = 1
-_I32 = struct.Struct("!i")
-_HEADER_FIXED = struct.Struct("!HHiH")  # magic, flags, seqid, header words
+HEADER_MAGIC: Final = 0x0FFF
+_HEADER_PROTOCOL_IDS: Final = {0: "binary", 2: "compact"}
+_ZLIB: Final = 1
+_INFO_KEY_VALUE: Final = 1
+_I32: Final = struct.Struct("!i")
+_HEADER_FIXED: Final = struct.Struct("!HHiH")  # magic, flags, seqid, header words
 
 
 class Transport(enum.Enum):
