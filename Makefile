@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 COMPILED := .venv-mypyc
 
-.PHONY: venv demo test lint typecheck unit bench compiled clean
+.PHONY: venv demo test lint typecheck unit unit-compiled bench compiled clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -28,7 +28,7 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest -W error
 
-test: lint typecheck unit
+test: lint typecheck unit unit-compiled
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/core.py
@@ -36,11 +36,20 @@ bench: $(STAMP)
 
 # The optional mypyc build of core/ and codecs/, in a virtual environment of its own:
 #   python -m benchmarks.e2e --compiled .venv-mypyc/bin/python   (side by side)
+# Reinstalled on every call (mypyc recompiles what changed; about a minute from scratch)
+# so that a stale build never tests old code.
 compiled:
 	test -d $(COMPILED) || $(PY) -m venv $(COMPILED)
 	$(COMPILED)/bin/pip install -q --upgrade pip "setuptools>=77" wheel mypy \
 		h11 anyio PyYAML typing-extensions mypy-extensions
-	METAPROTOCOL_MYPYC=1 $(COMPILED)/bin/pip install -q --no-build-isolation '.[uvloop]'
+	METAPROTOCOL_MYPYC=1 $(COMPILED)/bin/pip install -q --no-build-isolation '.[uvloop,dev]'
+
+# The whole suite again on the compiled build (the tests import the installed package:
+# the repository keeps it under src/, which is not on the path).
+unit-compiled: compiled
+	$(COMPILED)/bin/python -c "import metaprotocol.core.proxy as m, sys; \
+		sys.exit(0 if m.__file__.endswith('.so') else 'not the compiled build: ' + m.__file__)"
+	$(COMPILED)/bin/python -m pytest -W error -p no:cacheprovider
 
 clean:
 	rm -rf $(VENV) $(COMPILED) build src/*.egg-info .mypy_cache .pytest_cache .ruff_cache
