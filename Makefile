@@ -42,6 +42,7 @@ compiled:
 	test -d $(COMPILED) || $(PY) -m venv $(COMPILED)
 	$(COMPILED)/bin/pip install -q --upgrade pip "setuptools>=77" wheel mypy \
 		h11 anyio PyYAML typing-extensions mypy-extensions
+	rm -rf build/lib.* build/bdist.*  # what a previous build put there must not ship again
 	METAPROTOCOL_MYPYC=1 $(COMPILED)/bin/pip install -q --no-build-isolation '.[uvloop,dev]'
 
 # The whole suite again on the compiled build (the tests import the installed package:
