@@ -62,8 +62,9 @@ GOLDEN = [
         [("Host", "h"), ("Transfer-Encoding", "chunked")],
         chunks=(b"abc", b"\r\n0\r\n", b"x" * 300),
     ),
-    h11_request("HEAD", "/", [("Host", "h"), ("Connection", "close")]),
     h11_request("DELETE", "/item/1", [("Host", "h")]),
+    # Last: nothing after a request that asks to close is decoded (RFC 9112 section 9.6).
+    h11_request("HEAD", "/", [("Host", "h"), ("Connection", "close")]),
 ]
 
 
@@ -141,8 +142,8 @@ def test_chunked_frame_kept_verbatim(parser: str) -> None:
         b"3;name=value\r\nabc\r\n10 \r\n0123456789abcdef\r\n0\r\nX-Sum: 9\r\n\r\n"
     )
     down = codec(Side.DOWNSTREAM, parser)
-    message = feed(down, [frame + GOLDEN[4]])
-    assert [m.frame for m in message] == [frame, GOLDEN[4]]
+    message = feed(down, [frame + GOLDEN[3]])
+    assert [m.frame for m in message] == [frame, GOLDEN[3]]
     assert codec(Side.UPSTREAM, parser).encode(message[0]) is message[0].frame
 
 
@@ -418,7 +419,7 @@ def test_error_replies_parse_with_h11(error: ErrorType) -> None:
     assert ERROR_STATUS[error] == EXPECTED_STATUS[error]
     down = codec(Side.DOWNSTREAM)
     get = decode_one(down, GOLDEN[0])
-    head = decode_one(down, GOLDEN[3])
+    head = decode_one(down, GOLDEN[4])
     reply = down.encode_error(get, error, "no route for 'a\r\nb'")
     assert reply is not None
     response = parse_reply(reply, "GET")
@@ -540,14 +541,14 @@ def test_conformance_kit(parser: str) -> None:
         b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 11\r\n\r\nhello world",
         b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok",
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
-        b"HTTP/1.1 200 OK\r\nContent-Length: 123\r\n\r\n",  # answers HEAD
         b"HTTP/1.1 503 Busy\r\nContent-Length: 4\r\n\r\nbusy",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 123\r\n\r\n",  # answers HEAD
     ]
     check_codec(
         Http1Codec,
         # The kit checks zero-copy pass-through: connection-specific fields (rewritten per
         # hop) are covered by test_golden_h11_requests_round_trip instead. The order stays:
-        # responses[3] answers the HEAD request.
+        # responses[4] answers the HEAD request.
         requests=[frame.replace(b"Connection: close\r\n", b"") for frame in GOLDEN],
         responses=responses,
         options={"parser": parser},

@@ -82,17 +82,86 @@ def test_only_the_last_answer_before_a_requested_close_says_close() -> None:
     pb.assert_clean()
 
 
-def test_keep_alive_requests_pass_through_untouched() -> None:
+def test_keep_alive_requests_and_answers_pass_through_untouched() -> None:
     pb = playbook(config(codec="http1"))
     pb >> Accepted(1, "main")
     pb >> DataReceived(1, get("/a", "Connection: keep-alive\r\n"))
     pb << OpenUpstream(-1, *UP)
     pb >> UpstreamConnected(-1)
     pb << Write(-1, get("/a", "Connection: keep-alive\r\n"))
-    pb >> DataReceived(-1, ok(b"A", "Keep-Alive: timeout=5\r\n"))
-    pb << Write(1, ok(b"A", "Keep-Alive: timeout=5\r\n"))
+    pb >> DataReceived(-1, ok(b"A", "Connection: keep-alive\r\n"))
+    pb << Write(1, ok(b"A", "Connection: keep-alive\r\n"))
     for conn in (1, -1):
         pb >> Closed(conn)
+    pb.assert_clean()
+
+
+def test_the_servers_connection_fields_do_not_reach_the_client() -> None:
+    # Keep-Alive, Proxy-Connection and the fields Connection names describe the server's
+    # connection to the proxy; the client's connection has its own.
+    pb = playbook(config(codec="http1"))
+    pb >> Accepted(1, "main")
+    pb >> DataReceived(1, get("/a") + get("/b"))
+    pb << OpenUpstream(-1, *UP)
+    pb >> UpstreamConnected(-1)
+    pb << Write(-1, get("/a") + get("/b"))
+    pb >> DataReceived(-1, ok(b"A", "Keep-Alive: timeout=5, max=100\r\n"))
+    pb << Write(1, ok(b"A"))
+    pb >> DataReceived(-1, ok(b"B", "Connection: keep-alive, X-Hop\r\nX-Hop: 1\r\nX-End: 2\r\n"))
+    pb << Write(1, ok(b"B", "X-End: 2\r\n"))
+    for conn in (1, -1):
+        pb >> Closed(conn)
+    pb.assert_clean()
+
+
+def test_te_is_not_forwarded() -> None:
+    pb = playbook(config(codec="http1"))
+    pb >> Accepted(1, "main")
+    pb >> DataReceived(1, get("/a", "TE: trailers\r\nX-End: 1\r\n"))
+    pb << OpenUpstream(-1, *UP)
+    pb >> UpstreamConnected(-1)
+    pb << Write(-1, get("/a", "X-End: 1\r\n"))
+    pb >> DataReceived(-1, ok(b"A"))
+    pb << Write(1, ok(b"A"))
+    for conn in (1, -1):
+        pb >> Closed(conn)
+    pb.assert_clean()
+
+
+def test_http10_keep_alive_client_is_told_keep_alive_whatever_the_server_says() -> None:
+    pb = playbook(config(codec="http1"))
+    pb >> Accepted(1, "main")
+    pb >> DataReceived(1, b"GET /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+    pb << OpenUpstream(-1, *UP)
+    pb >> UpstreamConnected(-1)
+    pb << Write(-1, b"GET /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+    pb >> DataReceived(-1, ok(b"A"))  # no Connection field: HTTP/1.0 would read it as close
+    pb << Write(1, ok(b"A", "Connection: keep-alive\r\n"))
+    pb >> DataReceived(1, b"GET /b HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+    pb << Write(-1, b"GET /b HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+    pb >> DataReceived(-1, ok(b"B", "Connection: close\r\n"))  # the server recycles its own
+    pb << Write(1, ok(b"B", "Connection: keep-alive\r\n"))
+    pb << CloseConnection(-1, flush=False)
+    for conn in (1,):
+        pb >> Closed(conn)
+    pb.assert_clean()
+
+
+def test_requests_pipelined_after_a_requested_close_are_not_processed() -> None:
+    # RFC 9112 section 9.6: the answer to the closing request is the last, says so, and
+    # the connection closes; /c never reaches the server.
+    pb = playbook(config(codec="http1"))
+    pb >> Accepted(1, "main")
+    pb >> DataReceived(1, get("/a") + get("/b", "Connection: close\r\n") + get("/c"))
+    pb << OpenUpstream(-1, *UP)
+    pb >> UpstreamConnected(-1)
+    pb << Write(-1, get("/a") + get("/b"))
+    pb >> DataReceived(1, get("/d"))
+    pb >> DataReceived(-1, ok(b"A") + ok(b"B"))
+    pb << Write(1, ok(b"A"))
+    pb << Write(1, ok(b"B", "Connection: close\r\n"))
+    pb << CloseConnection(1, flush=True)
+    pb >> Closed(-1)
     pb.assert_clean()
 
 

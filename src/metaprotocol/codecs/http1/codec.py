@@ -23,15 +23,22 @@ Choices (see also the package docstring):
   be forwarded on a keep-alive downstream connection.
 - Connection management is hop by hop (RFC 9110 section 7.6.1), the one place where
   ``encode`` changes an unmutated message. Upstream connections are shared and kept
-  alive: a request's ``Connection`` field, the fields it names, ``Keep-Alive`` and
-  ``Proxy-Connection`` are not forwarded, and an HTTP/1.0 request goes upstream with
-  ``Connection: keep-alive`` (still as HTTP/1.0, so the server never answers it
-  chunked). Otherwise every HTTP/1.0 or ``Connection: close`` client would close the
-  shared connection after its response. Downstream, the answer to the last request of a
-  client that asked to close carries ``Connection: close`` in place of the server's
-  connection fields, and the proxy closes that client connection after it; a server's
-  ``Connection: close`` (it recycles its connection) is removed from the answer and the
-  client connection stays open.
+  alive: a request's ``Connection`` field, the fields it names, ``Keep-Alive``,
+  ``Proxy-Connection`` and ``TE`` are not forwarded, and an HTTP/1.0 request goes
+  upstream with ``Connection: keep-alive`` (still as HTTP/1.0, so the server never
+  answers it chunked). Otherwise every HTTP/1.0 or ``Connection: close`` client would
+  close the shared connection after its response. Downstream, the server's connection
+  fields (``Connection`` and what it names, ``Keep-Alive``, ``Proxy-Connection``) are
+  replaced by what holds for the client: ``Connection: close`` on the answer to the last
+  request of a client that asked to close (the proxy then closes that connection),
+  ``Connection: keep-alive`` for an HTTP/1.0 client that asked to keep alive, nothing
+  for an HTTP/1.1 client. A server's ``Connection: close`` (it recycles its connection)
+  therefore never closes a client. Answers whose connection fields already say what
+  holds pass through untouched.
+- Requests a client pipelines after one that asks to close are discarded, not
+  forwarded (RFC 9112 section 9.6): the connection closes after the closing request's
+  answer, which is the last one the client gets.
+- ``Trailer`` is end to end (RFC 9110 section 6.6.2) and is forwarded.
 """
 
 from __future__ import annotations
@@ -95,7 +102,10 @@ _TOKEN_RE: Final = re.compile(r"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
 _VALUE_RE: Final = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
 # Framing belongs to the codec: mutations never touch these fields.
 _PROTECTED: Final = frozenset({"content-length", "transfer-encoding"})
-_HOP_BY_HOP: Final = frozenset({"connection", "keep-alive", "proxy-connection"})
+# RFC 9110 section 7.6.1: never forwarded, whether or not Connection names them (TE is
+# connection-specific by definition, section 10.1.4; Upgrade and Transfer-Encoding are
+# answered 501 or re-framed by the codec itself).
+_HOP_BY_HOP: Final = frozenset({"connection", "keep-alive", "proxy-connection", "te"})
 _MAX_DETAIL: Final = 200
 
 
@@ -137,6 +147,7 @@ class Http1Codec:
         # close after the last of them (its answer then says so).
         self._owed = 0
         self._close_after_last = False
+        self._http10 = False  # downstream: the client speaks HTTP/1.0
 
     def interim_reply(self) -> bytes | None:
         """Bytes to send the client now, while its request is incomplete (optional hook).
@@ -178,6 +189,12 @@ class Http1Codec:
         return message
 
     def _decode_request(self, buffer: bytearray) -> Message | NeedData:
+        if self._close_after_last:
+            # RFC 9112 section 9.6: a client that asked to close sends nothing more, and a
+            # server must not process what it sends anyway. The connection closes after
+            # the answer to the closing request; the client retries the rest elsewhere.
+            buffer.clear()
+            return NEED_DATA
         try:
             parsed = self._requests.parse(buffer)
             if parsed is None:
@@ -198,6 +215,7 @@ class Http1Codec:
         host = fields.get("host")
         if host is not None:
             fields[":authority"] = host
+        self._http10 = version == "1.0"
         if (version == "1.0" or "connection" in fields) and connection_must_close(version, fields):
             fields["connection"] = "close"
             self._close_after_last = True
@@ -262,6 +280,7 @@ class Http1Codec:
                 or (connection is not None and connection.lower() != "keep-alive")
                 or "keep-alive" in properties
                 or "proxy-connection" in properties
+                or "te" in properties
             )
             if not mutation and not drop_expect and not hop:
                 return message.frame
@@ -272,19 +291,29 @@ class Http1Codec:
                 hop_by_hop=hop,
                 connection=b"keep-alive" if http10 else None,
             )
-        # Downstream: the answer to a client's last request, when it asked to close, says
-        # so (unless the server's answer already does); a server closing its (shared)
-        # connection is not the client's business, so that is not passed on.
+        # Downstream: the server's connection fields describe its (shared) connection to
+        # the proxy, not the client's, so they are replaced by what holds for the client:
+        # close after the answer to a client's last request when it asked to close;
+        # keep-alive for an HTTP/1.0 client that asked for it (1.0 closes by default);
+        # nothing for an HTTP/1.1 client, whose connection stays open by default. The
+        # common answers (no connection fields, or the server's own keep-alive to an
+        # HTTP/1.1 or a keep-alive HTTP/1.0 client) pass through untouched.
+        properties = message.properties
         last = self._close_after_last and self._owed == 1
-        server_closes = message.properties.get("connection") == "close"
-        hop = last != server_closes
+        wanted = "close" if last else "keep-alive" if self._http10 else None
+        connection = properties.get("connection")
+        if connection is None:
+            hop = wanted is not None
+        else:
+            hop = connection.lower() != (wanted or "keep-alive")
+        hop = hop or "keep-alive" in properties or "proxy-connection" in properties
         if mutation or hop:
             data = _rewrite(
                 message,
                 mutation,
                 drop_expect=False,
                 hop_by_hop=hop,
-                connection=b"close" if last else None,
+                connection=None if wanted is None else wanted.encode("ascii"),
             )
         else:
             data = message.frame
