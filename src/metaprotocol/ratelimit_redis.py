@@ -311,7 +311,8 @@ class AnyioRedisRateLimiter:
 
 
 class BlockingRedisRateLimiter:
-    """Synchronous calls with a socket timeout; blocks the calling loop for up to ``timeout``."""
+    """Synchronous calls with a socket timeout: each blocks its caller for up to ``timeout``
+    (the blocking adapter calls it from a helper thread, never from its loop)."""
 
     def __init__(
         self,

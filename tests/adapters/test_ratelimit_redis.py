@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -172,3 +173,53 @@ def test_external_call_round_trip_through_each_adapter(
             assert all(e.error and e.result is None for e in done)
             errors = running.call(lambda: core.stats.counter("global_ratelimit_redis_errors"))
             assert errors == 2
+
+
+class _HeldRedis:
+    """A stand-in Redis that answers one command only when told to (``release``)."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self.listener.getsockname()[1]
+        self.received = threading.Event()
+        self.released = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        conn, _ = self.listener.accept()
+        with conn:
+            conn.recv(65536)  # the EVAL command
+            self.received.set()
+            self.released.wait(10)
+            conn.sendall(b":1\r\n")  # the first hit in this window
+            conn.recv(1)  # until the proxy closes
+
+    def close(self) -> None:
+        self.released.set()
+        self.listener.close()
+        self.thread.join(10)
+
+
+@pytest.mark.parametrize("adapter", [a for a in ADAPTERS if a != "uvloop"])
+def test_a_slow_redis_does_not_stall_the_loop(adapter: str) -> None:
+    # While Redis sits on a rate-limit call, the loop still runs other work: the call
+    # below is served before the verdict exists. (The blocking adapter used to wait for
+    # Redis on its only thread.)
+    redis = _HeldRedis()
+    try:
+        config = _config(redis.port)
+        core = FakeCore(config)
+        with start_proxy(config, adapter, proxy=core) as running:
+            call = ExternalCall(1, "global_ratelimit", _payload(f"held-{adapter}", 5))
+            running.call(lambda: running.dispatcher.apply([call]))
+            assert redis.received.wait(10), "the rate-limit command never reached Redis"
+            assert running.call(lambda: _completed(core)) == []
+            redis.released.set()
+            end = time.monotonic() + 10
+            while not (done := running.call(lambda: _completed(core))):
+                assert time.monotonic() < end, "the rate-limit call never completed"
+                time.sleep(0.005)
+            assert [(e.call, e.result, e.error) for e in done] == [(1, True, "")]
+    finally:
+        redis.close()

@@ -11,8 +11,9 @@ Each connection has an ``OutBuffer`` whose watermarks (256KiB / 64KiB) become
 ``WriteBufferHigh`` / ``WriteBufferLow``; output is sent once per loop iteration. A read-
 disabled connection is simply not polled for reading. ``time.monotonic()`` is the core's
 clock and the selector's timeout comes from ``next_deadline()``. Global rate-limit calls to
-Redis are made synchronously (bounded by a short socket timeout): that stalls this loop
-while Redis answers, which is the price of having no threads.
+Redis run one at a time on a helper thread (bounded by a short socket timeout), so a slow
+Redis delays only the requests waiting for their verdict; the result comes back through
+the loop's wakeup socket. Everything else runs on the loop's own thread.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from metaprotocol.accesslog import AccessLog
 from metaprotocol.adapters.dispatch import (
@@ -168,6 +169,10 @@ class _Loop:
         self.wake_w.setblocking(False)
         self.sel.register(self.wake_r, _R, None)
         self.limiter: BlockingRedisRateLimiter | None = None
+        # One thread: the limiter has one Redis connection, and calls keep their order.
+        self.limiter_thread = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="metaprotocol-ratelimit"
+        )
         self.dispatcher = Dispatcher(
             core,
             clock=time.monotonic,
@@ -216,14 +221,19 @@ class _Loop:
                         self.drop(c)
             case ExternalCall(call, kind, payload):
                 if kind == "global_ratelimit" and self.limiter is not None:
-                    try:
-                        allowed = self.limiter.check(payload)
-                    except Exception as exc:
-                        self.dispatcher.complete_call(call, error=str(exc) or type(exc).__name__)
-                    else:
-                        self.dispatcher.complete_call(call, allowed)
+                    self.limiter_thread.submit(self.rate_limit, self.limiter, call, payload)
                 else:
                     self.dispatcher.complete_call(call, error=f"no handler for {kind!r} calls")
+
+    def rate_limit(self, limiter: BlockingRedisRateLimiter, call: int, payload: Any) -> None:
+        """On the helper thread: ask Redis, then hand the verdict to the loop."""
+        try:
+            allowed = limiter.check(payload)
+        except Exception as exc:  # Redis down, bad reply, bad payload: the core decides
+            error = str(exc) or type(exc).__name__
+            self.call_soon_threadsafe(lambda: self.dispatcher.complete_call(call, error=error))
+        else:
+            self.call_soon_threadsafe(lambda: self.dispatcher.complete_call(call, allowed))
 
     def connect(self, conn: int, host: str, port: int) -> None:
         try:
@@ -427,6 +437,8 @@ class _Loop:
         for key in list(self.sel.get_map().values()):
             key.fileobj.close()  # type: ignore[union-attr]
         self.sel.close()
+        # A call in flight ends within the limiter's timeout; its verdict is dropped.
+        self.limiter_thread.shutdown(wait=True, cancel_futures=True)
         self.wake_w.close()
         if self.limiter is not None:
             self.limiter.close()
