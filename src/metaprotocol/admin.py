@@ -1,4 +1,5 @@
-"""Admin HTTP endpoint, sans-IO on h11: ``/ready``, ``/stats/prometheus``, ``/config_dump``.
+"""Admin HTTP endpoint, sans-IO on h11: ``/ready``, ``/stats/prometheus``, ``/stats/json``,
+``/config_dump``.
 
 ``AdminConnection`` turns received bytes into bytes to send; every adapter does the socket
 work for it the same way it does for proxied connections. ``render_prometheus`` writes a
@@ -16,6 +17,7 @@ from typing import Any
 import h11
 
 from metaprotocol.core.stats import Labels, StatsSnapshot
+from metaprotocol.snapshots import snapshot_to_json
 
 __all__ = ["AdminApp", "AdminConnection", "render_prometheus"]
 
@@ -119,6 +121,9 @@ class AdminApp:
         if path == "/stats/prometheus":
             body = render_prometheus(self._snapshot()).encode()
             return 200, "text/plain; version=0.0.4; charset=utf-8", body
+        if path == "/stats/json":
+            text = json.dumps(snapshot_to_json(self._snapshot()), sort_keys=True)
+            return 200, "application/json", text.encode() + b"\n"
         if path == "/config_dump":
             text = json.dumps(dict(self._config_raw()), indent=2, sort_keys=True, default=str)
             return 200, "application/json", text.encode() + b"\n"

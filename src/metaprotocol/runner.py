@@ -3,24 +3,23 @@
 SIGHUP reloads the file (routes, clusters and filters are swapped atomically; an invalid
 file is logged and the running config keeps serving; listeners and the admin address are
 fixed at start). SIGTERM or SIGINT drains: stop accepting, let in-flight requests finish for
-up to ``drain_timeout`` seconds, close, exit 0. With ``workers > 1`` the parent forks N
-processes that each bind the listeners with SO_REUSEPORT (the kernel spreads connections);
-it forwards signals to them and exits when they all have. Only worker 0 serves the admin
-endpoint, so its stats are worker 0's.
+up to ``drain_timeout`` seconds, close, exit 0. With ``workers > 1`` a supervisor process
+forks N workers that each bind the listeners with SO_REUSEPORT (the kernel spreads
+connections) and serves one admin endpoint whose stats are the sum over the workers (see
+supervisor.py); it forwards signals to them and exits when they all have.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
 import signal
-import sys
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
-from metaprotocol.core.config import Config
+from metaprotocol.core.config import AdminConfig, Config
+from metaprotocol.supervisor import WorkerLink, run_workers
 
 __all__ = ["ADAPTER_NAMES", "DEFAULT_DRAIN_TIMEOUT", "run"]
 
@@ -62,14 +61,29 @@ def _announce(handle: Any) -> None:
         log.info("admin on %s:%d", *handle.admin_address)
 
 
+Announce = Callable[[Any], None]
+
+
+def _worker_announce(link: WorkerLink) -> Announce:
+    """A worker logs its listeners and reports its internal admin port to the supervisor."""
+
+    def announce(handle: Any) -> None:
+        for name, (host, port) in handle.addresses.items():
+            log.info("worker %d: listener %s on %s:%d", link.index, name, host, port)
+        admin = handle.admin_address
+        link.report(None if admin is None else admin[1])
+
+    return announce
+
+
 async def _serve_asyncio(
-    path: str, config: Config, reuse_port: bool, admin: bool, drain: float
+    path: str, config: Config, reuse_port: bool, admin: bool, drain: float, announce: Announce
 ) -> None:
     from metaprotocol.adapters import asyncio as adapter
 
     loop = asyncio.get_running_loop()
     handle = await adapter.serve(config, reuse_port=reuse_port, admin=admin)
-    _announce(handle)
+    announce(handle)
     stop = asyncio.Event()
     current = [config]
 
@@ -90,7 +104,7 @@ async def _serve_asyncio(
 
 
 async def _serve_anyio(
-    path: str, config: Config, reuse_port: bool, admin: bool, drain: float
+    path: str, config: Config, reuse_port: bool, admin: bool, drain: float, announce: Announce
 ) -> None:
     import anyio
 
@@ -99,7 +113,7 @@ async def _serve_anyio(
     current = config
     with anyio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
         async with adapter.serve(config, reuse_port=reuse_port, admin=admin) as handle:
-            _announce(handle)
+            announce(handle)
             async for sig in signals:
                 if sig == signal.SIGHUP:
                     current = _reload(path, handle.reload, current)
@@ -109,13 +123,15 @@ async def _serve_anyio(
             await handle.drain(drain)
 
 
-def _serve_blocking(path: str, config: Config, reuse_port: bool, admin: bool, drain: float) -> None:
+def _serve_blocking(
+    path: str, config: Config, reuse_port: bool, admin: bool, drain: float, announce: Announce
+) -> None:
     from metaprotocol.adapters.blocking import Handle, serve_forever
 
     current = [config]
 
     def ready(handle: Handle) -> None:
-        _announce(handle)
+        announce(handle)
 
         def on_hup(signum: int, frame: object) -> None:
             current[0] = _reload(path, handle.reload, current[0])
@@ -131,21 +147,34 @@ def _serve_blocking(path: str, config: Config, reuse_port: bool, admin: bool, dr
     serve_forever(config, ready, reuse_port=reuse_port, admin=admin)
 
 
-def _serve(path: str, adapter: str, *, reuse_port: bool, admin: bool, drain: float) -> int:
+def _serve(
+    path: str,
+    adapter: str,
+    *,
+    reuse_port: bool,
+    admin: bool,
+    drain: float,
+    worker: WorkerLink | None = None,
+) -> int:
     config = _load(path)
+    announce: Announce = _announce
+    if worker is not None:  # the supervisor serves the admin address; this worker reports
+        announce = _worker_announce(worker)
+        if config.admin is not None:
+            config = replace(config, admin=AdminConfig("127.0.0.1", 0))
     if adapter == "asyncio":
-        asyncio.run(_serve_asyncio(path, config, reuse_port, admin, drain))
+        asyncio.run(_serve_asyncio(path, config, reuse_port, admin, drain, announce))
     elif adapter == "uvloop":
         import uvloop
 
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(_serve_asyncio(path, config, reuse_port, admin, drain))
+            runner.run(_serve_asyncio(path, config, reuse_port, admin, drain, announce))
     elif adapter == "trio":
         import anyio
 
-        anyio.run(_serve_anyio, path, config, reuse_port, admin, drain, backend="trio")
+        anyio.run(_serve_anyio, path, config, reuse_port, admin, drain, announce, backend="trio")
     elif adapter == "blocking":
-        _serve_blocking(path, config, reuse_port, admin, drain)
+        _serve_blocking(path, config, reuse_port, admin, drain, announce)
     else:
         raise ValueError(f"unknown adapter {adapter!r}; expected one of {', '.join(ADAPTER_NAMES)}")
     log.info("stopped")
@@ -153,45 +182,10 @@ def _serve(path: str, adapter: str, *, reuse_port: bool, admin: bool, drain: flo
 
 
 def _run_workers(path: str, adapter: str, workers: int, drain: float) -> int:
-    config = _load(path)
-    zero = [lst.name for lst in config.listeners if lst.port == 0]
-    if zero:
-        log.error("--workers needs fixed ports; listeners on port 0: %s", ", ".join(zero))
-        return 1
-    children: list[int] = []
-    for index in range(workers):
-        pid = os.fork()
-        if pid == 0:  # the worker
-            code = 1
-            try:
-                code = _serve(path, adapter, reuse_port=True, admin=index == 0, drain=drain)
-            except BaseException:
-                log.exception("worker %d failed", index)
-            finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(code)
-        children.append(pid)
-    log.info("started %d workers: %s", workers, " ".join(map(str, children)))
+    def serve(index: int, link: WorkerLink) -> int:
+        return _serve(path, adapter, reuse_port=True, admin=True, drain=drain, worker=link)
 
-    def forward(signum: int, frame: object) -> None:
-        for pid in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signum)
-
-    for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, forward)
-    status = 0
-    remaining = set(children)
-    while remaining:
-        pid, code = os.wait()
-        if pid in remaining:
-            remaining.discard(pid)
-            exit_code = os.waitstatus_to_exitcode(code)
-            if exit_code != 0:
-                log.error("worker %d exited with %d", pid, exit_code)
-                status = 1
-    return status
+    return run_workers(_load(path), workers, serve)
 
 
 def run(

@@ -148,18 +148,44 @@ def test_run_reload_and_drain(
     idle.close()
 
 
-def test_workers_share_one_port(tmp_path: Path, redis_port: int, proc_factory: list[Proc]) -> None:  # noqa: F811
+def _sample(text: str, series: str) -> float:
+    for line in text.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name == series:
+            return float(value)
+    raise AssertionError(f"{series} not in {text}")
+
+
+def test_workers_share_one_port_and_one_admin(
+    tmp_path: Path,
+    redis_port: int,  # noqa: F811
+    proc_factory: list[Proc],
+) -> None:
     config = tmp_path / "proxy.yaml"
     listen = _free_port()
     _write_config(config, redis_port, listen=listen)
     proc = Proc([str(config), "--workers", "2"])
     proc_factory.append(proc)
-    for _ in range(2):
-        proc.wait_for("listener redis on")
     admin = proc.address("admin on")
-    for _ in range(10):
+    for index in range(2):
+        proc.wait_for(f"worker {index}: listener redis on")
+    end = time.monotonic() + TIMEOUT
+    while _get(admin, "/ready")[0] != 200:  # until both workers have reported
+        assert time.monotonic() < end, "the workers never became ready"
+        time.sleep(0.02)
+    for _ in range(20):  # 20 connections: the kernel spreads them over both workers
         assert _ping(("127.0.0.1", listen)) == b"+PONG\r\n"
-    assert _get(admin, "/ready")[0] == 200
+    status, text = _get(admin, "/stats/prometheus")
+    assert status == 200
+    # The supervisor's admin sums the workers' stats (worker 0 alone would see about half).
+    assert _sample(text, 'metaprotocol_request_total{listener="redis"}') == 20
+    assert _sample(text, 'metaprotocol_downstream_cx_total{listener="redis"}') == 20
+    assert _sample(text, "metaprotocol_workers") == 2
+    assert _sample(text, "metaprotocol_workers_unreachable") == 0
+    stats = json.loads(_get(admin, "/stats/json")[1])
+    assert {"name": "workers", "labels": [], "value": 2} in stats["gauges"]
+    dump = json.loads(_get(admin, "/config_dump")[1])
+    assert dump["listeners"][0]["name"] == "redis"
     proc.popen.send_signal(signal.SIGTERM)
     assert proc.popen.wait(TIMEOUT) == 0
 
@@ -171,3 +197,13 @@ def test_workers_refuse_port_zero(tmp_path: Path, proc_factory: list[Proc]) -> N
     proc_factory.append(proc)
     assert proc.popen.wait(TIMEOUT) == 1
     proc.wait_for("needs fixed ports")
+
+
+def test_workers_refuse_a_busy_admin_address(tmp_path: Path, proc_factory: list[Proc]) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        config = tmp_path / "proxy.yaml"
+        _write_config(config, 6379, listen=_free_port(), admin=busy.getsockname()[1])
+        proc = Proc([str(config), "--workers", "2"])
+        proc_factory.append(proc)
+        assert proc.popen.wait(TIMEOUT) == 1
+        proc.wait_for("admin address 127.0.0.1:")
