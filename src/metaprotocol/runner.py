@@ -1,12 +1,14 @@
 """``metaprotocol run``: serve a config file with one adapter, in one or N worker processes.
 
-SIGHUP reloads the file (routes, clusters and filters are swapped atomically; an invalid
-file is logged and the running config keeps serving; listeners and the admin address are
-fixed at start). SIGTERM or SIGINT drains: stop accepting, let in-flight requests finish for
-up to ``drain_timeout`` seconds, close, exit 0. With ``workers > 1`` a supervisor process
-forks N workers that each bind the listeners with SO_REUSEPORT (the kernel spreads
-connections) and serves one admin endpoint whose stats are the sum over the workers (see
-supervisor.py); it forwards signals to them and exits when they all have.
+SIGHUP reloads the file: routes, clusters and filters are swapped atomically; listeners the
+file adds or moves are bound, and those it removes stop accepting while their connections
+drain; an invalid file, or a listener that cannot be bound, is logged and the running
+config keeps serving; the admin address is fixed at start. SIGTERM or SIGINT drains: stop
+accepting, let in-flight requests finish for up to ``drain_timeout`` seconds, close, exit
+0. With ``workers > 1`` a supervisor process forks N workers that each bind the listeners
+with SO_REUSEPORT (the kernel spreads connections) and serves one admin endpoint whose
+stats are the sum over the workers (see supervisor.py); it forwards signals to them and
+exits when they all have.
 """
 
 from __future__ import annotations
@@ -35,21 +37,26 @@ def _load(path: str) -> Config:
     return load_config(path)
 
 
-def _reload(path: str, apply: Callable[[Config], None], current: Config) -> Config:
-    """Load ``path`` and hand it to ``apply``; on any error keep ``current`` and log why."""
+def _reload(path: str, handle: Any, current: Config) -> Config:
+    """Load ``path`` and hand it to ``handle.reload``; on any error (a bad file, a listener
+    that cannot be bound) keep ``current`` and log why."""
     try:
         config = _load(path)
     except Exception as exc:
         log.error("reload of %s rejected, keeping the running config: %s", path, exc)
         return current
-    old = {(lst.name, lst.host, lst.port) for lst in current.listeners}
-    if {(lst.name, lst.host, lst.port) for lst in config.listeners} != old:
-        log.warning("reload: listener changes take effect only after a restart")
     try:
-        apply(config)
-    except Exception:
-        log.exception("reload of %s failed, keeping the running config", path)
+        handle.reload(config)
+    except Exception as exc:
+        log.error("reload of %s failed, keeping the running config: %s", path, exc)
         return current
+    before = {lst.name: (lst.host, lst.port) for lst in current.listeners}
+    after = {lst.name: (lst.host, lst.port) for lst in config.listeners}
+    for name in before.keys() - after.keys():
+        log.info("listener %s closed (its connections drain)", name)
+    for name, address in after.items():
+        if before.get(name) != address and name in handle.addresses:
+            log.info("listener %s on %s:%d", name, *handle.addresses[name])
     log.info("reloaded %s", path)
     return config
 
@@ -88,7 +95,7 @@ async def _serve_asyncio(
     current = [config]
 
     def on_hup() -> None:
-        current[0] = _reload(path, handle.reload, current[0])
+        current[0] = _reload(path, handle, current[0])
 
     loop.add_signal_handler(signal.SIGHUP, on_hup)
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -116,7 +123,7 @@ async def _serve_anyio(
             announce(handle)
             async for sig in signals:
                 if sig == signal.SIGHUP:
-                    current = _reload(path, handle.reload, current)
+                    current = _reload(path, handle, current)
                 else:
                     break
             log.info("draining (up to %.1fs)", drain)
@@ -134,7 +141,7 @@ def _serve_blocking(
         announce(handle)
 
         def on_hup(signum: int, frame: object) -> None:
-            current[0] = _reload(path, handle.reload, current[0])
+            current[0] = _reload(path, handle, current[0])
 
         def on_term(signum: int, frame: object) -> None:
             log.info("draining (up to %.1fs)", drain)

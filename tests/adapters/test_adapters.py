@@ -303,3 +303,71 @@ def test_drain_closes_idle_connections_and_stops_accepting(adapter: str) -> None
         assert core.draining and core.drained
         with pytest.raises(OSError):
             socket.create_connection(("127.0.0.1", running.ports["echo"]), TIMEOUT).close()
+
+
+def _listeners(**ports: int) -> Config:
+    """Listeners named after the fake core's behaviours (echo, sink), on the given ports."""
+    return Config(
+        listeners=tuple(
+            ListenerConfig(name=name, host="127.0.0.1", port=port, codec="fake", routes=())
+            for name, port in ports.items()
+        ),
+        clusters=(),
+    )
+
+
+def _refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), TIMEOUT).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def _until(condition: Callable[[], bool]) -> None:
+    end = time.monotonic() + TIMEOUT
+    while not condition():
+        assert time.monotonic() < end, "condition not met"
+        time.sleep(0.005)
+
+
+def test_reload_adds_moves_and_removes_listeners(adapter: str) -> None:
+    start = _listeners(echo=0)
+    core = FakeCore(start)
+    with start_proxy(start, adapter, proxy=core) as running:
+        kept = _connect(running, "echo")
+        _wait(running, lambda: _accepted(core, "echo"))
+        echo_port = running.ports["echo"]
+        running.reload(_listeners(echo=0, sink=0))  # adds sink; echo stays where it is
+        assert running.ports["echo"] == echo_port
+        _connect(running, "sink").close()
+        _wait(running, lambda: _accepted(core, "sink"))
+        moved = _free_port()
+        final = _listeners(sink=moved)  # sink moves, echo goes
+        running.reload(final)
+        assert running.addresses == {"sink": ("127.0.0.1", moved)}
+        _connect(running, "sink").close()
+        _wait(running, lambda: len(_accepted(core, "sink")) == 2)
+        _until(lambda: _refused(echo_port))
+        kept.sendall(b"still served")  # connections accepted before stay (the core decides)
+        assert _recv_exactly(kept, 12) == b"still served"
+        kept.close()
+        assert core.config is final
+
+
+def test_reload_that_cannot_bind_changes_nothing(adapter: str) -> None:
+    start = _listeners(echo=0)
+    core = FakeCore(start)
+    with (
+        start_proxy(start, adapter, proxy=core) as running,
+        socket.create_server(("127.0.0.1", 0)) as busy,
+    ):
+        taken = busy.getsockname()[1]
+        with pytest.raises(OSError, match=f"listener 'sink' on 127.0.0.1:{taken}"):
+            running.reload(_listeners(echo=0, sink=taken))
+        assert core.config is start
+        assert list(running.addresses) == ["echo"]
+        sock = _connect(running, "echo")
+        sock.sendall(b"hi")
+        assert _recv_exactly(sock, 2) == b"hi"
+        sock.close()

@@ -148,6 +148,42 @@ def test_run_reload_and_drain(
     idle.close()
 
 
+@pytest.mark.parametrize("adapter", ADAPTERS)
+def test_sighup_moves_a_listener(
+    tmp_path: Path,
+    redis_port: int,  # noqa: F811
+    adapter: str,
+    proc_factory: list[Proc],
+) -> None:
+    if adapter == "uvloop":
+        pytest.importorskip("uvloop")
+    config = tmp_path / "proxy.yaml"
+    _write_config(config, redis_port)
+    proc = Proc([str(config), "--adapter", adapter])
+    proc_factory.append(proc)
+    before = proc.address("listener redis on")
+    client = socket.create_connection(before, TIMEOUT)  # open before the move
+    moved = _free_port()
+    _write_config(config, redis_port, listen=moved)
+    proc.popen.send_signal(signal.SIGHUP)
+    assert proc.address("listener redis on") == ("127.0.0.1", moved)
+    proc.wait_for("reloaded")
+    assert _ping(("127.0.0.1", moved)) == b"+PONG\r\n"
+    end = time.monotonic() + TIMEOUT
+    while True:  # the old port stops accepting (at once, or once its accept loop ends)
+        try:
+            socket.create_connection(before, TIMEOUT).close()
+        except ConnectionRefusedError:
+            break
+        assert time.monotonic() < end, "the old port still accepts"
+        time.sleep(0.005)
+    client.sendall(b"*1\r\n$4\r\nPING\r\n")  # same listener name: still served
+    assert client.recv(100) == b"+PONG\r\n"
+    client.close()
+    proc.popen.send_signal(signal.SIGTERM)
+    assert proc.popen.wait(TIMEOUT) == 0
+
+
 def _sample(text: str, series: str) -> float:
     for line in text.splitlines():
         name, _, value = line.rpartition(" ")

@@ -3,6 +3,8 @@ rate limits, faults, weighted clusters and route-table swaps (issue 3)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from metaprotocol.core.config import (
     CircuitBreakers,
     ClusterConfig,
@@ -32,7 +34,7 @@ from metaprotocol.core.message import ErrorType, Mutation
 from metaprotocol.core.outputs import CloseConnection, ExternalCall, OpenUpstream, Write
 from metaprotocol.testing import Playbook
 
-from .helpers import config, error_reply, playbook, req, resp, route
+from .helpers import UP, config, error_reply, playbook, req, resp, route
 
 A = ("10.0.0.1", 9000)
 B = ("10.0.0.2", 9000)
@@ -366,6 +368,36 @@ def test_reload_keeps_warm_connections_to_endpoints_that_stay() -> None:
     pb >> DataReceived(-1, resp(2))
     pb << Write(1, resp(2))
     close_all(pb, 1, -1)
+
+
+def test_reload_without_a_listener_drains_its_connections() -> None:
+    main_only = config()
+    both = replace(
+        main_only, listeners=(*main_only.listeners, replace(main_only.listeners[0], name="old"))
+    )
+    pb = playbook(both)
+    pb >> Accepted(1, "old") >> Accepted(2, "old") >> Accepted(3, "main")
+    pb >> DataReceived(1, req(1))
+    pb << OpenUpstream(-1, *UP)
+    pb >> UpstreamConnected(-1)
+    pb << Write(-1, req(1))
+    # The idle connection of the removed listener closes now; the busy one is answered first.
+    assert pb.proxy.reload(main_only, pb.now) == [CloseConnection(2, flush=True)]
+    pb >> Closed(2)
+    pb >> DataReceived(1, req(2))  # a draining connection is not read any more
+    pb << None
+    pb >> DataReceived(-1, resp(1))
+    pb << Write(1, resp(1))
+    pb << CloseConnection(1, flush=True)
+    pb << CloseConnection(-1, flush=True)  # the old listener's pool, retired, is idle
+    pb >> Closed(1) >> Closed(-1)
+    pb >> DataReceived(3, req(3))  # the listener that stays is served as before
+    pb << OpenUpstream(-2, *UP)
+    pb >> UpstreamConnected(-2)
+    pb << Write(-2, req(3))
+    pb >> DataReceived(-2, resp(3))
+    pb << Write(3, resp(3))
+    close_all(pb, 3, -2)
 
 
 def test_non_idempotent_requests_are_not_retried_after_a_reset() -> None:

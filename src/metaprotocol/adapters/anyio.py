@@ -26,7 +26,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
-from anyio.abc import SocketAttribute
+from anyio.abc import SocketAttribute, SocketListener
 
 from metaprotocol.accesslog import AccessLog
 from metaprotocol.adapters.dispatch import (
@@ -36,6 +36,7 @@ from metaprotocol.adapters.dispatch import (
     Dispatcher,
     OutBuffer,
     ServerInfo,
+    bind_listener_changes,
     bound_address,
     build_core,
     global_ratelimit_address,
@@ -337,14 +338,19 @@ async def _serve_admin(app: AdminApp, stream: anyio.abc.SocketStream) -> None:
 class Handle(ServerInfo):
     """A running proxy inside the caller's trio or asyncio program."""
 
-    def __init__(self, server: _Server) -> None:
+    def __init__(
+        self, server: _Server, tg: anyio.abc.TaskGroup, config: Config, reuse_port: bool
+    ) -> None:
         super().__init__()
         self._server = server
-        self._accepting: list[anyio.CancelScope] = []
+        self._tg = tg  # where accepting tasks run
+        self._accepting: dict[str, anyio.CancelScope] = {}  # per listener name
         self._background: list[anyio.CancelScope] = []  # accepting, admin, the timer
-        self._listeners: list[anyio.abc.Listener[anyio.abc.SocketStream]] = []
+        self._listeners: dict[str, anyio.abc.Listener[anyio.abc.SocketStream]] = {}
         self._admin_listener: anyio.abc.Listener[anyio.abc.SocketStream] | None = None
         self._closed = False
+        self._config = config  # as of the last reload: what the next one is compared with
+        self._reuse_port = reuse_port
 
     @property
     def proxy(self) -> Core:
@@ -355,8 +361,41 @@ class Handle(ServerInfo):
         return self._server.dispatcher
 
     def reload(self, config: Config) -> None:
-        """Swap routes and clusters atomically (listeners stay as they are)."""
-        self._server.dispatcher.reload(config)
+        """Swap routes and clusters atomically, bind the listeners ``config`` adds or moves
+        and stop accepting on those it removes (their connections drain). Binding happens
+        first: if a listener cannot be bound this raises and nothing changes."""
+        if self._closed or self._server.dispatcher.draining:
+            raise RuntimeError("reload while draining or closed")
+        changes = bind_listener_changes(self._config, config, self._reuse_port)
+        try:
+            self._server.dispatcher.reload(config)
+        except BaseException:
+            changes.close()
+            raise
+        self._config = config
+        for name in changes.removed:
+            scope = self._accepting.pop(name, None)
+            if scope is not None:
+                scope.cancel()  # its accept loop closes the listener on the way out
+            self._listeners.pop(name, None)
+            self.addresses.pop(name, None)
+        for name, sock in changes.added.items():
+            self.addresses[name] = bound_address(sock.getsockname())
+            self._accepting[name] = scope = anyio.CancelScope()
+            self._background.append(scope)
+            self._tg.start_soon(self._accept_on, name, sock, scope)
+
+    async def _accept_on(self, name: str, sock: socket.socket, scope: anyio.CancelScope) -> None:
+        try:
+            listener = await SocketListener.from_socket(sock)
+        except BaseException:
+            sock.close()
+            raise
+        if scope.cancel_called:
+            await _close(listener)
+            return
+        self._listeners[name] = listener
+        await _listen(listener, partial(self._server.accepted, listener=name), scope)
 
     async def drain(self, timeout: float) -> None:
         """Stop accepting, let in-flight requests finish for up to ``timeout``, then close."""
@@ -371,9 +410,9 @@ class Handle(ServerInfo):
         await self.close()
 
     async def _stop_accepting(self) -> None:
-        for scope in self._accepting:
+        for scope in self._accepting.values():
             scope.cancel()
-        for listener in self._listeners:
+        for listener in list(self._listeners.values()):
             await _close(listener)
 
     async def close(self) -> None:
@@ -465,7 +504,7 @@ async def serve(
         redis = global_ratelimit_address(cfg)
         if redis is not None:
             server.limiter = AnyioRedisRateLimiter(*redis)
-        handle = Handle(server)
+        handle = Handle(server, tg, cfg, reuse_port)
         try:
             for spec in cfg.listeners:
                 listener = await anyio.create_tcp_listener(
@@ -475,8 +514,8 @@ async def serve(
                     listener.extra(SocketAttribute.local_address)
                 )
 
-                handle._listeners.append(listener)
-                handle._accepting.append(scope := anyio.CancelScope())
+                handle._listeners[spec.name] = listener
+                handle._accepting[spec.name] = scope = anyio.CancelScope()
                 handle._background.append(scope)
                 tg.start_soon(
                     _listen, listener, partial(server.accepted, listener=spec.name), scope

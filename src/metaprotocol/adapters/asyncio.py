@@ -27,6 +27,7 @@ from metaprotocol.adapters.dispatch import (
     Core,
     Dispatcher,
     ServerInfo,
+    bind_listener_changes,
     bound_address,
     build_core,
     global_ratelimit_address,
@@ -297,12 +298,15 @@ class _Server:
 class Handle(ServerInfo):
     """A running proxy inside the caller's event loop."""
 
-    def __init__(self, server: _Server) -> None:
+    def __init__(self, server: _Server, config: Config, reuse_port: bool) -> None:
         super().__init__()
         self._server = server
-        self._listeners: list[asyncio.Server] = []
+        self._listeners: dict[str, asyncio.Server] = {}
+        self._binding: dict[str, socket.socket] = {}  # added by a reload, not yet accepting
         self._admin: asyncio.Server | None = None
         self._closed = False
+        self._config = config  # as of the last reload: what the next one is compared with
+        self._reuse_port = reuse_port
 
     @property
     def proxy(self) -> Core:
@@ -313,12 +317,47 @@ class Handle(ServerInfo):
         return self._server.dispatcher
 
     def reload(self, config: Config) -> None:
-        """Swap routes and clusters atomically (listeners stay as they are)."""
-        self._server.dispatcher.reload(config)
+        """Swap routes and clusters atomically, bind the listeners ``config`` adds or moves
+        and stop accepting on those it removes (their connections drain). Binding happens
+        first: if a listener cannot be bound this raises and nothing changes."""
+        if self._closed or self._server.dispatcher.draining:
+            raise RuntimeError("reload while draining or closed")
+        changes = bind_listener_changes(self._config, config, self._reuse_port)
+        try:
+            self._server.dispatcher.reload(config)
+        except BaseException:
+            changes.close()
+            raise
+        self._config = config
+        for name in changes.removed:
+            listener = self._listeners.pop(name, None)
+            if listener is not None:
+                listener.close()
+            self._binding.pop(name, None)
+            self.addresses.pop(name, None)
+        for name, sock in changes.added.items():
+            self.addresses[name] = bound_address(sock.getsockname())
+            self._binding[name] = sock
+            self._server.spawn(self._accept_on(name, sock))
+
+    async def _accept_on(self, name: str, sock: socket.socket) -> None:
+        server = self._server
+        try:
+            listener = await server.loop.create_server(
+                lambda: _Connection(server, None, name), sock=sock, backlog=1024
+            )
+        except BaseException:
+            sock.close()
+            raise
+        if self._closed or server.dispatcher.draining or self._binding.get(name) is not sock:
+            listener.close()  # closed, draining, or removed or moved again meanwhile
+        else:
+            del self._binding[name]
+            self._listeners[name] = listener
 
     async def drain(self, timeout: float) -> None:
         """Stop accepting, let in-flight requests finish for up to ``timeout``, then close."""
-        for listener in self._listeners:
+        for listener in self._listeners.values():
             listener.close()
         dispatcher = self._server.dispatcher
         done = asyncio.Event()
@@ -335,7 +374,7 @@ class Handle(ServerInfo):
             return
         self._closed = True
         server = self._server
-        for listener in self._listeners:
+        for listener in self._listeners.values():
             listener.close()
         if self._admin is not None:
             self._admin.close()
@@ -350,7 +389,7 @@ class Handle(ServerInfo):
             await asyncio.gather(*server.tasks, return_exceptions=True)
         if server.limiter is not None:
             await server.limiter.aclose()
-        for listener in self._listeners:
+        for listener in self._listeners.values():
             await listener.wait_closed()
         if self._admin is not None:
             await self._admin.wait_closed()
@@ -376,7 +415,7 @@ async def serve(
     redis = global_ratelimit_address(cfg)
     if redis is not None:
         server.limiter = AsyncioRedisRateLimiter(*redis)
-    handle = Handle(server)
+    handle = Handle(server, cfg, reuse_port)
     try:
         for listener in cfg.listeners:
             name = listener.name
@@ -387,7 +426,7 @@ async def serve(
                 reuse_port=reuse_port or None,
                 backlog=1024,
             )
-            handle._listeners.append(srv)
+            handle._listeners[name] = srv
             handle.addresses[name] = bound_address(srv.sockets[0].getsockname())
         if admin and cfg.admin is not None:
             app = server.dispatcher.admin_app()

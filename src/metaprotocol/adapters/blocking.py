@@ -21,6 +21,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import errno
+import logging
 import os
 import selectors
 import socket
@@ -35,8 +36,11 @@ from metaprotocol.adapters.dispatch import (
     READ_CHUNK,
     Core,
     Dispatcher,
+    ListenerChanges,
     OutBuffer,
     ServerInfo,
+    bind_listener_changes,
+    bind_socket,
     bound_address,
     build_core,
     global_ratelimit_address,
@@ -68,6 +72,7 @@ from metaprotocol.ratelimit_redis import BlockingRedisRateLimiter
 __all__ = ["Handle", "serve_forever"]
 
 T = TypeVar("T")
+log = logging.getLogger("metaprotocol")
 _R, _W = selectors.EVENT_READ, selectors.EVENT_WRITE
 
 
@@ -102,24 +107,14 @@ def _nodelay(sock: socket.socket) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def _bind(host: str, port: int, reuse_port: bool) -> socket.socket:
-    family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-    sock = socket.socket(family, kind, proto)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuse_port:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind(addr)
-    sock.listen(1024)
-    sock.setblocking(False)
-    return sock
-
-
 class Handle(ServerInfo):
     """A proxy running in ``serve_forever``; every method is safe to call from any thread."""
 
-    def __init__(self, loop: _Loop) -> None:
+    def __init__(self, loop: _Loop, config: Config, reuse_port: bool) -> None:
         super().__init__()
         self._loop = loop
+        self._config = config  # as of the last reload: what the next one is compared with
+        self._reuse_port = reuse_port
 
     @property
     def proxy(self) -> Core:
@@ -143,8 +138,16 @@ class Handle(ServerInfo):
         return future
 
     def reload(self, config: Config) -> None:
-        """Swap routes and clusters atomically (listeners stay as they are)."""
-        self._loop.call_soon_threadsafe(lambda: self._loop.dispatcher.reload(config))
+        """Swap routes and clusters atomically, bind the listeners ``config`` adds or moves
+        and stop accepting on those it removes (their connections drain). Binding happens
+        here, first: if a listener cannot be bound this raises and nothing changes."""
+        changes = bind_listener_changes(self._config, config, self._reuse_port)
+        self._config = config
+        for name in changes.removed:
+            self.addresses.pop(name, None)
+        for name, sock in changes.added.items():
+            self.addresses[name] = bound_address(sock.getsockname())
+        self._loop.call_soon_threadsafe(lambda: self._loop.reload(config, changes))
 
     def stop(self, drain_timeout: float = 0.0) -> None:
         """Stop: with a drain timeout, stop accepting and let in-flight requests finish first."""
@@ -387,6 +390,27 @@ class _Loop:
 
     # -- the loop -------------------------------------------------------------------------
 
+    def reload(self, config: Config, changes: ListenerChanges) -> None:
+        """The loop's half of ``Handle.reload``: swap the core's config, then the sockets."""
+        if self.stop_at is not None or self.stopped:  # draining: no new listeners
+            changes.close()
+            return
+        try:
+            self.dispatcher.reload(config)
+        except Exception:
+            log.exception("reload failed, keeping the running config")
+            changes.close()
+            return
+        for name in changes.removed:
+            for listener in [lst for lst in self.listeners if lst.name == name]:
+                self.sel.unregister(listener.sock)
+                listener.sock.close()
+                self.listeners.remove(listener)
+        for name, sock in changes.added.items():
+            listener = _Listener(sock, name)
+            self.listeners.append(listener)
+            self.sel.register(sock, _R, listener)
+
     def begin_stop(self, drain_timeout: float) -> None:
         for listener in self.listeners:
             if listener.name is not None:
@@ -464,17 +488,17 @@ def serve_forever(
     loop = _Loop(
         core, cfg, AccessLog(cfg.access_log, cfg.access_log_metadata) if cfg.access_log else None
     )
-    handle = Handle(loop)
+    handle = Handle(loop, cfg, reuse_port)
     try:
         redis = global_ratelimit_address(cfg)
         if redis is not None:
             loop.limiter = BlockingRedisRateLimiter(*redis)
         for spec in cfg.listeners:
-            sock = _bind(spec.host, spec.port, reuse_port)
+            sock = bind_socket(spec.host, spec.port, reuse_port)
             loop.listeners.append(_Listener(sock, spec.name))
             handle.addresses[spec.name] = bound_address(sock.getsockname())
         if admin and cfg.admin is not None:
-            sock = _bind(cfg.admin.host, cfg.admin.port, False)
+            sock = bind_socket(cfg.admin.host, cfg.admin.port, False)
             loop.listeners.append(_Listener(sock, None))
             handle.admin_address = bound_address(sock.getsockname())
         for listener in loop.listeners:

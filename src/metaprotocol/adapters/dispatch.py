@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import socket
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -35,8 +36,11 @@ __all__ = [
     "READ_CHUNK",
     "Core",
     "Dispatcher",
+    "ListenerChanges",
     "OutBuffer",
     "ServerInfo",
+    "bind_listener_changes",
+    "bind_socket",
     "bound_address",
     "build_core",
     "global_ratelimit_address",
@@ -99,6 +103,59 @@ def global_ratelimit_address(config: Config | None) -> tuple[str, int] | None:
 
     value = None if config is None else config.raw.get("global_ratelimit_redis")
     return None if value is None else parse_redis_address(value)
+
+
+def bind_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
+    """A non-blocking listening TCP socket on ``host:port`` (its first address)."""
+    family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(addr)
+        sock.listen(1024)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+@dataclass(frozen=True)
+class ListenerChanges:
+    """What a reload does to the listening sockets: ``removed`` names stop accepting (an
+    address change is a removal and an addition); ``added`` are bound, all or none."""
+
+    removed: tuple[str, ...]
+    added: dict[str, socket.socket]
+
+    def close(self) -> None:
+        for sock in self.added.values():
+            sock.close()
+
+
+def bind_listener_changes(old: Config | None, new: Config, reuse_port: bool) -> ListenerChanges:
+    """Bind the listeners ``new`` adds (or moves) over ``old``. Raises OSError (naming the
+    listener) or ValueError, with nothing left bound, if any of them cannot be bound."""
+    before = {} if old is None else {lst.name: (lst.host, lst.port) for lst in old.listeners}
+    after = {lst.name: (lst.host, lst.port) for lst in new.listeners}
+    removed = tuple(name for name, address in before.items() if after.get(name) != address)
+    added: dict[str, socket.socket] = {}
+    try:
+        for name, (host, port) in after.items():
+            if before.get(name) == (host, port):
+                continue
+            if reuse_port and port == 0:
+                raise ValueError(f"listener {name!r}: --workers needs fixed ports, not port 0")
+            try:
+                added[name] = bind_socket(host, port, reuse_port)
+            except OSError as exc:
+                raise OSError(f"listener {name!r} on {host}:{port}: {exc}") from exc
+    except BaseException:
+        ListenerChanges((), added).close()
+        raise
+    return ListenerChanges(removed, added)
 
 
 def bound_address(sockname: Any) -> tuple[str, int]:

@@ -157,15 +157,20 @@ class Proxy(UpstreamSide):
 
     def reload(self, config: Config, now: float) -> list[Output]:
         """Swap routes, clusters and filters atomically. In-flight requests finish on the
-        objects they started with; pools of endpoints no longer configured are retired."""
+        objects they started with; pools of endpoints no longer configured are retired. The
+        connections of a listener no longer configured drain: their in-flight requests are
+        answered, nothing more is read, then they close."""
         out: list[Output] = []
         self._out = out
         new = Runtime(config, self.stats, self.random, self.codec_factory, now)
         old = self.runtime
         self.runtime = new
-        for ds in self.downstreams.values():
+        for ds in list(self.downstreams.values()):
             listener = new.listeners.get(ds.listener.config.name)
-            if listener is not None and listener.codec_factory is ds.listener.codec_factory:
+            if listener is None:  # the listener is gone: its connections drain, as on SIGTERM
+                ds.closing = True
+                self._maybe_finish_close(ds)
+            elif listener.codec_factory is ds.listener.codec_factory:
                 ds.listener = listener
         self._carry_pools_over(old, new)
         self.stats.inc("config_reload")

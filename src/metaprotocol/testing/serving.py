@@ -44,6 +44,7 @@ class RunningProxy:
     dispatcher: Dispatcher
     _call: Callable[[Callable[[], Any]], Any]
     _drain: Callable[[float], None]
+    _reload: Callable[[Config], dict[str, tuple[str, int]]]
 
     @property
     def ports(self) -> dict[str, int]:
@@ -57,6 +58,11 @@ class RunningProxy:
     def drain(self, timeout: float) -> None:
         """Drain and stop the proxy (as SIGTERM would); returns once it has closed."""
         self._drain(timeout)
+
+    def reload(self, config: Config) -> None:
+        """Reload (as SIGHUP would) and refresh ``addresses``; raises, changing nothing,
+        when a listener ``config`` adds cannot be bound."""
+        self.addresses = self._reload(config)
 
 
 @contextmanager
@@ -103,6 +109,14 @@ def _portal(cfg: Config, adapter: str, proxy: Core | None) -> Iterator[RunningPr
             handle = stack.enter_context(
                 portal.wrap_async_context_manager(aio_any.serve(cfg, proxy=proxy))
             )
+
+        def reload(config: Config) -> dict[str, tuple[str, int]]:
+            def apply() -> dict[str, tuple[str, int]]:
+                handle.reload(config)
+                return dict(handle.addresses)
+
+            return portal.call(apply)
+
         yield RunningProxy(
             adapter,
             dict(handle.addresses),
@@ -111,6 +125,7 @@ def _portal(cfg: Config, adapter: str, proxy: Core | None) -> Iterator[RunningPr
             handle.dispatcher,
             portal.call,
             lambda timeout: portal.call(handle.drain, timeout),
+            reload,
         )
 
 
@@ -142,10 +157,14 @@ def _blocking(cfg: Config, proxy: Core | None, timeout: float) -> Iterator[Runni
         handle.stop(drain_timeout)
         thread.join(drain_timeout + timeout)
 
+    def reload(config: Config) -> dict[str, tuple[str, int]]:
+        handle.reload(config)  # binds here; the loop applies it next, before this call
+        return call(lambda: dict(handle.addresses))
+
     try:
         yield RunningProxy(
             "blocking", dict(handle.addresses), handle.admin_address, handle.proxy,
-            handle.dispatcher, call, drain,
+            handle.dispatcher, call, drain, reload,
         )  # fmt: skip
     finally:
         handle.stop()
