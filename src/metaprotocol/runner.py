@@ -90,7 +90,6 @@ async def _serve_asyncio(
 
     loop = asyncio.get_running_loop()
     handle = await adapter.serve(config, reuse_port=reuse_port, admin=admin)
-    announce(handle)
     stop = asyncio.Event()
     current = [config]
 
@@ -100,6 +99,7 @@ async def _serve_asyncio(
     loop.add_signal_handler(signal.SIGHUP, on_hup)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    announce(handle)  # last: whoever waits for it may signal at once
     try:
         await stop.wait()
         log.info("draining (up to %.1fs)", drain)
@@ -138,8 +138,6 @@ def _serve_blocking(
     current = [config]
 
     def ready(handle: Handle) -> None:
-        announce(handle)
-
         def on_hup(signum: int, frame: object) -> None:
             current[0] = _reload(path, handle, current[0])
 
@@ -150,6 +148,7 @@ def _serve_blocking(
         signal.signal(signal.SIGHUP, on_hup)
         signal.signal(signal.SIGTERM, on_term)
         signal.signal(signal.SIGINT, on_term)
+        announce(handle)  # last: whoever waits for it may signal at once
 
     serve_forever(config, ready, reuse_port=reuse_port, admin=admin)
 
@@ -163,6 +162,9 @@ def _serve(
     drain: float,
     worker: WorkerLink | None = None,
 ) -> int:
+    # Until the adapter's handlers are in place a SIGHUP must not end the process: the file
+    # is being read now anyway.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     config = _load(path)
     announce: Announce = _announce
     if worker is not None:  # the supervisor serves the admin address; this worker reports

@@ -183,6 +183,7 @@ def run_workers(config: Config, workers: int, serve: Serve) -> int:
         if pid == 0:  # the worker
             code = 1
             try:
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until its handlers are in place
                 os.close(read_fd)
                 if server is not None:
                     server.socket.close()
@@ -195,11 +196,6 @@ def run_workers(config: Config, workers: int, serve: Serve) -> int:
                 os._exit(code)
         children.append(pid)
     os.close(write_fd)  # the pipe ends once every worker has reported (or exited)
-    log.info("started %d workers: %s", workers, " ".join(map(str, children)))
-    threading.Thread(target=state.read_reports, args=(read_fd,), daemon=True).start()
-    if server is not None:
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        log.info("admin on %s:%d", *server.server_address[:2])
 
     def forward(signum: int, frame: object) -> None:
         for pid in children:
@@ -208,6 +204,11 @@ def run_workers(config: Config, workers: int, serve: Serve) -> int:
 
     for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, forward)
+    log.info("started %d workers: %s", workers, " ".join(map(str, children)))
+    threading.Thread(target=state.read_reports, args=(read_fd,), daemon=True).start()
+    if server is not None:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        log.info("admin on %s:%d", *server.server_address[:2])
     status = 0
     remaining = set(children)
     try:
