@@ -27,7 +27,7 @@ from metaprotocol.adapters.dispatch import (
     Core,
     Dispatcher,
     ServerInfo,
-    bind_listener_changes,
+    bind_and_reload,
     bound_address,
     build_core,
     global_ratelimit_address,
@@ -320,14 +320,9 @@ class Handle(ServerInfo):
         """Swap routes and clusters atomically, bind the listeners ``config`` adds or moves
         and stop accepting on those it removes (their connections drain). Binding happens
         first: if a listener cannot be bound this raises and nothing changes."""
-        if self._closed or self._server.dispatcher.draining:
+        if self._closed:
             raise RuntimeError("reload while draining or closed")
-        changes = bind_listener_changes(self._config, config, self._reuse_port)
-        try:
-            self._server.dispatcher.reload(config)
-        except BaseException:
-            changes.close()
-            raise
+        changes = bind_and_reload(self._server.dispatcher, self._config, config, self._reuse_port)
         self._config = config
         for name in changes.removed:
             listener = self._listeners.pop(name, None)

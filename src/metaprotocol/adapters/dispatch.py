@@ -39,6 +39,7 @@ __all__ = [
     "ListenerChanges",
     "OutBuffer",
     "ServerInfo",
+    "bind_and_reload",
     "bind_listener_changes",
     "bind_socket",
     "bound_address",
@@ -156,6 +157,23 @@ def bind_listener_changes(old: Config | None, new: Config, reuse_port: bool) -> 
         ListenerChanges((), added).close()
         raise
     return ListenerChanges(removed, added)
+
+
+def bind_and_reload(
+    dispatcher: Dispatcher, old: Config, new: Config, reuse_port: bool
+) -> ListenerChanges:
+    """Bind the listeners ``new`` adds or moves, then reload the core: what an adapter's
+    ``Handle.reload`` does before it swaps the listening sockets. Raises, with nothing
+    changed, if a listener cannot be bound or the core refuses ``new``."""
+    if dispatcher.draining:
+        raise RuntimeError("reload while draining or closed")
+    changes = bind_listener_changes(old, new, reuse_port)
+    try:
+        dispatcher.reload(new)
+    except BaseException:
+        changes.close()
+        raise
+    return changes
 
 
 def bound_address(sockname: Any) -> tuple[str, int]:
