@@ -338,9 +338,7 @@ async def _serve_admin(app: AdminApp, stream: anyio.abc.SocketStream) -> None:
 class Handle(ServerInfo):
     """A running proxy inside the caller's trio or asyncio program."""
 
-    def __init__(
-        self, server: _Server, tg: anyio.abc.TaskGroup, config: Config, reuse_port: bool
-    ) -> None:
+    def __init__(self, server: _Server, tg: anyio.abc.TaskGroup, reuse_port: bool) -> None:
         super().__init__()
         self._server = server
         self._tg = tg  # where accepting tasks run
@@ -349,7 +347,6 @@ class Handle(ServerInfo):
         self._listeners: dict[str, anyio.abc.Listener[anyio.abc.SocketStream]] = {}
         self._admin_listener: anyio.abc.Listener[anyio.abc.SocketStream] | None = None
         self._closed = False
-        self._config = config  # as of the last reload: what the next one is compared with
         self._reuse_port = reuse_port
 
     @property
@@ -366,16 +363,14 @@ class Handle(ServerInfo):
         first: if a listener cannot be bound this raises and nothing changes."""
         if self._closed:
             raise RuntimeError("reload while draining or closed")
-        changes = bind_and_reload(self._server.dispatcher, self._config, config, self._reuse_port)
-        self._config = config
+        changes = bind_and_reload(self._server.dispatcher, config, self._reuse_port)
+        changes.update(self.addresses)
         for name in changes.removed:
             scope = self._accepting.pop(name, None)
             if scope is not None:
                 scope.cancel()  # its accept loop closes the listener on the way out
             self._listeners.pop(name, None)
-            self.addresses.pop(name, None)
         for name, sock in changes.added.items():
-            self.addresses[name] = bound_address(sock.getsockname())
             self._accepting[name] = scope = anyio.CancelScope()
             self._background.append(scope)
             self._tg.start_soon(self._accept_on, name, sock, scope)
@@ -499,7 +494,7 @@ async def serve(
         redis = global_ratelimit_address(cfg)
         if redis is not None:
             server.limiter = AnyioRedisRateLimiter(*redis)
-        handle = Handle(server, tg, cfg, reuse_port)
+        handle = Handle(server, tg, reuse_port)
         try:
             for spec in cfg.listeners:
                 listener = await anyio.create_tcp_listener(

@@ -298,14 +298,13 @@ class _Server:
 class Handle(ServerInfo):
     """A running proxy inside the caller's event loop."""
 
-    def __init__(self, server: _Server, config: Config, reuse_port: bool) -> None:
+    def __init__(self, server: _Server, reuse_port: bool) -> None:
         super().__init__()
         self._server = server
         self._listeners: dict[str, asyncio.Server] = {}
         self._binding: dict[str, socket.socket] = {}  # added by a reload, not yet accepting
         self._admin: asyncio.Server | None = None
         self._closed = False
-        self._config = config  # as of the last reload: what the next one is compared with
         self._reuse_port = reuse_port
 
     @property
@@ -322,16 +321,14 @@ class Handle(ServerInfo):
         first: if a listener cannot be bound this raises and nothing changes."""
         if self._closed:
             raise RuntimeError("reload while draining or closed")
-        changes = bind_and_reload(self._server.dispatcher, self._config, config, self._reuse_port)
-        self._config = config
+        changes = bind_and_reload(self._server.dispatcher, config, self._reuse_port)
+        changes.update(self.addresses)
         for name in changes.removed:
             listener = self._listeners.pop(name, None)
             if listener is not None:
                 listener.close()
             self._binding.pop(name, None)
-            self.addresses.pop(name, None)
         for name, sock in changes.added.items():
-            self.addresses[name] = bound_address(sock.getsockname())
             self._binding[name] = sock
             self._server.spawn(self._accept_on(name, sock))
 
@@ -410,7 +407,7 @@ async def serve(
     redis = global_ratelimit_address(cfg)
     if redis is not None:
         server.limiter = AsyncioRedisRateLimiter(*redis)
-    handle = Handle(server, cfg, reuse_port)
+    handle = Handle(server, reuse_port)
     try:
         for listener in cfg.listeners:
             name = listener.name

@@ -143,10 +143,7 @@ class Handle(ServerInfo):
         here, first: if a listener cannot be bound this raises and nothing changes."""
         changes = bind_listener_changes(self._config, config, self._reuse_port)
         self._config = config
-        for name in changes.removed:
-            self.addresses.pop(name, None)
-        for name, sock in changes.added.items():
-            self.addresses[name] = bound_address(sock.getsockname())
+        changes.update(self.addresses)
         self._loop.call_soon_threadsafe(lambda: self._loop.reload(config, changes))
 
     def stop(self, drain_timeout: float = 0.0) -> None:

@@ -135,6 +135,13 @@ class ListenerChanges:
         for sock in self.added.values():
             sock.close()
 
+    def update(self, addresses: dict[str, tuple[str, int]]) -> None:
+        """Bring a handle's listener name -> bound address map up to date."""
+        for name in self.removed:
+            addresses.pop(name, None)
+        for name, sock in self.added.items():
+            addresses[name] = bound_address(sock.getsockname())
+
 
 def bind_listener_changes(old: Config | None, new: Config, reuse_port: bool) -> ListenerChanges:
     """Bind the listeners ``new`` adds (or moves) over ``old``. Raises OSError (naming the
@@ -159,15 +166,14 @@ def bind_listener_changes(old: Config | None, new: Config, reuse_port: bool) -> 
     return ListenerChanges(removed, added)
 
 
-def bind_and_reload(
-    dispatcher: Dispatcher, old: Config, new: Config, reuse_port: bool
-) -> ListenerChanges:
-    """Bind the listeners ``new`` adds or moves, then reload the core: what an adapter's
-    ``Handle.reload`` does before it swaps the listening sockets. Raises, with nothing
-    changed, if a listener cannot be bound or the core refuses ``new``."""
+def bind_and_reload(dispatcher: Dispatcher, new: Config, reuse_port: bool) -> ListenerChanges:
+    """Bind the listeners ``new`` adds or moves over the dispatcher's config, then reload
+    the core: what an adapter's ``Handle.reload`` does before it swaps the listening
+    sockets. Raises, with nothing changed, if a listener cannot be bound or the core
+    refuses ``new``."""
     if dispatcher.draining:
         raise RuntimeError("reload while draining or closed")
-    changes = bind_listener_changes(old, new, reuse_port)
+    changes = bind_listener_changes(dispatcher.config, new, reuse_port)
     try:
         dispatcher.reload(new)
     except BaseException:
