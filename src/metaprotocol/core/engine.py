@@ -258,7 +258,8 @@ class EngineBase:
             ds.idle_timer.cancel()
         for req in list(ds.active):
             up = req.upstream
-            deadline = req.deadline if req.deadline_queue is not None else None
+            queue = req.deadline_queue
+            deadline = queue.entries.get(req) if queue is not None else None
             self._finish(req, "abandoned", None, now if now is not None else req.start)
             ordered = up is not None and up.pool.ordering is not Ordering.MULTIPLEXED
             if ordered and up is not None and self.upstreams.get(up.id) is up:

@@ -138,7 +138,6 @@ class ActiveRequest:
         "attempts",
         "call",
         "cluster",
-        "deadline",
         "deadline_queue",
         "done",
         "downstream",
@@ -179,7 +178,6 @@ class ActiveRequest:
         # The request timeout: an entry in a DeadlineQueue (the usual case), or a heap timer
         # for an abandoned request's leftover deadline (see UpstreamSide._abandoned_on).
         self.deadline_queue: DeadlineQueue | None = None
-        self.deadline = 0.0
         self.timer: Timer | None = None
         self.pause_timer: Timer | None = None
         self.call: int | None = None

@@ -209,7 +209,6 @@ class UpstreamSide(EngineBase):
                 self.deadline_queues[timeout] = queue
             queue.add(req, now)
             req.deadline_queue = queue
-            req.deadline = now + timeout
 
     def _dispatch(self, req: ActiveRequest, up: Upstream, now: float) -> None:
         """Encode the request for ``up`` and write it (or queue it until connected)."""
