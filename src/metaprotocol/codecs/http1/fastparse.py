@@ -41,6 +41,10 @@ _TOKEN: Final = rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+"
 _FIELD_BLOCK_RE: Final = re.compile(rb"(?:\r\n%s:[\t\x20-\x7e\x80-\xff]*)*" % _TOKEN)
 _REQUEST_LINE_RE: Final = re.compile(rb"%s [\x21-\x7e]+ HTTP/[0-9]\.[0-9]" % _TOKEN)
 _STATUS_LINE_RE: Final = re.compile(rb"HTTP/[0-9]\.[0-9] [0-9]{3}(?: [ \t\x21-\x7e\x80-\xff]*)?")
+# Start line and field block in one match, the common case's only regex call; when it
+# fails, the two parts are checked apart to say which one is bad.
+_REQUEST_HEAD_RE: Final = re.compile(_REQUEST_LINE_RE.pattern + _FIELD_BLOCK_RE.pattern)
+_RESPONSE_HEAD_RE: Final = re.compile(_STATUS_LINE_RE.pattern + _FIELD_BLOCK_RE.pattern)
 _CHUNK_LINE_RE: Final = re.compile(rb"([0-9A-Fa-f]{1,20})(?:;[\t\x20-\x7e\x80-\xff]*)?[ \t]*")
 _DIGITS_RE: Final = re.compile(r"[0-9]{1,20}")
 
@@ -311,9 +315,8 @@ class RequestParser(_Framer):
         # The common case is written out inline: every call costs here.
         end = head_len - 4
         eol = buffer.find(b"\r\n")
-        if _REQUEST_LINE_RE.fullmatch(buffer, 0, eol) is None:
-            raise self._error(f"bad request line {bytes(buffer[:eol])[:60]!r}")
-        if _FIELD_BLOCK_RE.fullmatch(buffer, eol, end) is None:
+        if _REQUEST_HEAD_RE.fullmatch(buffer, 0, end) is None:
+            self._check_start_line(buffer, eol)
             raise self._error("bad header field")
         text = buffer[:end].decode("latin-1")
         method, target, version = text[:eol].split(" ")
@@ -400,8 +403,8 @@ class ResponseParser(_Framer):
 
     def _parse_head(self, buffer: bytearray, head_len: int) -> ParsedMessage:
         eol = buffer.find(b"\r\n")
-        self._check_start_line(buffer, eol)
-        if _FIELD_BLOCK_RE.fullmatch(buffer, eol, head_len - 4) is None:
+        if _RESPONSE_HEAD_RE.fullmatch(buffer, 0, head_len - 4) is None:
+            self._check_start_line(buffer, eol)
             raise self._error("bad header field", 502)
         text = buffer[: head_len - 4].decode("latin-1")
         version, status, reason = ([*text[:eol].split(" ", 2), ""])[:3]
