@@ -441,6 +441,19 @@ def test_error_replies_parse_with_h11(error: ErrorType) -> None:
     assert down.encode_heartbeat_reply(get) is None
 
 
+def test_error_reply_to_an_http10_keep_alive_request_keeps_it_alive() -> None:
+    # HTTP/1.0 closes by default: without the field the client would drop its connection.
+    down = codec(Side.DOWNSTREAM)
+    request = decode_one(down, b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n")
+    reply = down.encode_error(request, ErrorType.ROUTE_NOT_FOUND, "")
+    assert reply is not None
+    assert b"\r\nConnection: keep-alive\r\n" in reply
+    plain = decode_one(down, b"GET / HTTP/1.0\r\n\r\n")  # closes after its answer
+    reply = down.encode_error(plain, ErrorType.ROUTE_NOT_FOUND, "")
+    assert reply is not None
+    assert b"\r\nConnection: close\r\n" in reply
+
+
 # -- mutation and Expect ----------------------------------------------------------------------
 
 

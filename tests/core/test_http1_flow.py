@@ -3,10 +3,18 @@ responses framed by the upstream closing."""
 
 from __future__ import annotations
 
+from metaprotocol.core.config import (
+    ClusterConfig,
+    Endpoint,
+    RouteAction,
+    RouteConfig,
+    RouteMatch,
+    StringMatcher,
+)
 from metaprotocol.core.events import Accepted, Closed, DataReceived, EofReceived, UpstreamConnected
 from metaprotocol.core.outputs import CloseConnection, OpenUpstream, Write
 
-from .helpers import UP, config, playbook
+from .helpers import UP, config, playbook, route
 
 
 def get(path: str, extra: str = "") -> bytes:
@@ -143,6 +151,55 @@ def test_http10_keep_alive_client_is_told_keep_alive_whatever_the_server_says() 
     pb << Write(1, ok(b"B", "Connection: keep-alive\r\n"))
     pb << CloseConnection(-1, flush=False)
     for conn in (1,):
+        pb >> Closed(conn)
+    pb.assert_clean()
+
+
+def test_each_answer_follows_the_http_version_of_its_own_request() -> None:
+    # An HTTP/1.0 keep-alive request pipelined ahead of an HTTP/1.1 one: the first answer
+    # must say keep-alive (1.0 closes by default), the second needs nothing.
+    old = b"GET /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+    pb = playbook(config(codec="http1"))
+    pb >> Accepted(1, "main")
+    pb >> DataReceived(1, old + get("/b"))
+    pb << OpenUpstream(-1, *UP)
+    pb >> UpstreamConnected(-1)
+    pb << Write(-1, old + get("/b"))
+    pb >> DataReceived(-1, ok(b"A") + ok(b"B"))
+    pb << Write(1, ok(b"A", "Connection: keep-alive\r\n"))
+    pb << Write(1, ok(b"B"))
+    for conn in (1, -1):
+        pb >> Closed(conn)
+    pb.assert_clean()
+
+
+def test_answers_from_two_clusters_out_of_order_each_say_their_own() -> None:
+    # /slow goes to one cluster, the closing /fast to another, which answers first: its
+    # answer is held back until /slow's, and only it says close.
+    slow = RouteConfig(
+        "slow",
+        RouteAction(cluster="slow"),
+        RouteMatch(((":path", StringMatcher("exact", "/slow")),)),
+    )
+    routes = (slow, route("fast", name="fast"))
+    clusters = (
+        ClusterConfig("slow", (Endpoint(*UP),)),
+        ClusterConfig("fast", (Endpoint("10.0.0.2", 9000),)),
+    )
+    pb = playbook(config(routes, clusters, codec="http1"))
+    pb >> Accepted(1, "main")
+    pb >> DataReceived(1, get("/slow") + get("/fast", "Connection: close\r\n"))
+    pb << OpenUpstream(-1, *UP)
+    pb << OpenUpstream(-2, "10.0.0.2", 9000)
+    pb >> UpstreamConnected(-2)
+    pb << Write(-2, get("/fast"))  # upstream connections stay alive
+    pb >> UpstreamConnected(-1)
+    pb << Write(-1, get("/slow"))
+    pb >> DataReceived(-2, ok(b"F"))
+    pb >> DataReceived(-1, ok(b"S"))
+    pb << Write(1, ok(b"S") + ok(b"F", "Connection: close\r\n"))
+    pb << CloseConnection(1)
+    for conn in (-1, -2):
         pb >> Closed(conn)
     pb.assert_clean()
 

@@ -34,7 +34,11 @@ Choices (see also the package docstring):
   ``Connection: keep-alive`` for an HTTP/1.0 client that asked to keep alive, nothing
   for an HTTP/1.1 client. A server's ``Connection: close`` (it recycles its connection)
   therefore never closes a client. Answers whose connection fields already say what
-  holds pass through untouched.
+  holds pass through untouched. What an answer must say is a property of the request it
+  answers, not of the client's latest request: the upstream codec notes it when it
+  encodes the request and hands it over in the response's ``codec_data`` (``"close"``,
+  ``"keep-alive"`` or None), so pipelined requests of mixed versions, or answered out
+  of order by different clusters, each get their own.
 - Requests a client pipelines after one that asks to close are discarded, not
   forwarded (RFC 9112 section 9.6): the connection closes after the closing request's
   answer, which is the last one the client gets.
@@ -140,14 +144,14 @@ class Http1Codec:
         self._responses = (
             ResponseParser(max_message_size) if fast else ReferenceResponseParser(max_message_size)
         )
-        self._methods: deque[str] = deque()  # upstream: methods of requests awaiting responses
+        # Upstream: per request awaiting its response, in order, its method and what the
+        # client's answer must say about the client's connection (see _client_connection).
+        self._methods: deque[str] = deque()
+        self._answers_say: deque[str | None] = deque()
         self._error_status: int | None = None  # downstream: wire status of the last decode error
         self._continued: object = None  # downstream: the request head we sent 100 Continue for
-        # Downstream: requests decoded and not yet answered, and whether the client asked to
-        # close after the last of them (its answer then says so).
-        self._owed = 0
+        # Downstream: the client asked to close after its latest request (no more are read).
         self._close_after_last = False
-        self._http10 = False  # downstream: the client speaks HTTP/1.0
 
     def interim_reply(self) -> bytes | None:
         """Bytes to send the client now, while its request is incomplete (optional hook).
@@ -179,12 +183,13 @@ class Http1Codec:
         if parsed is None:
             return None
         self._methods.popleft()
+        says = self._answers_say.popleft()
         head_len = parsed.head_len
         frame = parsed.frame
         length = b"Content-Length: %d\r\n\r\n" % (len(frame) - head_len)
         parsed.frame = frame[: head_len - 2] + length + frame[head_len:]
         parsed.head_len = head_len - 2 + len(length)
-        message = self._response_message(parsed)
+        message = self._response_message(parsed, says)
         message.properties["connection"] = "close"
         return message
 
@@ -215,11 +220,9 @@ class Http1Codec:
         host = fields.get("host")
         if host is not None:
             fields[":authority"] = host
-        self._http10 = version == "1.0"
         if (version == "1.0" or "connection" in fields) and connection_must_close(version, fields):
             fields["connection"] = "close"
             self._close_after_last = True
-        self._owed += 1
         frame = parsed.frame
         head_len = parsed.head_len
         # Positional arguments: this runs once per request and keywords cost measurably.
@@ -236,9 +239,9 @@ class Http1Codec:
         if parsed is None:
             return NEED_DATA
         self._methods.popleft()
-        return self._response_message(parsed)
+        return self._response_message(parsed, self._answers_say.popleft())
 
-    def _response_message(self, parsed: ParsedMessage) -> Message:
+    def _response_message(self, parsed: ParsedMessage, client_connection: str | None) -> Message:
         version, status, _ = parsed.start_line
         fields = parsed.fields
         fields[":status"] = status
@@ -252,6 +255,7 @@ class Http1Codec:
             status=ResponseStatus.OK if int(status) < 500 else ResponseStatus.ERROR,
             header_size=parsed.head_len,
             body_size=len(frame) - parsed.head_len,
+            codec_data=client_connection,
         )
 
     # -- encoding ------------------------------------------------------------------------------
@@ -275,6 +279,9 @@ class Http1Codec:
             # when it did not ask for keep-alive): the version is only read then.
             connection = properties.get("connection")
             http10 = connection is not None and _is_http10_request(message.frame)
+            self._answers_say.append(
+                "close" if connection == "close" else "keep-alive" if http10 else None
+            )
             hop = (
                 http10
                 or (connection is not None and connection.lower() != "keep-alive")
@@ -292,15 +299,15 @@ class Http1Codec:
                 connection=b"keep-alive" if http10 else None,
             )
         # Downstream: the server's connection fields describe its (shared) connection to
-        # the proxy, not the client's, so they are replaced by what holds for the client:
-        # close after the answer to a client's last request when it asked to close;
-        # keep-alive for an HTTP/1.0 client that asked for it (1.0 closes by default);
-        # nothing for an HTTP/1.1 client, whose connection stays open by default. The
-        # common answers (no connection fields, or the server's own keep-alive to an
-        # HTTP/1.1 or a keep-alive HTTP/1.0 client) pass through untouched.
+        # the proxy, not the client's, so they are replaced by what holds for the client,
+        # which the upstream codec noted from the request (``codec_data``): close when the
+        # request asked to close (it is the client's last); keep-alive for an HTTP/1.0
+        # client that asked for it (1.0 closes by default); nothing for HTTP/1.1, whose
+        # connections stay open by default. The common answers (no connection fields, or
+        # the server's own keep-alive to an HTTP/1.1 or a keep-alive HTTP/1.0 client) pass
+        # through untouched.
         properties = message.properties
-        last = self._close_after_last and self._owed == 1
-        wanted = "close" if last else "keep-alive" if self._http10 else None
+        wanted = message.codec_data if isinstance(message.codec_data, str) else None
         connection = properties.get("connection")
         if connection is None:
             hop = wanted is not None
@@ -317,12 +324,7 @@ class Http1Codec:
             )
         else:
             data = message.frame
-        self._answered()
         return data
-
-    def _answered(self) -> None:
-        if self._owed:
-            self._owed -= 1
 
     def encode_error(self, request: Message | None, error: ErrorType, detail: str) -> bytes | None:
         """A short text/plain reply; ``Connection: close`` when the request was undecodable."""
@@ -334,11 +336,16 @@ class Http1Codec:
             ):
                 status = self._error_status
             close = True
+            keep_alive = False
             head_only = False
         else:
-            close = request.properties.get("connection") == "close"
+            connection = request.properties.get("connection")
+            close = connection == "close"
+            # An HTTP/1.0 keep-alive client would read silence as close (every HTTP/1.0
+            # request has a connection property, so the version is only read then).
+            keep_alive = connection is not None and not close
+            keep_alive = keep_alive and _is_http10_request(request.frame)
             head_only = request.properties.get(":method") == "HEAD"
-            self._answered()
         self._error_status = None
         reason = _REASONS[status]
         text = detail[:_MAX_DETAIL] if detail else reason
@@ -349,6 +356,8 @@ class Http1Codec:
         )
         if close:
             head += b"Connection: close\r\n"
+        elif keep_alive:
+            head += b"Connection: keep-alive\r\n"
         # A reply to HEAD announces the body's length but carries none (RFC 9110 9.3.2).
         return head + b"\r\n" + (b"" if head_only else body)
 
