@@ -521,8 +521,43 @@ def test_response_mutation(parser: str) -> None:
     headers = dict(parsed.headers)
     assert headers[b"x-proxy"] == b"mp" and b"server" not in headers
     assert headers[b"set-cookie"] == b"a=1"
-    with pytest.raises(ValueError, match="cannot add header"):
+    with pytest.raises(ProtocolError, match="cannot add header") as info:
         down.encode(response, mutation=Mutation(add=(("x-bad", "a\r\nInjected: 1"),)))
+    assert info.value.error_type is ErrorType.UNSPECIFIED and not info.value.fatal
+
+
+@pytest.mark.parametrize(
+    ("add", "problem"),
+    [
+        (("x-bad", "a\r\nInjected: 1"), "cannot add header"),
+        (("bad name", "v"), "cannot add header"),
+        ((":method", "GE T"), "bad :method"),
+        ((":path", "/a b"), "bad :path"),
+        ((":path", ""), "bad :path"),
+        ((":authority", ""), "bad :authority"),
+    ],
+)
+def test_unsendable_request_mutations_are_named(add: tuple[str, str], problem: str) -> None:
+    mutation = Mutation(add=(add,))
+    assert [problem in p for p in Http1Codec.validate_mutation(mutation, True)] == [True]
+    message = decode_one(codec(Side.DOWNSTREAM), GOLDEN[0])
+    up = codec(Side.UPSTREAM)
+    with pytest.raises(ProtocolError, match=problem):
+        up.encode(message, mutation=mutation)
+    # The request was not sent, so no response is expected for it.
+    with pytest.raises(ProtocolError, match="without a pending request"):
+        up.decode(bytearray(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"))
+
+
+def test_valid_mutations_have_no_problems() -> None:
+    fine = Mutation(
+        add=(("x-a", "1"), (":method", "HEAD"), (":path", "/v2"), (":authority", "b:80")),
+        remove=("server",),
+    )
+    assert Http1Codec.validate_mutation(fine, True) == []
+    # Pseudo keys mean nothing on responses and framing fields are never touched.
+    ignored = Mutation(add=((":path", ""), ("content-length", "x y")))
+    assert Http1Codec.validate_mutation(ignored, False) == []
 
 
 @pytest.mark.parametrize("parser", PARSERS)

@@ -12,6 +12,7 @@ from metaprotocol.core.config import (
     StringMatcher,
 )
 from metaprotocol.core.events import Accepted, Closed, DataReceived, EofReceived, UpstreamConnected
+from metaprotocol.core.message import Mutation
 from metaprotocol.core.outputs import CloseConnection, OpenUpstream, Write
 
 from .helpers import UP, config, playbook, route
@@ -200,6 +201,34 @@ def test_answers_from_two_clusters_out_of_order_each_say_their_own() -> None:
     pb << Write(1, ok(b"S") + ok(b"F", "Connection: close\r\n"))
     pb << CloseConnection(1)
     for conn in (-1, -2):
+        pb >> Closed(conn)
+    pb.assert_clean()
+
+
+def test_a_request_mutation_that_cannot_be_sent_is_answered_500() -> None:
+    # The config loader rejects such a mutation; one built in code reaches the codec.
+    bad = Mutation(add=(("x-bad", "a\r\nInjected: 1"),))
+    routes = (
+        RouteConfig(
+            "bad",
+            RouteAction(cluster="main", request_mutation=bad),
+            RouteMatch(((":path", StringMatcher("exact", "/bad")),)),
+        ),
+        route(),
+    )
+    pb = playbook(config(routes, codec="http1"))
+    pb >> Accepted(1, "main")
+    pb >> DataReceived(1, get("/bad") + get("/good"))
+    pb << OpenUpstream(-1, *UP)
+    reply = pb.take()
+    assert isinstance(reply, Write) and reply.conn == 1
+    assert reply.data.startswith(b"HTTP/1.1 500 Internal Server Error\r\n")
+    assert b"cannot add header" in reply.data
+    pb >> UpstreamConnected(-1)
+    pb << Write(-1, get("/good"))
+    pb >> DataReceived(-1, ok(b"G"))
+    pb << Write(1, ok(b"G"))
+    for conn in (1, -1):
         pb >> Closed(conn)
     pb.assert_clean()
 

@@ -16,6 +16,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from metaprotocol.codecs.http1 import Http1Codec
 from metaprotocol.configfile import (
     ConfigError,
     load_config,
@@ -619,6 +620,20 @@ def test_invalid_regex_names_the_pattern_and_the_reason() -> None:
     assert reason
     assert errors_of(data) == [
         f"listeners[0].routes[0].match.metadata.m.regex: invalid regex 'get(': {reason}"
+    ]
+
+
+def test_mutations_a_codec_cannot_send_are_rejected_at_load() -> None:
+    def edit(d: dict[str, Any]) -> None:
+        _listener(d)["codec"] = "http1"
+        _route(d)["request_mutation"] = {"add": {"x-a": "1\r\nInjected: 1", ":path": "a b"}}
+        _route(d, 1)["response_mutation"] = {"add": {"x-ok": "1", ":path": "ignored"}}
+
+    with pytest.raises(ConfigError) as info:
+        parse_config(edited(edit), codecs={**CODECS, "http1": Http1Codec})
+    assert info.value.errors == [
+        f"{R0}.request_mutation: cannot add header 'x-a': '1\\r\\nInjected: 1'",
+        f"{R0}.request_mutation: bad :path 'a b'",
     ]
 
 

@@ -154,6 +154,13 @@ class RoutingReader(Reader):
             mutation = self.optional(m, key, path, self.mutation)
             if mutation and codec is not None and not codec.supports_mutation:
                 self.error(join_path(path, key), f"codec {codec.name!r} does not support mutation")
+            elif mutation and codec is not None:
+                # Optional codec hook: what it could never put on the wire (a CR in a header
+                # value, say) fails here rather than on every request.
+                validate = getattr(codec, "validate_mutation", None)
+                if callable(validate):
+                    for problem in validate(mutation, key == "request_mutation"):
+                        self.error(join_path(path, key), str(problem))
             mutations.append(mutation or None)
         return RouteAction(
             cluster=self.optional(m, "cluster", path, self.cluster_ref),

@@ -70,6 +70,7 @@ from metaprotocol.core.message import (
     MessageType,
     Mutation,
     NeedData,
+    ProtocolError,
     ResponseStatus,
 )
 
@@ -152,6 +153,12 @@ class Http1Codec:
         self._continued: object = None  # downstream: the request head we sent 100 Continue for
         # Downstream: the client asked to close after its latest request (no more are read).
         self._close_after_last = False
+
+    @staticmethod
+    def validate_mutation(mutation: Mutation, is_request: bool) -> list[str]:
+        """Problems that keep ``mutation`` off the wire (optional hook: the config loader
+        reports them, so a bad header value fails at load, not per request)."""
+        return mutation_problems(mutation, is_request)
 
     def interim_reply(self) -> bytes | None:
         """Bytes to send the client now, while its request is incomplete (optional hook).
@@ -272,16 +279,12 @@ class Http1Codec:
             method = message.properties.get(":method", "GET")
             if mutation:
                 method = next((v for k, v in mutation.add if k == ":method"), method)
-            self._methods.append(method)
             properties = message.properties
             drop_expect = _expects_continue(properties)
             # Every HTTP/1.0 request has a "connection" property (the decoder sets "close"
             # when it did not ask for keep-alive): the version is only read then.
             connection = properties.get("connection")
             http10 = connection is not None and _is_http10_request(message.frame)
-            self._answers_say.append(
-                "close" if connection == "close" else "keep-alive" if http10 else None
-            )
             hop = (
                 http10
                 or (connection is not None and connection.lower() != "keep-alive")
@@ -290,14 +293,21 @@ class Http1Codec:
                 or "te" in properties
             )
             if not mutation and not drop_expect and not hop:
-                return message.frame
-            return _rewrite(
-                message,
-                mutation,
-                drop_expect=drop_expect,
-                hop_by_hop=hop,
-                connection=b"keep-alive" if http10 else None,
+                data = message.frame
+            else:
+                data = _rewrite(
+                    message,
+                    mutation,
+                    drop_expect=drop_expect,
+                    hop_by_hop=hop,
+                    connection=b"keep-alive" if http10 else None,
+                )
+            # Recorded once the request is sure to be sent (a failed rewrite raises above).
+            self._methods.append(method)
+            self._answers_say.append(
+                "close" if connection == "close" else "keep-alive" if http10 else None
             )
+            return data
         # Downstream: the server's connection fields describe its (shared) connection to
         # the proxy, not the client's, so they are replaced by what holds for the client,
         # which the upstream codec noted from the request (``codec_data``): close when the
@@ -404,6 +414,10 @@ def _rewrite(
         if connection is not None:
             added.append(b"Connection: " + connection)
     if mutation:
+        problems = mutation_problems(mutation, message.is_request)
+        if problems:
+            # A config the loader checked never gets here; a Mutation built in code may.
+            raise ProtocolError(f"http1: {problems[0]}", ErrorType.UNSPECIFIED, fatal=False)
         remove.update(key.lower() for key in mutation.remove)
         for key, value in mutation.add:
             name = key.lower()
@@ -414,8 +428,6 @@ def _rewrite(
                     remove.add("host")
                 start = _rewrite_start_line(start, name, value, message.is_request, added)
                 continue
-            if _TOKEN_RE.fullmatch(name) is None or _VALUE_RE.fullmatch(value) is None:
-                raise ValueError(f"http1: cannot add header {key!r}: {value!r}")
             remove.add(name)
             added.append(b"%s: %s" % (name.encode("ascii"), value.encode("latin-1")))
     remove -= _PROTECTED
@@ -431,21 +443,40 @@ def _rewrite_start_line(
     start: bytes, key: str, value: str, is_request: bool, added: list[bytes]
 ) -> bytes:
     """Pseudo keys on requests: ``:method`` and ``:path`` rewrite the request line,
-    ``:authority`` sets Host (added to ``added``). Other pseudo keys are ignored."""
+    ``:authority`` sets Host (added to ``added``). Other pseudo keys are ignored. The
+    values were checked by ``mutation_problems``."""
     if not is_request:
         return start
     if key == ":authority":
-        if _VALUE_RE.fullmatch(value) is None or not value:
-            raise ValueError(f"http1: bad :authority {value!r}")
         added.append(b"Host: " + value.encode("latin-1"))
         return start
     method, target, version = start.split(b" ")
     if key == ":method":
-        if _TOKEN_RE.fullmatch(value) is None:
-            raise ValueError(f"http1: bad :method {value!r}")
         return b" ".join([value.encode("ascii"), target, version])
     if key == ":path":
-        if not value or any(not 0x21 <= ord(c) <= 0x7E for c in value):
-            raise ValueError(f"http1: bad :path {value!r}")
         return b" ".join([method, value.encode("ascii"), version])
     return start
+
+
+def mutation_problems(mutation: Mutation, is_request: bool) -> list[str]:
+    """What in ``mutation`` cannot go on the wire: added field names must be tokens and
+    values field text (no CR or LF: no header injection); on requests ``:method`` must be
+    a token, ``:path`` visible ASCII and ``:authority`` a non-empty field value. Framing
+    fields and other pseudo keys are ignored by the rewrite, so never a problem."""
+    problems: list[str] = []
+    for key, value in mutation.add:
+        name = key.lower()
+        if name in _PROTECTED:
+            continue
+        if not name.startswith(":"):
+            if _TOKEN_RE.fullmatch(name) is None or _VALUE_RE.fullmatch(value) is None:
+                problems.append(f"cannot add header {key!r}: {value!r}")
+        elif not is_request:
+            continue
+        elif name == ":authority" and (not value or _VALUE_RE.fullmatch(value) is None):
+            problems.append(f"bad :authority {value!r}")
+        elif name == ":method" and _TOKEN_RE.fullmatch(value) is None:
+            problems.append(f"bad :method {value!r}")
+        elif name == ":path" and (not value or any(not 0x21 <= ord(c) <= 0x7E for c in value)):
+            problems.append(f"bad :path {value!r}")
+    return problems
