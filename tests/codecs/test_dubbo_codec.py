@@ -393,6 +393,34 @@ def test_request_mutation_keeps_non_string_attachments_and_object_args() -> None
     assert decode_one(out).properties["k"] == "v"
 
 
+def _request_with_attachments(entries: bytes) -> Message:
+    body = b"".join(write_string(s) for s in ("2.0.2", "svc", "1.0.0", "m", ""))
+    body += b"H" + entries + b"Z"
+    return decode_one(build_header(0xC2, 0, 3, len(body)) + body)
+
+
+def test_dropping_a_numbered_value_that_later_entries_refer_to_is_refused() -> None:
+    # "a" holds a map (reference number 1: the attachments map itself is 0); "b" refers
+    # back to it. Removing or replacing "a" would leave "b" pointing at nothing.
+    numbered = write_string("a") + b"H" + write_string("k") + write_string("v") + b"Z"
+    entries = numbered + write_string("b") + b"Q\x91"
+    msg = _request_with_attachments(entries)
+    assert parse_request(msg.frame).attachments["b"] == {"k": "v"}
+    for mutation in (Mutation(remove=("a",)), Mutation(add=(("A", "plain"),))):
+        with pytest.raises(ProtocolError, match="would renumber") as info:
+            codec(Side.UPSTREAM).encode(msg, mutation=mutation)
+        assert not info.value.fatal
+    # Dropping the back-reference itself, or anything with nothing numbered after it, is fine.
+    out = codec(Side.UPSTREAM).encode(msg, mutation=Mutation(remove=("b",)))
+    assert parse_request(out).attachments == {"a": {"k": "v"}}
+    tail = _request_with_attachments(entries + write_string("c") + write_string("x"))
+    out = codec(Side.UPSTREAM).encode(tail, mutation=Mutation(remove=("b", "c")))
+    assert parse_request(out).attachments == {"a": {"k": "v"}}
+    last = _request_with_attachments(write_string("c") + write_string("x") + numbered)
+    out = codec(Side.UPSTREAM).encode(last, mutation=Mutation(remove=("a",)))
+    assert parse_request(out).attachments == {"c": "x"}
+
+
 def test_request_mutation_when_body_has_no_attachments_map() -> None:
     body = b"".join(write_string(s) for s in ("2.0.2", "svc", "1.0.0", "m", "I")) + b"\x95"
     msg = decode_one(build_header(0xC2, 0, 1, len(body)) + body)

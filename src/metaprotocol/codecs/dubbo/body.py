@@ -73,6 +73,19 @@ def _is_string_tag(b: int) -> bool:
     return b < 0x20 or 0x30 <= b <= 0x33 or b == 0x52 or b == 0x53
 
 
+def _is_plain_tag(b: int) -> bool:
+    """A value that takes no reference number and defines no class: a scalar, a string or
+    bytes. Anything else (map, list, object, class definition, back-reference) is tied to
+    the stream's numbering of earlier values."""
+    return (
+        b in SCALAR_SIZE
+        or _is_string_tag(b)
+        or 0x20 <= b <= 0x2F
+        or 0x34 <= b <= 0x37
+        or (b == 0x41 or b == 0x42)
+    )
+
+
 class ScanMemo:
     """The last request scanned on a connection: its prefix and attachments bytes, parsed.
 
@@ -333,6 +346,12 @@ def rewrite_attachments(
     spelling and position), new keys go at the end; removal is
     case-insensitive. ``map_start == len(frame)`` means "no map yet": a new
     ``H`` map is written. Returns (new map bytes, offset after the old map).
+
+    Hessian2 numbers every map, list and object as it appears and refers back to them
+    (and to class definitions) by number. Dropping a replaced or removed value that holds
+    any of those would renumber what follows, so when a later kept entry could refer
+    back (its key or value is not plain) this raises Hessian2Error instead of
+    producing a body that decodes to different values.
     """
     end = len(frame)
     pending = {k.lower(): (k, v) for k, v in add}
@@ -351,6 +370,7 @@ def rewrite_attachments(
             raise Hessian2Error(f"expected the attachments map, got byte 0x{b:02x}")
         out.append(frame[map_start:pos])
         done: set[str] = set()
+        dropped_numbered: str | None = None  # a dropped entry whose value was numbered
         while True:
             if pos >= end:
                 raise Hessian2Error("truncated attachments map")
@@ -363,8 +383,18 @@ def rewrite_attachments(
                 key, pos = read_string(frame, pos, end)
             else:
                 pos = skip_value(frame, pos, end, ctx)
+            tag = frame[pos]
+            plain = key is not None and _is_plain_tag(tag)
             pos = skip_value(frame, pos, end, ctx)
             lower = key.lower() if key is not None else None
+            dropped = lower is not None and (lower in pending or lower in removed)
+            if dropped and not plain and tag != 0x51:  # a back-reference takes no number
+                dropped_numbered = key
+            elif not dropped and not plain and dropped_numbered is not None:
+                raise Hessian2Error(
+                    f"dropping attachment {dropped_numbered!r} would renumber the values "
+                    f"later entries refer back to"
+                )
             if lower is not None and lower in pending:
                 if lower not in done:
                     done.add(lower)

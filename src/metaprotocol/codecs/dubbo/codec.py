@@ -280,9 +280,7 @@ class DubboCodec:
                 frame, map_start, mutation.add, mutation.remove, ctx
             )
         except Hessian2Error as exc:
-            raise ProtocolError(
-                f"cannot mutate a malformed Dubbo body: {exc}", fatal=False
-            ) from None
+            raise ProtocolError(f"cannot mutate the Dubbo body: {exc}", fatal=False) from None
         body = frame[HEADER_SIZE:map_start] + new_map + frame[map_end:]
         return frame[:12] + len(body).to_bytes(4, "big", signed=True) + body
 
