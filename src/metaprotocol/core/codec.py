@@ -11,9 +11,9 @@ import enum
 from collections.abc import Mapping
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
-from metaprotocol.core.message import ErrorType, Message, Mutation, NeedData
+from metaprotocol.core.message import ErrorType, Message, Mutation, NeedData, ProtocolError
 
-__all__ = ["Codec", "CodecFactory", "Ordering", "Side"]
+__all__ = ["Codec", "CodecFactory", "Ordering", "Side", "codec_failure"]
 
 
 class Side(enum.Enum):
@@ -82,3 +82,14 @@ class CodecFactory(Protocol):
     supports_mutation: bool
 
     def __call__(self, side: Side, options: Mapping[str, Any], max_message_size: int) -> Codec: ...
+
+
+def codec_failure(codec: object, action: str, exc: Exception) -> ProtocolError:
+    """What the core makes of a codec that raised something other than ``ProtocolError``
+    (a bug in it): a fatal error of its stream, so the request in hand still gets its one
+    answer (an internal-error reply) and the connection, whose framing can no longer be
+    trusted, closes. The reply names the exception's type only, never its text."""
+    name = getattr(codec, "name", type(codec).__name__)
+    return ProtocolError(
+        f"{name} codec failed to {action}: {type(exc).__name__}", ErrorType.UNSPECIFIED
+    )

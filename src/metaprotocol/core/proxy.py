@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from metaprotocol.core import events as ev
-from metaprotocol.core.codec import CodecFactory, Side
+from metaprotocol.core.codec import CodecFactory, Side, codec_failure
 from metaprotocol.core.config import Config
 from metaprotocol.core.filters import CONTINUE, Abort, Call, Delay
 from metaprotocol.core.flow import Reason
@@ -287,6 +287,10 @@ class Proxy(UpstreamSide):
                 msg = codec.decode(buffer) if many is None else many(buffer, room, self._merge)
             except ProtocolError as exc:
                 self._decode_failed(ds, exc)
+                continue
+            except Exception as exc:  # a codec bug: answered and closed, never stuck
+                self.stats.inc("codec_error")
+                self._decode_failed(ds, codec_failure(codec, "decode", exc))
                 continue
             if msg is NEED_DATA:
                 interim = getattr(codec, "interim_reply", None) if listener.has_interim else None

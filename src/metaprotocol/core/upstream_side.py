@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Final
 
 from metaprotocol.core.balancer import EndpointState
-from metaprotocol.core.codec import Ordering, Side
+from metaprotocol.core.codec import Codec, Ordering, Side, codec_failure
 from metaprotocol.core.engine import EngineBase
 from metaprotocol.core.message import (
     NEED_DATA,
@@ -233,6 +233,11 @@ class UpstreamSide(EngineBase):
         except ProtocolError as exc:
             self._local_reply(req, exc.error_type, str(exc), now)
             return
+        except Exception as exc:  # a codec bug: the request is answered, not lost
+            self.stats.inc("codec_error")
+            failure = codec_failure(up.codec, "encode", exc)
+            self._local_reply(req, failure.error_type, str(failure), now)
+            return
         req.upstream = up
         req.upstream_id = up_id
         if oneway:
@@ -328,7 +333,10 @@ class UpstreamSide(EngineBase):
                     msg = codec.decode_many(buffer, fifo[0].remaining)  # type: ignore[attr-defined]
                 else:
                     msg = codec.decode(buffer)
-            except ProtocolError as exc:
+            except Exception as exc:  # ProtocolError, or a codec bug: the same way out
+                if not isinstance(exc, ProtocolError):
+                    self.stats.inc("codec_error")
+                    exc = codec_failure(codec, "decode", exc)
                 up.pool.cluster.counters.response_decoding_error += 1
                 self._out.append(CloseConnection(up.id, flush=False))
                 self._upstream_gone(up, ErrorType.BAD_RESPONSE, str(exc), now)
@@ -401,21 +409,36 @@ class UpstreamSide(EngineBase):
             restore = orig if uid is not None and uid != orig else None
             mutation = req.route.action.response_mutation if req.route is not None else None
             try:
-                data = ds.codec.encode(msg, request_id=restore, mutation=mutation)
+                data: bytes | None = ds.codec.encode(msg, request_id=restore, mutation=mutation)
             except ProtocolError:
                 # The codec cannot apply the mutation to this response: forward it as is.
                 up.pool.cluster.counters.response_mutation_failed += 1
-                data = ds.codec.encode(msg, request_id=restore)
-            if req.partial is not None:
-                data = b"".join((*req.partial, data))
-            # The server closing its connection does not close the client's: upstream
-            # connections are shared, and the codec keeps the answer consistent with that.
-            self._answer(req, data, "ok" if ok else "error", None, now)
+                data = self._encode_unmutated(ds.codec, msg, restore)
+            except Exception:  # a codec bug: counted, and the client still gets an answer
+                self.stats.inc("codec_error")
+                data = None
+            if data is None:
+                detail = f"{ds.codec.name} codec failed to encode the response"
+                self._local_reply(req, ErrorType.UNSPECIFIED, detail, now)
+            else:
+                if req.partial is not None:
+                    data = b"".join((*req.partial, data))
+                # The server closing its connection does not close the client's: upstream
+                # connections are shared, and the codec keeps the answer consistent with it.
+                self._answer(req, data, "ok" if ok else "error", None, now)
         pool = up.pool
         if closes and pool.ordering is not Ordering.MULTIPLEXED:
             self._upstream_closing(up, now)
         elif pool.retired or pool.waiting:
             self._after_upstream_freed(up, now)
+
+    def _encode_unmutated(self, codec: Codec, msg: Message, restore: int | None) -> bytes | None:
+        """The response without the mutation its codec refused; None if even that fails."""
+        try:
+            return codec.encode(msg, request_id=restore)
+        except Exception:  # ProtocolError here too: nothing is left to try
+            self.stats.inc("codec_error")
+            return None
 
     def _partial_response(self, up: Upstream, req: ActiveRequest, msg: Message) -> None:
         """Some of the answers a merged message waits for: kept until the last one."""
