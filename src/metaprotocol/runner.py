@@ -62,7 +62,7 @@ def _reload(path: str, handle: Any, current: Config) -> Config:
 
 
 def _announce(handle: Any) -> None:
-    for name, (host, port) in handle.addresses.items():
+    for name, (host, port) in list(handle.addresses.items()):
         log.info("listener %s on %s:%d", name, host, port)
     if handle.admin_address is not None:
         log.info("admin on %s:%d", *handle.admin_address)
@@ -75,7 +75,7 @@ def _worker_announce(link: WorkerLink) -> Announce:
     """A worker logs its listeners and reports its internal admin port to the supervisor."""
 
     def announce(handle: Any) -> None:
-        for name, (host, port) in handle.addresses.items():
+        for name, (host, port) in list(handle.addresses.items()):
             log.info("worker %d: listener %s on %s:%d", link.index, name, host, port)
         admin = handle.admin_address
         link.report(None if admin is None else admin[1])
@@ -138,8 +138,14 @@ def _serve_blocking(
     current = [config]
 
     def ready(handle: Handle) -> None:
-        def on_hup(signum: int, frame: object) -> None:
+        def reload() -> None:
             current[0] = _reload(path, handle, current[0])
+
+        def on_hup(signum: int, frame: object) -> None:
+            # A Python signal handler runs between any two bytecodes of the main thread,
+            # which is the loop's: the reload waits for the loop's next turn instead of
+            # changing what the interrupted code (the announcement, say) is iterating.
+            handle.call(reload)
 
         def on_term(signum: int, frame: object) -> None:
             log.info("draining (up to %.1fs)", drain)

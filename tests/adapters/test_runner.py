@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -243,3 +244,49 @@ def test_workers_refuse_a_busy_admin_address(tmp_path: Path, proc_factory: list[
         proc_factory.append(proc)
         assert proc.popen.wait(TIMEOUT) == 1
         proc.wait_for("admin address 127.0.0.1:")
+
+
+def test_blocking_sighup_reloads_on_the_loop_not_inside_the_interrupted_code(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The blocking loop runs in the main thread, where Python runs signal handlers between
+    # any two bytecodes. A reload done inside the handler changed handle.addresses while
+    # the announcement iterated it, and the process died ("dictionary keys changed during
+    # iteration"); the handler must only hand the reload to the loop.
+    import os
+
+    from metaprotocol import runner
+    from metaprotocol.adapters import blocking
+    from metaprotocol.configfile import load_config
+
+    config_path = tmp_path / "proxy.yaml"
+    _write_config(config_path, 6379)
+    config = load_config(config_path)
+    handed: list[Any] = []
+    reloaded: list[Any] = []
+
+    class FakeHandle:
+        addresses = {"redis": ("127.0.0.1", 1)}
+        admin_address = None
+
+        def call(self, fn: Any) -> None:
+            handed.append(fn)
+
+        def reload(self, new: Any) -> None:
+            reloaded.append(new)
+
+    def fake_serve_forever(cfg: Any, ready: Any, *, reuse_port: bool, admin: bool) -> None:
+        ready(FakeHandle())
+        os.kill(os.getpid(), signal.SIGHUP)  # the handler runs before the next line
+        assert len(handed) == 1 and reloaded == []
+        handed[0]()  # the loop's next turn
+        assert len(reloaded) == 1
+
+    monkeypatch.setattr(blocking, "serve_forever", fake_serve_forever)
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)}
+    try:
+        runner._serve_blocking(str(config_path), config, False, True, 1.0, lambda handle: None)
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+    assert len(reloaded) == 1
