@@ -7,13 +7,19 @@ from __future__ import annotations
 from metaprotocol.codecs.lengthprefixed import LengthPrefixedCodec
 from metaprotocol.core.codec import Side
 from metaprotocol.core.config import Config
-from metaprotocol.core.events import Accepted, Closed, DataReceived, UpstreamConnected
+from metaprotocol.core.events import (
+    Accepted,
+    Closed,
+    DataReceived,
+    EofReceived,
+    UpstreamConnected,
+)
 from metaprotocol.core.message import ErrorType, Message, Mutation, NeedData
 from metaprotocol.core.outputs import CloseConnection, OpenUpstream, Write
 from metaprotocol.core.proxy import Proxy
 from metaprotocol.testing import Playbook
 
-from .helpers import UP, config, error_reply, req, resp
+from .helpers import UP, config, error_reply, req, resp, route
 
 
 class BuggyCodec(LengthPrefixedCodec):
@@ -38,6 +44,16 @@ class BuggyCodec(LengthPrefixedCodec):
         if f"crash-{side}-encode".encode() in message.frame:
             raise IndexError("bug")
         return super().encode(message, request_id=request_id, mutation=mutation)
+
+    def decode_eof(self, buffer: bytearray) -> Message | None:
+        if b"crash-up-eof" in buffer:
+            raise RuntimeError("bug")
+        return None
+
+    def encode_error(self, request: Message | None, error: ErrorType, detail: str) -> bytes | None:
+        if request is not None and b"crash-error-reply" in request.frame:
+            raise ValueError("bug")
+        return super().encode_error(request, error, detail)
 
 
 def buggy_playbook() -> Playbook:
@@ -126,4 +142,34 @@ def test_a_response_the_codec_cannot_encode_for_the_client_is_answered() -> None
     assert codec_errors(pb) == 1
     for conn in (1, -1):
         pb >> Closed(conn)
+    pb.assert_clean()
+
+
+def test_a_codec_that_cannot_build_an_error_reply_closes_the_connection() -> None:
+    # No route for the request, and the codec crashes building the 404: the client is
+    # closed (as for a protocol with no error reply) rather than left waiting.
+    pb = Playbook(
+        Proxy(config((route(tenant="a"),), codec="buggy"), now=0.0, codecs={"buggy": BuggyCodec})
+    )
+    pb >> Accepted(1, "main")
+    pb >> DataReceived(1, req(7, b"crash-error-reply", tenant="b"))
+    pb << CloseConnection(1)
+    assert codec_errors(pb) == 1
+    pb >> Closed(1)
+    pb.assert_clean()
+
+
+def test_a_codec_crashing_on_an_upstream_close_still_answers_what_it_owed() -> None:
+    pb = buggy_playbook()
+    pb >> Accepted(1, "main")
+    pb >> DataReceived(1, req(7))
+    pb << OpenUpstream(-1, *UP)
+    pb >> UpstreamConnected(-1)
+    pb << Write(-1, req(7))
+    pb >> DataReceived(-1, resp(7, b"crash-up-eof, then more")[:-1])  # not a whole frame yet
+    pb >> EofReceived(-1)
+    pb << CloseConnection(-1, flush=False)
+    pb << Write(1, failed(7, ErrorType.UPSTREAM_RESET, "upstream connection closed"))
+    assert codec_errors(pb) == 1
+    pb >> Closed(1)
     pb.assert_clean()

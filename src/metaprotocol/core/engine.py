@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from metaprotocol.core.codec import Ordering
+from metaprotocol.core.codec import Codec, Ordering
 from metaprotocol.core.filters import Abort
 from metaprotocol.core.flow import Reason
-from metaprotocol.core.message import ErrorType, MessageType
+from metaprotocol.core.message import ErrorType, Message, MessageType
 from metaprotocol.core.outputs import (
     CloseConnection,
     LocalReplied,
@@ -81,12 +81,23 @@ class EngineBase:
 
     # -- answers -----------------------------------------------------------------------------
 
+    def _error_reply(
+        self, codec: Codec, request: Message | None, error: ErrorType, detail: str
+    ) -> bytes | None:
+        """The codec's error reply; None (the connection then closes) if the codec has none
+        or fails to build one (a bug in it, counted in ``codec_error``)."""
+        try:
+            return codec.encode_error(request, error, detail)
+        except Exception:
+            self.stats.inc("codec_error")
+            return None
+
     def _local_reply(self, req: ActiveRequest, error: ErrorType, detail: str, now: float) -> None:
         ds = req.downstream
         if ds is None or req.message.type is MessageType.ONEWAY:
             self._finish(req, "local_error", error, now)
             return
-        reply = ds.codec.encode_error(req.message, error, detail)
+        reply = self._error_reply(ds.codec, req.message, error, detail)
         owed = req.remaining  # a merged message: one error reply per request still owed
         req.listener.counters.local_response_error += owed
         if self.observe:

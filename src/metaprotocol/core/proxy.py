@@ -306,7 +306,7 @@ class Proxy(UpstreamSide):
 
     def _decode_failed(self, ds: Downstream, exc: ProtocolError) -> None:
         ds.listener.counters.request_decoding_error += 1
-        reply = ds.codec.encode_error(None, exc.error_type, str(exc))
+        reply = self._error_reply(ds.codec, None, exc.error_type, str(exc))
         fatal = exc.fatal or reply is None
         if fatal:
             ds.buffer.clear()
@@ -508,7 +508,9 @@ class Proxy(UpstreamSide):
             if finish_at_eof is not None and up.buffer:
                 try:
                     last = finish_at_eof(up.buffer)
-                except ProtocolError:
+                except Exception as exc:  # the response is incomplete (or the codec buggy)
+                    if not isinstance(exc, ProtocolError):
+                        self.stats.inc("codec_error")
                     last = None
                 if last is not None:
                     self._on_response(up, last, now)
