@@ -288,9 +288,10 @@ class Proxy(UpstreamSide):
             except ProtocolError as exc:
                 self._decode_failed(ds, exc)
                 continue
-            except Exception as exc:  # a codec bug: answered and closed, never stuck
+            except Exception as bug:  # a codec bug: answered and closed, never stuck
+                # (its own name: mypyc gives ``exc`` the first clause's type)
                 self.stats.inc("codec_error")
-                self._decode_failed(ds, codec_failure(codec, "decode", exc))
+                self._decode_failed(ds, codec_failure(codec, "decode", bug))
                 continue
             if msg is NEED_DATA:
                 interim = getattr(codec, "interim_reply", None) if listener.has_interim else None

@@ -233,9 +233,10 @@ class UpstreamSide(EngineBase):
         except ProtocolError as exc:
             self._local_reply(req, exc.error_type, str(exc), now)
             return
-        except Exception as exc:  # a codec bug: the request is answered, not lost
+        except Exception as bug:  # a codec bug: the request is answered, not lost
+            # (its own name: mypyc gives ``exc`` the first clause's type)
             self.stats.inc("codec_error")
-            failure = codec_failure(up.codec, "encode", exc)
+            failure = codec_failure(up.codec, "encode", bug)
             self._local_reply(req, failure.error_type, str(failure), now)
             return
         req.upstream = up
