@@ -7,9 +7,10 @@ from typing import Any
 import pytest
 
 from metaprotocol.codecs.dubbo import DubboCodec
-from metaprotocol.codecs.dubbo.body import parse_request, skip_response_value
+from metaprotocol.codecs.dubbo.body import parse_request, rewrite_attachments, skip_response_value
 from metaprotocol.codecs.dubbo.header import build_header, parse_header
 from metaprotocol.codecs.dubbo.hessian2 import (
+    Hessian2Error,
     ReadContext,
     read_string,
     read_value,
@@ -419,6 +420,14 @@ def test_dropping_a_numbered_value_that_later_entries_refer_to_is_refused() -> N
     last = _request_with_attachments(write_string("c") + write_string("x") + numbered)
     out = codec(Side.UPSTREAM).encode(last, mutation=Mutation(remove=("a",)))
     assert parse_request(out).attachments == {"c": "x"}
+
+
+def test_rewriting_a_map_cut_after_a_key_is_a_hessian2_error() -> None:
+    # Found by the mutated-frames fuzz test: the byte after a key was read unchecked.
+    cut = b"H" + write_string("a")
+    for add, remove in (((), ("a",)), ((("b", "1"),), ())):
+        with pytest.raises(Hessian2Error, match="truncated"):
+            rewrite_attachments(cut, 0, add, remove, ReadContext())
 
 
 def test_request_mutation_when_body_has_no_attachments_map() -> None:

@@ -383,6 +383,8 @@ def rewrite_attachments(
                 key, pos = read_string(frame, pos, end)
             else:
                 pos = skip_value(frame, pos, end, ctx)
+            if pos >= end:
+                raise Hessian2Error("truncated attachments map")
             tag = frame[pos]
             plain = key is not None and _is_plain_tag(tag)
             pos = skip_value(frame, pos, end, ctx)
