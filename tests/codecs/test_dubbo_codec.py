@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from metaprotocol.codecs.dubbo import DubboCodec
 from metaprotocol.codecs.dubbo.body import parse_request, rewrite_attachments, skip_response_value
@@ -532,3 +534,53 @@ def test_conformance_kit() -> None:
     if VECTORS:
         requests += [bytes.fromhex(v["hex"]) for v in VECTORS if v["id"] in ("dubbo-006",)]
     conformance.check_codec(DubboCodec, requests=requests, responses=responses)
+
+
+@st.composite
+def _attachments_with_back_references(draw: st.DrawFn) -> tuple[bytes, list[str]]:
+    """An attachments map (as entry bytes) whose values mix strings, ints, maps, lists and
+    back-references to maps and lists earlier in the same map (the map itself is number 0)."""
+    keys = draw(st.lists(st.sampled_from("abcdef"), min_size=1, max_size=6, unique=True))
+    entries = b""
+    numbered = 0  # containers written so far, besides the attachments map itself
+    for key in keys:
+        kinds = ["str", "int", "map", "list"] + (["ref"] if numbered else [])
+        kind = draw(st.sampled_from(kinds))
+        if kind == "str":
+            value = write_string(draw(st.text("xyz", max_size=3)))
+        elif kind == "int":
+            value = write_int(draw(st.integers(-5, 5)))
+        elif kind == "map":
+            value = b"H" + write_string("k") + write_string(key) + b"Z"
+            numbered += 1
+        elif kind == "list":
+            value = b"\x79" + write_string(key)  # untyped fixed list of one
+            numbered += 1
+        else:
+            value = b"Q" + write_int(draw(st.integers(1, numbered)))
+        entries += write_string(key) + value
+    return entries, keys
+
+
+@settings(max_examples=200, deadline=None)
+@given(_attachments_with_back_references(), st.data())
+def test_a_mutation_either_refuses_or_gives_exactly_the_expected_attachments(
+    made: tuple[bytes, list[str]], data: st.DataObject
+) -> None:
+    entries, keys = made
+    msg = _request_with_attachments(entries)
+    before = parse_request(msg.frame).attachments
+    remove = data.draw(st.lists(st.sampled_from(keys), unique=True))
+    add = data.draw(
+        st.lists(st.tuples(st.sampled_from("abcdefgh"), st.just("new")), unique_by=lambda kv: kv[0])
+    )
+    try:
+        out = codec(Side.UPSTREAM).encode(
+            msg, mutation=Mutation(add=tuple(add), remove=tuple(remove))
+        )
+    except ProtocolError as exc:
+        assert "renumber" in str(exc)
+        return
+    expected = {k: v for k, v in before.items() if k not in remove}
+    expected.update(add)
+    assert parse_request(out).attachments == expected
