@@ -19,7 +19,7 @@ from metaprotocol.core.outputs import CloseConnection, OpenUpstream, Write
 from metaprotocol.core.proxy import Proxy
 from metaprotocol.testing import Playbook
 
-from .helpers import UP, config, error_reply, req, resp, route
+from .helpers import UP, config, error_reply, ping, pong, req, resp, route
 
 
 class BuggyCodec(LengthPrefixedCodec):
@@ -49,6 +49,11 @@ class BuggyCodec(LengthPrefixedCodec):
         if b"crash-up-eof" in buffer:
             raise RuntimeError("bug")
         return None
+
+    def encode_heartbeat_reply(self, heartbeat: Message) -> bytes | None:
+        if heartbeat.request_id == 99:
+            raise AttributeError("bug")
+        return super().encode_heartbeat_reply(heartbeat)
 
     def encode_error(self, request: Message | None, error: ErrorType, detail: str) -> bytes | None:
         if request is not None and b"crash-error-reply" in request.frame:
@@ -170,6 +175,17 @@ def test_a_codec_crashing_on_an_upstream_close_still_answers_what_it_owed() -> N
     pb >> EofReceived(-1)
     pb << CloseConnection(-1, flush=False)
     pb << Write(1, failed(7, ErrorType.UPSTREAM_RESET, "upstream connection closed"))
+    assert codec_errors(pb) == 1
+    pb >> Closed(1)
+    pb.assert_clean()
+
+
+def test_a_heartbeat_the_codec_cannot_answer_is_dropped_and_the_next_one_answered() -> None:
+    pb = buggy_playbook()
+    pb >> Accepted(1, "main")
+    pb >> DataReceived(1, ping(99))
+    pb >> DataReceived(1, ping(5))
+    pb << Write(1, pong(5))
     assert codec_errors(pb) == 1
     pb >> Closed(1)
     pb.assert_clean()

@@ -92,6 +92,15 @@ class EngineBase:
             self.stats.inc("codec_error")
             return None
 
+    def _heartbeat_reply(self, codec: Codec, heartbeat: Message) -> bytes | None:
+        """The codec's answer to a heartbeat; None (nothing is sent) if it has none or fails
+        to build one (a bug in it, counted in ``codec_error``)."""
+        try:
+            return codec.encode_heartbeat_reply(heartbeat)
+        except Exception:
+            self.stats.inc("codec_error")
+            return None
+
     def _local_reply(self, req: ActiveRequest, error: ErrorType, detail: str, now: float) -> None:
         ds = req.downstream
         if ds is None or req.message.type is MessageType.ONEWAY:

@@ -296,7 +296,11 @@ class Proxy(UpstreamSide):
             if msg is NEED_DATA:
                 interim = getattr(codec, "interim_reply", None) if listener.has_interim else None
                 if interim is not None:
-                    early = interim()
+                    try:
+                        early = interim()
+                    except Exception:  # a codec bug: the early reply is optional anyway
+                        self.stats.inc("codec_error")
+                        early = None
                     if early:
                         self._out.append(Write(ds.id, early))
                 if len(buffer) > lc.max_message_size:
@@ -338,7 +342,7 @@ class Proxy(UpstreamSide):
         counters = listener.counters
         if mtype is MessageType.HEARTBEAT:
             counters.heartbeat += 1
-            reply = ds.codec.encode_heartbeat_reply(msg)
+            reply = self._heartbeat_reply(ds.codec, msg)
             if reply is None:
                 return
             if listener.ordered:  # behind the answers to earlier requests

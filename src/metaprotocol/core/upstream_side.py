@@ -355,7 +355,7 @@ class UpstreamSide(EngineBase):
     def _on_response(self, up: Upstream, msg: Message, now: float) -> None:
         mtype = msg.type
         if mtype is MessageType.HEARTBEAT:
-            reply = up.codec.encode_heartbeat_reply(msg)
+            reply = self._heartbeat_reply(up.codec, msg)
             if reply is not None:
                 self._out.append(Write(up.id, reply))
             return  # upstream heartbeats never reach clients
