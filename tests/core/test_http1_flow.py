@@ -3,6 +3,9 @@ responses framed by the upstream closing."""
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from metaprotocol.core.config import (
     ClusterConfig,
     Endpoint,
@@ -14,6 +17,7 @@ from metaprotocol.core.config import (
 from metaprotocol.core.events import Accepted, Closed, DataReceived, EofReceived, UpstreamConnected
 from metaprotocol.core.message import Mutation
 from metaprotocol.core.outputs import CloseConnection, OpenUpstream, Write
+from metaprotocol.core.proxy import Proxy
 
 from .helpers import UP, config, playbook, route
 
@@ -354,3 +358,66 @@ def test_expect_100_continue_is_answered_by_the_proxy() -> None:
     for conn in (1, -1):
         pb >> Closed(conn)
     pb.assert_clean()
+
+
+_KINDS = {
+    "1.1": (b"GET /%s/%d HTTP/1.1\r\nHost: x\r\n\r\n", None),
+    "1.0 keep-alive": (b"GET /%s/%d HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", b"keep-alive"),
+    "1.1 close": (b"GET /%s/%d HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", b"close"),
+    "1.0": (b"GET /%s/%d HTTP/1.0\r\n\r\n", b"close"),
+}
+
+
+@st.composite
+def _pipelines(draw: st.DrawFn) -> tuple[list[tuple[str, str]], list[int]]:
+    """Requests of mixed versions for two clusters (only the last may ask to close), and
+    the order in which the two servers' answers arrive (each server answers in order)."""
+    size = draw(st.integers(1, 6))
+    kinds = [draw(st.sampled_from(["1.1", "1.0 keep-alive"])) for _ in range(size - 1)]
+    kinds.append(draw(st.sampled_from(list(_KINDS))))
+    clusters = [draw(st.sampled_from("ab")) for _ in range(size)]
+    # Arrival order: a shuffle of the requests that keeps each cluster's own order.
+    order = draw(st.permutations(range(size)))
+    for name in "ab":
+        mine = [i for i in order if clusters[i] == name]
+        it = iter(sorted(mine))
+        order = [next(it) if clusters[i] == name else i for i in order]
+    return list(zip(kinds, clusters, strict=True)), order
+
+
+@settings(max_examples=150, deadline=None)
+@given(_pipelines())
+def test_every_pipelined_answer_says_what_holds_for_its_own_request(
+    made: tuple[list[tuple[str, str]], list[int]],
+) -> None:
+    requests, order = made
+    routes = tuple(
+        RouteConfig(
+            name,
+            RouteAction(cluster=name),
+            RouteMatch(((":path", StringMatcher("prefix", f"/{name}/")),)),
+        )
+        for name in "ab"
+    )
+    clusters = tuple(
+        ClusterConfig(name, (Endpoint(f"10.0.0.{i}", 80),)) for i, name in enumerate("ab", 1)
+    )
+    proxy = Proxy(config(routes, clusters, codec="http1"), now=0.0)
+    wire = b"".join(_KINDS[kind][0] % (name.encode(), i) for i, (kind, name) in enumerate(requests))
+    outputs = proxy.handle(Accepted(1, "main"), 0.0) + proxy.handle(DataReceived(1, wire), 0.0)
+    upstream = {o.host: o.conn for o in outputs if isinstance(o, OpenUpstream)}
+    for conn in upstream.values():
+        outputs += proxy.handle(UpstreamConnected(conn), 0.0)
+    for i in order:  # each server answers with the request's own number, no Connection field
+        conn = upstream[f"10.0.0.{'ab'.index(requests[i][1]) + 1}"]
+        outputs += proxy.handle(DataReceived(conn, ok(b"%d" % i)), 0.0)
+    to_client = b"".join(o.data for o in outputs if isinstance(o, Write) and o.conn == 1)
+    answers = to_client.split(b"HTTP/1.1 200 OK\r\n")[1:]
+    assert len(answers) == len(requests)
+    for i, answer in enumerate(answers):  # in request order, each with its own field
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert body == b"%d" % i
+        fields = dict(line.split(b": ", 1) for line in head.split(b"\r\n"))
+        assert fields.get(b"Connection") == _KINDS[requests[i][0]][1]
+    closes = [o for o in outputs if isinstance(o, CloseConnection) and o.conn == 1]
+    assert len(closes) == (_KINDS[requests[-1][0]][1] == b"close")
