@@ -145,10 +145,10 @@ class Http1Codec:
         self._responses = (
             ResponseParser(max_message_size) if fast else ReferenceResponseParser(max_message_size)
         )
-        # Upstream: per request awaiting its response, in order, its method and what the
-        # client's answer must say about the client's connection (see _client_connection).
-        self._methods: deque[str] = deque()
-        self._answers_say: deque[str | None] = deque()
+        # Upstream: per request awaiting its response, in order, its method (a HEAD answer
+        # has no body) and what the client's answer must say about the client's connection
+        # ("close", "keep-alive" or None; handed over in the response's codec_data).
+        self._pending: deque[tuple[str, str | None]] = deque()
         self._error_status: int | None = None  # downstream: wire status of the last decode error
         self._continued: object = None  # downstream: the request head we sent 100 Continue for
         # Downstream: the client asked to close after its latest request (no more are read).
@@ -184,13 +184,12 @@ class Http1Codec:
 
     def decode_eof(self, buffer: bytearray) -> Message | None:
         """The peer closed: finish a response whose body runs until close, if one is pending."""
-        if self.side is Side.DOWNSTREAM or not self._methods:
+        if self.side is Side.DOWNSTREAM or not self._pending:
             return None
-        parsed = self._responses.parse_eof(buffer, self._methods[0])
+        parsed = self._responses.parse_eof(buffer, self._pending[0][0])
         if parsed is None:
             return None
-        self._methods.popleft()
-        says = self._answers_say.popleft()
+        says = self._pending.popleft()[1]
         head_len = parsed.head_len
         frame = parsed.frame
         length = b"Content-Length: %d\r\n\r\n" % (len(frame) - head_len)
@@ -238,15 +237,14 @@ class Http1Codec:
         )
 
     def _decode_response(self, buffer: bytearray) -> Message | NeedData:
-        if not self._methods:
+        if not self._pending:
             if buffer:
                 raise HttpError("response without a pending request", 502, ErrorType.BAD_RESPONSE)
             return NEED_DATA
-        parsed = self._responses.parse(buffer, self._methods[0])
+        parsed = self._responses.parse(buffer, self._pending[0][0])
         if parsed is None:
             return NEED_DATA
-        self._methods.popleft()
-        return self._response_message(parsed, self._answers_say.popleft())
+        return self._response_message(parsed, self._pending.popleft()[1])
 
     def _response_message(self, parsed: ParsedMessage, client_connection: str | None) -> Message:
         version, status, _ = parsed.start_line
@@ -303,10 +301,8 @@ class Http1Codec:
                     connection=b"keep-alive" if http10 else None,
                 )
             # Recorded once the request is sure to be sent (a failed rewrite raises above).
-            self._methods.append(method)
-            self._answers_say.append(
-                "close" if connection == "close" else "keep-alive" if http10 else None
-            )
+            says = "close" if connection == "close" else "keep-alive" if http10 else None
+            self._pending.append((method, says))
             return data
         # Downstream: the server's connection fields describe its (shared) connection to
         # the proxy, not the client's, so they are replaced by what holds for the client,
