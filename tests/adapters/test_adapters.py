@@ -21,6 +21,7 @@ from metaprotocol.core.events import (
     DataReceived,
     EofReceived,
     UpstreamConnectFailed,
+    WriteBufferGrew,
     WriteBufferHigh,
     WriteBufferLow,
 )
@@ -220,6 +221,34 @@ def test_write_buffer_watermarks_are_reported(adapter: str) -> None:
             WriteBufferHigh,
             WriteBufferLow,
         ]
+        sock.close()
+
+
+def test_write_buffer_size_is_reported_while_above_the_high_watermark(adapter: str) -> None:
+    core = FakeCore(_config())
+    with start_proxy(_config(), adapter, proxy=core) as running:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(TIMEOUT)
+        sock.connect(("127.0.0.1", running.ports["echo"]))
+        size = 16 << 20
+        sock.sendall(b"flood:%d" % size)
+
+        def sizes() -> list[int]:
+            return [e.size for _, e in core.events if isinstance(e, WriteBufferGrew)]
+
+        # Nothing is read yet: most of the flood sits in the adapter's buffer, as reported.
+        assert max(_wait(running, sizes)) > size // 2
+        assert _recv_exactly(sock, size) == b"x" * size
+
+        def order() -> list[type]:
+            flow = (WriteBufferHigh, WriteBufferGrew, WriteBufferLow)
+            return [type(e) for _, e in core.events if isinstance(e, flow)]
+
+        _wait(running, lambda: WriteBufferLow in order())
+        kinds = running.call(order)
+        assert kinds[0] is WriteBufferHigh and kinds[-1] is WriteBufferLow
+        assert set(kinds[1:-1]) == {WriteBufferGrew}  # only between the two crossings
         sock.close()
 
 

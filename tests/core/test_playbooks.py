@@ -276,10 +276,11 @@ def test_disable_reasons_are_counted_once_each() -> None:
     pb << Write(UPSTREAM, req(1))
     pb >> DataReceived(UPSTREAM, resp(1))  # bytes already read are still delivered
     pb << Write(1, resp(1))
-    pb << Write(UPSTREAM, req(2))  # pending reason gone, the other still holds reading off
+    pb << None  # pending reason gone, but a client above its watermark gets nothing decoded
     pb >> WriteBufferLow(1)
     pb << ReadEnable(1)
     pb << ReadEnable(UPSTREAM)
+    pb << Write(UPSTREAM, req(2))  # what waited in its read buffer is decoded now
     pb >> DataReceived(UPSTREAM, resp(2))
     pb << Write(1, resp(2))
     finish(pb, 1, UPSTREAM)

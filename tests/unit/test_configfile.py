@@ -32,6 +32,7 @@ from metaprotocol.core.config import (
     DEFAULT_MAX_MESSAGE_SIZE,
     DEFAULT_MAX_PENDING_REQUESTS,
     DEFAULT_MAX_UPSTREAM_CONNECTIONS_PER_ENDPOINT,
+    DEFAULT_OUTPUT_BUFFER_LIMIT,
     DEFAULT_REQUEST_TIMEOUT,
     AdminConfig,
     CircuitBreakers,
@@ -203,6 +204,7 @@ def test_absent_keys_take_the_core_defaults() -> None:
     assert listener.request_timeout == DEFAULT_REQUEST_TIMEOUT
     assert listener.max_message_size == DEFAULT_MAX_MESSAGE_SIZE
     assert listener.max_pending_requests == DEFAULT_MAX_PENDING_REQUESTS
+    assert listener.output_buffer_limit == DEFAULT_OUTPUT_BUFFER_LIMIT
     (cluster,) = config.clusters
     assert cluster.lb_policy == "round_robin"
     assert cluster.connect_timeout == DEFAULT_CONNECT_TIMEOUT
@@ -227,6 +229,7 @@ def test_every_route_action_and_cluster_option_maps_to_its_field() -> None:
                 "request_timeout": None,
                 "max_message_size": "64KiB",
                 "max_pending_requests": 7,
+                "output_buffer_limit": "1MiB",
                 "filters": [
                     {
                         "global_ratelimit": {
@@ -293,6 +296,7 @@ def test_every_route_action_and_cluster_option_maps_to_its_field() -> None:
     assert listener.codec_options == {"mode": "b"}
     assert listener.idle_timeout is None and listener.request_timeout is None
     assert (listener.max_message_size, listener.max_pending_requests) == (65536, 7)
+    assert listener.output_buffer_limit == 1 << 20
     assert listener.filters == (
         GlobalRateLimitConfig("edge", (":authority", "x-user"), 10, 60.0, True, 0.05),
         FaultConfig(5.0, ErrorType.OVER_LIMIT, 2.5, 1.5),
@@ -534,6 +538,8 @@ listeners.0.max_message_size = 8MB!
 => listeners[0].max_message_size: expected a size like 65536, 64KiB, 8MiB, got '8MB!'
 listeners.0.max_message_size = 0
 => listeners[0].max_message_size: must be > 0, got 0
+listeners.0.output_buffer_limit = 4MiB
+=> listeners[0].output_buffer_limit: must be at least max_message_size (8388608 bytes), got 4194304
 listeners.0.address = "6380"
 => listeners[0].address: expected host:port, got '6380'
 admin.address = 127.0.0.1

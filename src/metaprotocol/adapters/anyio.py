@@ -8,8 +8,9 @@ Embedding (inside ``trio.run`` or ``anyio.run``)::
 
 Each connection has a reader task (``receive()``, skipped while the core has reading
 disabled: at most one ``READ_CHUNK`` already requested can still arrive) and a writer task
-that sends whatever accumulated in the connection's out buffer in one ``send``. Watermarks
-are measured on that out buffer (bytes handed to the adapter and not yet accepted by the
+that sends whatever accumulated in the connection's out buffer (up to ``SEND_CHUNK`` at a
+time). Watermarks, and the size reported by ``WriteBufferGrew`` above the high one, are
+measured on that out buffer (bytes handed to the adapter and not yet accepted by the
 kernel), not on the kernel's send buffer: honest, but coarser than asyncio's transport.
 Core calls are synchronous, so the single core is safe without locks or channels.
 """
@@ -51,6 +52,7 @@ from metaprotocol.core.events import (
     EofReceived,
     UpstreamConnected,
     UpstreamConnectFailed,
+    WriteBufferGrew,
     WriteBufferHigh,
     WriteBufferLow,
 )
@@ -67,6 +69,7 @@ from metaprotocol.ratelimit_redis import AnyioRedisRateLimiter
 
 __all__ = ["Handle", "serve"]
 
+SEND_CHUNK = 1024 * 1024  # the most one send() copies out of a connection's out buffer
 _GONE = (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
 _NO_SCOPE = nullcontext()
 
@@ -144,6 +147,8 @@ class _Server:
                 if c is not None and not c.closing:
                     if c.out.append(data):
                         self.dispatcher.feed(WriteBufferHigh(conn))
+                    if c.out.above:
+                        self.dispatcher.feed(WriteBufferGrew(conn, len(c.out.data)))
                     self.kick_writer(c)
             case ReadDisable(conn):
                 c = self.conns.get(conn)
@@ -290,7 +295,10 @@ class _Server:
             with anyio.CancelScope() as scope:
                 c.write_scope = scope
                 while out.data:
-                    data = bytes(out.data)
+                    # A bounded copy: a peer that does not read holds this one while the
+                    # buffer behind it grows, so it must not be the whole buffer again.
+                    pending = out.data
+                    data = bytes(pending[:SEND_CHUNK] if len(pending) > SEND_CHUNK else pending)
                     try:
                         with anyio.move_on_after(CLOSE_LINGER if c.closing else None) as linger:
                             await stream.send(data)

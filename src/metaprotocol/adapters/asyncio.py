@@ -7,7 +7,8 @@ Embedding::
     await handle.drain(timeout=10)  # or: await handle.close()
 
 Writes are coalesced per connection and flushed once per loop iteration; the transport's
-``pause_writing``/``resume_writing`` become ``WriteBufferHigh``/``WriteBufferLow``;
+``pause_writing``/``resume_writing`` become ``WriteBufferHigh``/``WriteBufferLow``, and the
+transport's buffer size after each flush between them ``WriteBufferGrew``;
 ``ReadDisable``/``ReadEnable`` pause and resume reading. ``loop.time()`` is the core's clock.
 """
 
@@ -42,6 +43,7 @@ from metaprotocol.core.events import (
     EofReceived,
     UpstreamConnected,
     UpstreamConnectFailed,
+    WriteBufferGrew,
     WriteBufferHigh,
     WriteBufferLow,
 )
@@ -74,6 +76,7 @@ class _Connection(asyncio.Protocol):
         self.listener = listener
         self.transport: asyncio.Transport | None = None
         self.read_disabled = False
+        self.write_paused = False  # between pause_writing and resume_writing
         self.closed_by_us = False
         self.connect_task: asyncio.Task[None] | None = None
         self.linger: asyncio.TimerHandle | None = None
@@ -111,10 +114,12 @@ class _Connection(asyncio.Protocol):
         return True  # stay half-open: the core decides when to close
 
     def pause_writing(self) -> None:
+        self.write_paused = True
         if self.conn is not None and not self.closed_by_us:
             self.server.dispatcher.feed(WriteBufferHigh(self.conn))
 
     def resume_writing(self) -> None:
+        self.write_paused = False
         if self.conn is not None and not self.closed_by_us:
             self.server.dispatcher.feed(WriteBufferLow(self.conn))
 
@@ -239,7 +244,11 @@ class _Server:
             if proto.transport is None:  # an upstream still connecting: keep it for later
                 self.pending[conn] = chunks
                 continue
-            proto.transport.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+            transport = proto.transport
+            transport.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+            if proto.write_paused and not proto.closed_by_us:
+                size = transport.get_write_buffer_size()
+                self.dispatcher.feed(WriteBufferGrew(conn, size))
 
     def close_connection(self, conn: int, flush: bool) -> None:
         proto = self.conns.pop(conn, None)

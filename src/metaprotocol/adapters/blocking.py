@@ -8,7 +8,8 @@ Embedding (in a plain thread)::
     handle.stop(drain_timeout=10)   # thread-safe; serve_forever returns when done
 
 Each connection has an ``OutBuffer`` whose watermarks (256KiB / 64KiB) become
-``WriteBufferHigh`` / ``WriteBufferLow``; output is sent once per loop iteration. A read-
+``WriteBufferHigh`` / ``WriteBufferLow`` (and its size after each write above the high one,
+``WriteBufferGrew``); output is sent once per loop iteration. A read-
 disabled connection is simply not polled for reading. ``time.monotonic()`` is the core's
 clock and the selector's timeout comes from ``next_deadline()``. Global rate-limit calls to
 Redis run one at a time on a helper thread (bounded by a short socket timeout), so a slow
@@ -55,6 +56,7 @@ from metaprotocol.core.events import (
     EofReceived,
     UpstreamConnected,
     UpstreamConnectFailed,
+    WriteBufferGrew,
     WriteBufferHigh,
     WriteBufferLow,
 )
@@ -199,6 +201,8 @@ class _Loop:
                 if c is not None:
                     if c.out.append(data):
                         self.dispatcher.feed(WriteBufferHigh(conn))
+                    if c.out.above:
+                        self.dispatcher.feed(WriteBufferGrew(conn, len(c.out.data)))
                     self.dirty.add(c)
             case ReadDisable(conn):
                 if (c := self.conns.get(conn)) is not None:

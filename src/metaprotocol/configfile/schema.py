@@ -18,6 +18,7 @@ from metaprotocol.core.config import (
     DEFAULT_MAX_MESSAGE_SIZE,
     DEFAULT_MAX_PENDING_REQUESTS,
     DEFAULT_MAX_UPSTREAM_CONNECTIONS_PER_ENDPOINT,
+    DEFAULT_OUTPUT_BUFFER_LIMIT,
     DEFAULT_REQUEST_TIMEOUT,
     AdminConfig,
     CircuitBreakers,
@@ -48,6 +49,7 @@ _LISTENER_KEYS = (
     "request_timeout",
     "max_message_size",
     "max_pending_requests",
+    "output_buffer_limit",
     "filters",
     "routes",
 )
@@ -160,6 +162,14 @@ class Checker(RoutingReader):
         name = self.field(m, "name", path, self.string, "")
         host, port = self.field(m, "address", path, self.listen_address, ("", 0))
         max_size = self.field(m, "max_message_size", path, self.size, DEFAULT_MAX_MESSAGE_SIZE)
+        output_limit = self.field(
+            m, "output_buffer_limit", path, self.size, DEFAULT_OUTPUT_BUFFER_LIMIT
+        )
+        if output_limit < max_size:  # one whole reply must always fit
+            self.error(
+                join_path(path, "output_buffer_limit"),
+                f"must be at least max_message_size ({max_size} bytes), got {output_limit}",
+            )
         options_path = join_path(path, "codec_options")
         options = self.optional(m, "codec_options", path, lambda v, q: self.mapping(v, q, None))
         options = options or {}
@@ -183,6 +193,7 @@ class Checker(RoutingReader):
             max_pending_requests=self.field(
                 m, "max_pending_requests", path, self.positive, DEFAULT_MAX_PENDING_REQUESTS
             ),
+            output_buffer_limit=output_limit,
         )
 
     def timeout_setting(

@@ -20,6 +20,7 @@ __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
     "DEFAULT_MAX_PENDING_REQUESTS",
     "DEFAULT_MAX_UPSTREAM_CONNECTIONS_PER_ENDPOINT",
+    "DEFAULT_OUTPUT_BUFFER_LIMIT",
     "DEFAULT_REQUEST_TIMEOUT",
     "AdminConfig",
     "CircuitBreakers",
@@ -50,6 +51,7 @@ DEFAULT_CONNECT_TIMEOUT: Final = 5.0
 DEFAULT_MAX_MESSAGE_SIZE: Final = 8 * 1024 * 1024
 DEFAULT_MAX_PENDING_REQUESTS: Final = 1024
 DEFAULT_MAX_UPSTREAM_CONNECTIONS_PER_ENDPOINT: Final = 4
+DEFAULT_OUTPUT_BUFFER_LIMIT: Final = 32 * 1024 * 1024
 
 MatcherKind = Literal["exact", "prefix", "suffix", "regex", "present"]
 
@@ -230,6 +232,9 @@ class ListenerConfig:
     request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     max_pending_requests: int = DEFAULT_MAX_PENDING_REQUESTS
+    # Replies a client has not read yet, in bytes: above it the client is closed (counted in
+    # downstream_cx_output_overflow). At least max_message_size, so one reply always fits.
+    output_buffer_limit: int = DEFAULT_OUTPUT_BUFFER_LIMIT
 
 
 @dataclass(frozen=True, slots=True)

@@ -298,12 +298,38 @@ class EngineBase:
         raise NotImplementedError
 
     def _unblock_upstreams(self, ds: Downstream) -> None:
-        """``ds`` reads its replies again (or is gone): resume the upstreams it held off."""
+        """``ds`` reads its replies again (or is gone): resume the upstreams it held off,
+        unless only other slow readers remain on them."""
         for up in ds.blocking:
             up.blocked_by.pop(ds, None)
-            if not up.blocked_by and self.upstreams.get(up.id) is up:
-                self._out.append(ReadEnable(up.id))
+            if up.paused and self.upstreams.get(up.id) is up and not self._serves_only_slow(up):
+                self._resume_upstream(up)
         ds.blocking.clear()
+
+    def _pause_if_only_slow(self, up: Upstream) -> None:
+        """Stop reading ``up`` when every client it still owes an answer is a slow reader:
+        then nobody else waits behind them, and the upstream server, not this process, holds
+        their answers."""
+        if not up.paused and self.upstreams.get(up.id) is up and self._serves_only_slow(up):
+            up.paused = True
+            up.pool.cluster.counters.upstream_flow_control_paused += 1
+            self._out.append(ReadDisable(up.id))
+
+    def _serves_only_slow(self, up: Upstream) -> bool:
+        """Whether every unanswered request on ``up`` is for a client in ``up.blocked_by``."""
+        slow = up.blocked_by
+        if not slow:
+            return False
+        for requests in (up.inflight.values(), up.fifo, up.streams.values()):
+            for req in requests:
+                if not req.done and req.downstream not in slow:
+                    return False
+        return True
+
+    def _resume_upstream(self, up: Upstream) -> None:
+        """Read ``up`` again: a client that reads its replies waits for an answer from it."""
+        up.paused = False
+        self._out.append(ReadEnable(up.id))
 
     # -- flow control ------------------------------------------------------------------------
 

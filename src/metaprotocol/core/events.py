@@ -20,6 +20,7 @@ __all__ = [
     "TimePassed",
     "UpstreamConnectFailed",
     "UpstreamConnected",
+    "WriteBufferGrew",
     "WriteBufferHigh",
     "WriteBufferLow",
 ]
@@ -74,6 +75,19 @@ class WriteBufferHigh:
 
 
 @dataclass(frozen=True, slots=True)
+class WriteBufferGrew:
+    """The adapter's write buffer for ``conn`` holds ``size`` bytes after a write to it.
+
+    Adapters report it after every write made while the buffer is above its high watermark
+    (between ``WriteBufferHigh`` and ``WriteBufferLow``): a fact, not a verdict. The core
+    compares it with the listener's ``output_buffer_limit`` and closes the connection above it.
+    """
+
+    conn: int
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
 class WriteBufferLow:
     """The adapter's write buffer for ``conn`` fell below its low watermark."""
 
@@ -102,6 +116,7 @@ Event = (
     | UpstreamConnected
     | UpstreamConnectFailed
     | WriteBufferHigh
+    | WriteBufferGrew
     | WriteBufferLow
     | ExternalCallCompleted
     | TimePassed

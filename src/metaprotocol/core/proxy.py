@@ -37,7 +37,6 @@ from metaprotocol.core.outputs import (
     LocalReplied,
     NoRouteMatched,
     Output,
-    ReadDisable,
     Write,
 )
 from metaprotocol.core.routing import MergeRun, match_route, pick_cluster
@@ -142,6 +141,8 @@ class Proxy(UpstreamSide):
                 self._conn_ended(conn, isinstance(event, ev.EofReceived), now)
             case ev.WriteBufferHigh(conn):
                 self._write_buffer_high(conn)
+            case ev.WriteBufferGrew(conn, size):
+                self._write_buffer_grew(conn, size)
             case ev.WriteBufferLow(conn):
                 self._write_buffer_low(conn, now)
             case ev.ExternalCallCompleted(call, result, error):
@@ -278,7 +279,10 @@ class Proxy(UpstreamSide):
                 merge.routes = listener.routes
                 merge.clusters = self.runtime.clusters
                 merge.first = None
+        gate = ds.gate
         while buffer and not ds.closing:
+            if gate.reasons and Reason.OWN_WRITE_BUFFER_HIGH in gate.reasons:
+                return  # it does not read its replies: no new requests until it does
             room = lc.max_pending_requests - ds.pending
             if room <= 0:
                 self._disable(ds, Reason.TOO_MANY_PENDING)
@@ -528,8 +532,10 @@ class Proxy(UpstreamSide):
     def _write_buffer_high(self, conn: int) -> None:
         ds = self.downstreams.get(conn)
         if ds is not None:
-            # A client that does not read its replies: stop reading its requests, and stop
-            # reading the upstreams that still owe it answers, so memory stays bounded.
+            # A client that does not read its replies: stop decoding its requests. The
+            # upstreams that owe it answers stop being read only if it is all they serve;
+            # a shared one goes on, and this client's answers wait in its own output buffer
+            # (up to output_buffer_limit) instead of stalling the others.
             self._disable(ds, Reason.OWN_WRITE_BUFFER_HIGH)
             for req in ds.active:
                 held = req.upstream
@@ -537,9 +543,7 @@ class Proxy(UpstreamSide):
                     continue
                 held.blocked_by[ds] = None
                 ds.blocking[held] = None
-                if len(held.blocked_by) == 1:
-                    held.pool.cluster.counters.upstream_flow_control_paused += 1
-                    self._out.append(ReadDisable(held.id))
+                self._pause_if_only_slow(held)
             return
         up = self.upstreams.get(conn)
         if up is None or up.write_high:
@@ -550,11 +554,21 @@ class Proxy(UpstreamSide):
             if ds is not None and not req.done and self.downstreams.get(ds.id) is ds:
                 self._hold_feeder(up, ds)
 
+    def _write_buffer_grew(self, conn: int, size: int) -> None:
+        ds = self.downstreams.get(conn)
+        if ds is not None and size > ds.listener.config.output_buffer_limit:
+            # Like Redis's client-output-buffer-limit: a client this far behind is closed
+            # rather than let its unread replies grow without bound.
+            ds.listener.counters.downstream_cx_output_overflow += 1
+            self._close_downstream(ds, flush=False)
+
     def _write_buffer_low(self, conn: int, now: float) -> None:
         ds = self.downstreams.get(conn)
         if ds is not None:
             self._enable(ds, Reason.OWN_WRITE_BUFFER_HIGH)
             self._unblock_upstreams(ds)
+            if ds.buffer and not ds.closing:  # requests that arrived before it filled up
+                self._decode_downstream(ds, now)
             return
         up = self.upstreams.get(conn)
         if up is None or not up.write_high:

@@ -256,6 +256,7 @@ class Upstream:
         "id",
         "inflight",
         "next_id",
+        "paused",
         "pool",
         "queued",
         "streams",
@@ -277,8 +278,11 @@ class Upstream:
         self.write_high = False
         # Read-disabled because this upstream is full (a dict: an ordered set).
         self.feeders: dict[Downstream, None] = {}
-        # Slow-reading clients with answers pending here: reading stops while any remains.
+        # Slow-reading clients with answers pending here. Reading stops (``paused``) only
+        # while every client this connection serves is one of them: answers for a slow client
+        # on a shared connection are buffered up to its output_buffer_limit instead.
         self.blocked_by: dict[Downstream, None] = {}
+        self.paused = False
 
     @property
     def load(self) -> int:

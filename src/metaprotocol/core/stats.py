@@ -173,6 +173,7 @@ class ListenerCounters(CounterBlock):
         "cx_destroy_local_with_active_rq",
         "cx_destroy_remote_with_active_rq",
         "downstream_cx_active",
+        "downstream_cx_output_overflow",
         "downstream_cx_total",
         "heartbeat",
         "idle_timeout",
@@ -194,6 +195,7 @@ class ListenerCounters(CounterBlock):
     cx_destroy_local_with_active_rq: int
     cx_destroy_remote_with_active_rq: int
     downstream_cx_active: int
+    downstream_cx_output_overflow: int  # closed: unread replies above output_buffer_limit
     downstream_cx_total: int
     heartbeat: int
     idle_timeout: int

@@ -254,6 +254,8 @@ class UpstreamSide(EngineBase):
             self._out.append(Write(up.id, data))
         else:
             up.queued.append(data)
+        if up.paused:  # held off for slow readers only: this request's client waits too
+            self._resume_upstream(up)
         if up.write_high and req.downstream is not None:
             self._hold_feeder(up, req.downstream)
 
