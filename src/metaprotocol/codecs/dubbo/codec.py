@@ -110,6 +110,20 @@ ERROR_STATUS: dict[ErrorType, int] = {
 _OPTIONS: Final = frozenset({"unsupported_serialization", "max_depth"})
 
 
+def _too_large(body_length: int, limit: int) -> ProtocolError:
+    """What the header declares, said as it is: the length field is a signed 32-bit int,
+    so 0xffffffff is -1 (Java reads it so), never a frame of 15 bytes."""
+    declared = body_length & 0xFFFFFFFF
+    if body_length < 0:
+        text = f"Dubbo header declares a negative body length ({body_length}, 0x{declared:08x})"
+        return ProtocolError(text, ErrorType.BAD_REQUEST)
+    return ProtocolError(
+        f"Dubbo header declares a body of {body_length} bytes: a frame of "
+        f"{HEADER_SIZE + body_length} bytes exceeds max_message_size {limit}",
+        ErrorType.MESSAGE_TOO_LARGE,
+    )
+
+
 @mypyc_attr(allow_interpreted_subclasses=True)  # users may subclass it
 class DubboCodec:
     """One side of one Dubbo connection (see the module docstring for the rules)."""
@@ -162,10 +176,7 @@ class DubboCodec:
         total = HEADER_SIZE + body_length
         if body_length < 0 or total > self._max_message_size:
             self._failed = (request_id, flag)
-            raise ProtocolError(
-                f"Dubbo frame of {total} bytes exceeds max_message_size {self._max_message_size}",
-                ErrorType.MESSAGE_TOO_LARGE,
-            )
+            raise _too_large(body_length, self._max_message_size)
         if n < total:
             return NEED_DATA
         if n == total:

@@ -11,6 +11,10 @@ Choices (see also the package docstring):
   on its own); the client sends the body after its own wait, the request is
   decoded whole, and the upstream encode strips the expectation, since the body
   is already there and the upstream must not send an interim reply for it.
+- Header limits, codec options ``max_header_count`` (default 100 field lines) and
+  ``max_header_size`` (default 60KiB, the whole head: start line, fields, blank line):
+  a request over either is answered 431 and the connection closed; a response over
+  either is a bad response (the client gets 502). Trailers count against the same limits.
 - CONNECT, Upgrade and unsupported transfer codings are answered 501; HTTP
   versions other than 1.0 and 1.1 are answered 505. The decode raises a fatal
   ProtocolError; the downstream codec remembers the wire status of the error it
@@ -55,6 +59,8 @@ from typing import Any, ClassVar, Final
 from mypy_extensions import mypyc_attr
 
 from metaprotocol.codecs.http1.fastparse import (
+    DEFAULT_MAX_HEADER_COUNT,
+    DEFAULT_MAX_HEADER_SIZE,
     HttpError,
     ParsedMessage,
     RequestParser,
@@ -94,6 +100,7 @@ _REASONS: Final = {
     404: "Not Found",
     413: "Content Too Large",
     429: "Too Many Requests",
+    431: "Request Header Fields Too Large",
     500: "Internal Server Error",
     501: "Not Implemented",
     502: "Bad Gateway",
@@ -102,6 +109,9 @@ _REASONS: Final = {
     505: "HTTP Version Not Supported",
 }
 _PARSERS: Final = ("fast", "h11")
+_OPTIONS: Final = ("max_header_count", "max_header_size", "parser")
+_SIZE_RE: Final = re.compile(r"([0-9]+)\s*(KiB|MiB|KB|MB|B)?")
+_SIZE_UNITS: Final = {"B": 1, "KB": 1000, "MB": 1000**2, "KiB": 1024, "MiB": 1024**2}
 _OK: Final = ResponseStatus.OK
 _TOKEN_RE: Final = re.compile(r"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
 _VALUE_RE: Final = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
@@ -128,22 +138,28 @@ class Http1Codec:
     supports_mutation: ClassVar[bool] = True
 
     def __init__(self, side: Side, options: Mapping[str, Any], max_message_size: int) -> None:
-        unknown = sorted(set(options) - {"parser"})
+        unknown = sorted(set(options) - set(_OPTIONS))
         if unknown:
-            raise ValueError(f"http1: unknown codec option(s) {unknown}; known: ['parser']")
+            raise ValueError(f"http1: unknown codec option(s) {unknown}; known: {list(_OPTIONS)}")
         parser = options.get("parser", "fast")
         if parser not in _PARSERS:
             raise ValueError(f"http1: codec option parser must be 'fast' or 'h11', got {parser!r}")
         if max_message_size <= 0:
             raise ValueError(f"http1: max_message_size must be positive, got {max_message_size}")
+        count = _positive(options, "max_header_count", DEFAULT_MAX_HEADER_COUNT, False)
+        size = _positive(options, "max_header_size", DEFAULT_MAX_HEADER_SIZE, True)
         self.side = side
         self.parser = parser
         fast = parser == "fast"
         self._requests = (
-            RequestParser(max_message_size) if fast else ReferenceRequestParser(max_message_size)
+            RequestParser(max_message_size, count, size)
+            if fast
+            else ReferenceRequestParser(max_message_size, count, size)
         )
         self._responses = (
-            ResponseParser(max_message_size) if fast else ReferenceResponseParser(max_message_size)
+            ResponseParser(max_message_size, count, size)
+            if fast
+            else ReferenceResponseParser(max_message_size, count, size)
         )
         # Upstream: per request awaiting its response, in order, its method (a HEAD answer
         # has no body) and what the client's answer must say about the client's connection
@@ -369,6 +385,17 @@ class Http1Codec:
 
     def encode_heartbeat_reply(self, heartbeat: Message) -> bytes | None:
         return None  # HTTP/1.1 has no heartbeats
+
+
+def _positive(options: Mapping[str, Any], key: str, default: int, size: bool) -> int:
+    """A positive integer option; ``size`` options also take ``64KiB``-style strings."""
+    value = options.get(key, default)
+    if size and isinstance(value, str) and (m := _SIZE_RE.fullmatch(value.strip())):
+        value = int(m.group(1)) * _SIZE_UNITS[m.group(2) or "B"]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        kind = "a positive size (bytes or e.g. 60KiB)" if size else "a positive integer"
+        raise ValueError(f"http1 codec_options.{key}: expected {kind}, got {value!r}")
+    return value
 
 
 def _is_http10_request(frame: bytes) -> bool:

@@ -12,6 +12,16 @@ Rules (RFC 9112; stricter than h11 where h11 is lenient, never looser):
   request smuggling defence).
 - Chunk lines: ``1*20HEXDIG [";" ext] OWS CRLF``; each chunk's data ends with CRLF;
   trailers obey the field rules and may not carry framing fields.
+- Header limits (Envoy's ``max_headers_count`` / ``max_request_headers_kb``): a head
+  (start line, fields and the blank line) above ``max_header_size`` bytes, or with more
+  than ``max_header_count`` field lines, is refused with 431 as soon as that is known;
+  trailers count against the same limits, and so does a chunk line.
+- A bare LF or bare CR is refused as soon as it arrives, not when the head is complete
+  (a client ending its lines with LF alone would otherwise wait for an answer until the
+  idle timeout).
+
+Every step is linear in the bytes it reads: repeated fields are gathered in lists and
+joined once (joining them one by one is quadratic in their number).
 
 The parser remembers how far it has searched, so a head or a chunked body that
 arrives in small pieces costs O(n) in total, not O(n^2). It assumes the caller
@@ -27,6 +37,8 @@ from typing import Final
 from metaprotocol.core.message import ErrorType, ProtocolError
 
 __all__ = [
+    "DEFAULT_MAX_HEADER_COUNT",
+    "DEFAULT_MAX_HEADER_SIZE",
     "HttpError",
     "ParsedMessage",
     "RequestParser",
@@ -47,6 +59,12 @@ _REQUEST_HEAD_RE: Final = re.compile(_REQUEST_LINE_RE.pattern + _FIELD_BLOCK_RE.
 _RESPONSE_HEAD_RE: Final = re.compile(_STATUS_LINE_RE.pattern + _FIELD_BLOCK_RE.pattern)
 _CHUNK_LINE_RE: Final = re.compile(rb"([0-9A-Fa-f]{1,20})(?:;[\t\x20-\x7e\x80-\xff]*)?[ \t]*")
 _DIGITS_RE: Final = re.compile(r"[0-9]{1,20}")
+# A line ending other than CRLF: LF without CR before it, or CR followed by anything but LF
+# (a CR at the very end of the buffer may still get its LF).
+_BAD_EOL_RE: Final = re.compile(rb"(?<!\r)\n|\r[^\n]")
+
+DEFAULT_MAX_HEADER_COUNT: Final = 100
+DEFAULT_MAX_HEADER_SIZE: Final = 60 * 1024
 
 _FRAMING_FIELDS: Final = frozenset({"content-length", "transfer-encoding"})
 _REQUEST_SINGLE_FIELDS: Final = frozenset({"content-length", "transfer-encoding", "host"})
@@ -108,6 +126,11 @@ def connection_must_close(version: str, fields: dict[str, str]) -> bool:
     return version == "1.0" and "keep-alive" not in tokens
 
 
+def _join_repeated(fields: dict[str, str], repeated: dict[str, list[str]]) -> None:
+    for name, values in repeated.items():
+        fields[name] = ", ".join(values)
+
+
 def _too_large(size: int, limit: int) -> HttpError:
     return HttpError(
         f"message of {size} bytes exceeds the limit of {limit} bytes",
@@ -128,13 +151,23 @@ class _Framer:
         "_line_checked",
         "_search",
         "error_type",
+        "max_count",
+        "max_head",
         "max_size",
         "single_fields",
     )
 
-    def __init__(self, max_size: int, error_type: ErrorType) -> None:
+    def __init__(
+        self,
+        max_size: int,
+        error_type: ErrorType,
+        max_header_count: int = DEFAULT_MAX_HEADER_COUNT,
+        max_header_size: int = DEFAULT_MAX_HEADER_SIZE,
+    ) -> None:
         self.max_size = max_size
         self.error_type = error_type
+        self.max_count = max_header_count
+        self.max_head = max_header_size
         self.single_fields = _FRAMING_FIELDS  # fields that may appear only once
         self._reset()
 
@@ -150,6 +183,23 @@ class _Framer:
     def _error(self, message: str, status: int = 400) -> HttpError:
         return HttpError(message, status, self.error_type)
 
+    def _too_many_fields(self, what: str, detail: str) -> HttpError:
+        """431 for a request (RFC 6585 section 5), a bad response (502) for a response."""
+        if self.error_type is ErrorType.BAD_RESPONSE:
+            return HttpError(f"{what} {detail}", 502, ErrorType.BAD_RESPONSE)
+        return HttpError(f"{what} {detail}", 431, ErrorType.MESSAGE_TOO_LARGE)
+
+    def _head_too_large(self, size: int, what: str = "header block") -> HttpError:
+        return self._too_many_fields(
+            what, f"of at least {size} bytes exceeds max_header_size {self.max_head}"
+        )
+
+    def _check_line_ends(self, buffer: bytearray, start: int, stop: int) -> None:
+        """Refuse a bare LF or CR in ``buffer[start:stop]`` now rather than wait for a CRLF
+        that may never come."""
+        if _BAD_EOL_RE.search(buffer, start, stop) is not None:
+            raise self._error("line not terminated by CRLF")
+
     def _find_head(self, buffer: bytearray) -> int:
         """Offset just past the blank line ending the head, or -1."""
         if id(buffer) != self._buffer_id or self._search > len(buffer):
@@ -161,8 +211,11 @@ class _Framer:
             size = len(buffer)
             if size > self.max_size:
                 raise _too_large(size, self.max_size)
+            if size > self.max_head:
+                raise self._head_too_large(size)
             if size and buffer[0] < 0x21:
                 raise self._error("message does not start with a start line")
+            self._check_line_ends(buffer, self._search, size)
             if not self._line_checked:
                 # Fail fast on garbage instead of buffering it up to the size limit.
                 eol = buffer.find(b"\r\n")
@@ -173,28 +226,48 @@ class _Framer:
             return -1
         if end + 4 > self.max_size:
             raise _too_large(end + 4, self.max_size)
+        if end + 4 > self.max_head:
+            raise self._head_too_large(end + 4)
         return end + 4
 
     def _check_start_line(self, buffer: bytearray, eol: int) -> None:
         raise NotImplementedError
 
+    def _field_lines(self, text: str, start: int) -> list[str]:
+        lines = text[start:].split("\r\n")
+        if len(lines) > self.max_count:
+            raise self._too_many_fields(
+                "header block", f"of {len(lines)} fields exceeds max_header_count {self.max_count}"
+            )
+        return lines
+
     def _parse_fields(self, text: str, start: int) -> dict[str, str]:
         fields: dict[str, str] = {}
-        for line in text[start:].split("\r\n"):
+        repeated: dict[str, list[str]] = {}
+        for line in self._field_lines(text, start):
             name, _, value = line.partition(":")
             name = name.lower()
             if name in fields:
-                self._join_field(fields, name, value)
+                self._repeat_field(fields, repeated, name, value)
             else:
                 fields[name] = value.strip(" \t")
+        if repeated:
+            _join_repeated(fields, repeated)
         return fields
 
-    def _join_field(self, fields: dict[str, str], name: str, value: str) -> None:
-        """A repeated field: list-valued fields join with ", "; framing and Host may not repeat."""
+    def _repeat_field(
+        self, fields: dict[str, str], repeated: dict[str, list[str]], name: str, value: str
+    ) -> None:
+        """A repeated field: list-valued fields are joined with ", " (by ``_join_repeated``,
+        once); framing fields and Host may not repeat."""
         if name in self.single_fields:
             status = 501 if name == "transfer-encoding" else 400
             raise self._error(f"more than one {name} field", status)
-        fields[name] += ", " + value.strip(" \t")
+        values = repeated.get(name)
+        if values is None:
+            repeated[name] = [fields[name], value.strip(" \t")]
+        else:
+            values.append(value.strip(" \t"))
 
     def _framing_fields(self, fields: dict[str, str]) -> int | None:
         """Validate Transfer-Encoding / Content-Length; -1 means chunked, None no framing field."""
@@ -253,10 +326,13 @@ class _Framer:
         limit = self.max_size
         size = len(buffer)
         while True:
-            eol = buffer.find(b"\r\n", pos)
+            eol = buffer.find(b"\r\n", pos, pos + self.max_head)
             if eol < 0:
                 if size > limit:
                     raise _too_large(size, limit)
+                if size - pos >= self.max_head:
+                    raise self._head_too_large(size - pos, "chunk line")
+                self._check_line_ends(buffer, pos, size)
                 self._chunk_pos = pos
                 return -1
             match = _CHUNK_LINE_RE.fullmatch(buffer, pos, eol)
@@ -278,15 +354,23 @@ class _Framer:
     def _scan_trailers(self, buffer: bytearray, last_chunk: int, start: int) -> int:
         if buffer[start : start + 2] == b"\r\n":
             return start + 2
-        end = buffer.find(b"\r\n\r\n", start)
+        end = buffer.find(b"\r\n\r\n", start, start + self.max_head)
         if end < 0:
             if len(buffer) > self.max_size:
                 raise _too_large(len(buffer), self.max_size)
-            self._chunk_pos = last_chunk  # rescans one short line next time
+            if len(buffer) - start >= self.max_head:
+                raise self._head_too_large(len(buffer) - start, "trailer block")
+            self._check_line_ends(buffer, start, len(buffer))
+            self._chunk_pos = last_chunk  # rescans the trailers (< max_header_size) next time
             return -1
         if _FIELD_BLOCK_RE.fullmatch(buffer, start - 2, end) is None:
             raise self._error("bad trailer field")
-        for line in bytes(buffer[start:end]).split(b"\r\n"):
+        lines = bytes(buffer[start:end]).split(b"\r\n")
+        if len(lines) > self.max_count:
+            raise self._too_many_fields(
+                "trailer block", f"of {len(lines)} fields exceeds max_header_count {self.max_count}"
+            )
+        for line in lines:
             name = line.partition(b":")[0].decode("ascii").lower()
             if name in _FRAMING_FIELDS:
                 raise self._error(f"{name} in trailers")
@@ -300,8 +384,13 @@ class RequestParser(_Framer):
 
     __slots__ = ()
 
-    def __init__(self, max_size: int) -> None:
-        super().__init__(max_size, ErrorType.BAD_REQUEST)
+    def __init__(
+        self,
+        max_size: int,
+        max_header_count: int = DEFAULT_MAX_HEADER_COUNT,
+        max_header_size: int = DEFAULT_MAX_HEADER_SIZE,
+    ) -> None:
+        super().__init__(max_size, ErrorType.BAD_REQUEST, max_header_count, max_header_size)
         self.single_fields = _REQUEST_SINGLE_FIELDS
 
     def parse(self, buffer: bytearray) -> ParsedMessage | None:
@@ -323,13 +412,16 @@ class RequestParser(_Framer):
         version = version[5:]
         fields: dict[str, str] = {}
         if end > eol:
-            for line in text[eol + 2 :].split("\r\n"):
+            repeated: dict[str, list[str]] = {}
+            for line in self._field_lines(text, eol + 2):
                 name, _, value = line.partition(":")
                 name = name.lower()
                 if name in fields:
-                    self._join_field(fields, name, value)
+                    self._repeat_field(fields, repeated, name, value)
                 else:
                     fields[name] = value.strip(" \t")
+            if repeated:
+                _join_repeated(fields, repeated)
         if version == "1.1" and "host" not in fields:
             raise self._error("HTTP/1.1 request without Host")
         head = ParsedMessage((method, target, version), fields, b"", head_len)
@@ -359,8 +451,13 @@ class ResponseParser(_Framer):
 
     __slots__ = ()
 
-    def __init__(self, max_size: int) -> None:
-        super().__init__(max_size, ErrorType.BAD_RESPONSE)
+    def __init__(
+        self,
+        max_size: int,
+        max_header_count: int = DEFAULT_MAX_HEADER_COUNT,
+        max_header_size: int = DEFAULT_MAX_HEADER_SIZE,
+    ) -> None:
+        super().__init__(max_size, ErrorType.BAD_RESPONSE, max_header_count, max_header_size)
 
     def parse(self, buffer: bytearray, method: str) -> ParsedMessage | None:
         """Remove and return one whole final response (interim 1xx ones are dropped)."""

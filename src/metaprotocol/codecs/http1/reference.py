@@ -8,8 +8,12 @@ digits-only Content-Length, and no Transfer-Encoding together with
 Content-Length. The checks here are written independently of fastparse so the
 differential tests compare two implementations, not one.
 
+The header limits (``max_header_count``, ``max_header_size``: 431) are applied here
+too, to the head and the trailers.
+
 This route re-parses the buffered message from its start on every call: it is
-simple and obviously right, and meant for checking, not for speed.
+simple and obviously right, and meant for checking, not for speed (a message
+arriving in many pieces costs time quadratic in its size; the fast route is linear).
 """
 
 from __future__ import annotations
@@ -19,13 +23,19 @@ from typing import Final
 
 import h11
 
-from metaprotocol.codecs.http1.fastparse import HttpError, ParsedMessage
+from metaprotocol.codecs.http1.fastparse import (
+    DEFAULT_MAX_HEADER_COUNT,
+    DEFAULT_MAX_HEADER_SIZE,
+    HttpError,
+    ParsedMessage,
+)
 from metaprotocol.core.message import ErrorType
 
 __all__ = ["ReferenceRequestParser", "ReferenceResponseParser"]
 
 _BARE_LF: Final = re.compile(rb"(?<!\r)\n")
 _BARE_CR: Final = re.compile(rb"\r(?!\n)")
+_BARE_CR_INSIDE: Final = re.compile(rb"\r[^\n]")  # a final CR may still get its LF
 _OBS_FOLD: Final = re.compile(rb"\n[ \t]")
 _CONTROL: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
@@ -35,12 +45,33 @@ def _too_large(size: int, limit: int) -> HttpError:
 
 
 class _Reference:
-    def __init__(self, max_size: int, error_type: ErrorType) -> None:
+    def __init__(
+        self, max_size: int, error_type: ErrorType, max_header_count: int, max_header_size: int
+    ) -> None:
         self.max_size = max_size
         self.error_type = error_type
+        self.max_count = max_header_count
+        self.max_head = max_header_size
 
     def _error(self, message: str, status: int = 400) -> HttpError:
         return HttpError(message, status, self.error_type)
+
+    def _over_limit(self, message: str) -> HttpError:
+        if self.error_type is ErrorType.BAD_RESPONSE:
+            return HttpError(message, 502, ErrorType.BAD_RESPONSE)
+        return HttpError(message, 431, ErrorType.MESSAGE_TOO_LARGE)
+
+    def _check_limits(self, block: bytes | bytearray, what: str) -> None:
+        """``block``: a head or a trailer block, up to and including its blank line."""
+        if len(block) > self.max_head:
+            raise self._over_limit(
+                f"{what} of {len(block)} bytes exceeds max_header_size {self.max_head}"
+            )
+        count = block.count(b"\n") - (1 if what == "header block" else 0) - 1
+        if count > self.max_count:
+            raise self._over_limit(
+                f"{what} of {count} fields exceeds max_header_count {self.max_count}"
+            )
 
     def _check_framing_bytes(self, segment: bytes | bytearray) -> None:
         """Bytes that are not body data: CRLF lines, no folding, no control characters."""
@@ -54,6 +85,7 @@ class _Reference:
     def _check_head(self, head: bytes | bytearray) -> tuple[bool, int | None]:
         """Policy over the raw head; returns (chunked, content_length)."""
         self._check_framing_bytes(head)
+        self._check_limits(head, "header block")
         te_count = 0
         lengths: list[bytes | bytearray] = []
         for line in head.split(b"\r\n")[1:]:
@@ -75,6 +107,12 @@ class _Reference:
 
     def _check_trailers(self, segment: bytes | bytearray, event: h11.EndOfMessage) -> None:
         self._check_framing_bytes(segment)
+        if event.headers:
+            # The segment: the CRLF ending the previous chunk's data (if any), the last-chunk
+            # line, the trailers and the blank line.
+            if segment.startswith(b"\r\n"):
+                segment = segment[2:]
+            self._check_limits(segment[segment.find(b"\n") + 1 :], "trailer block")
         for name, _ in event.headers:
             if name in (b"content-length", b"transfer-encoding"):
                 raise self._error("framing field in trailers")
@@ -92,6 +130,15 @@ class _Reference:
                 if event is h11.NEED_DATA:
                     if len(data) > self.max_size:
                         raise _too_large(len(data), self.max_size)
+                    if parsed is None:
+                        # Still in the head: a bare LF or CR will never end it well.
+                        if _BARE_LF.search(data, start) or _BARE_CR_INSIDE.search(data, start):
+                            raise self._error("line not terminated by CRLF")
+                        if len(data) - start > self.max_head:
+                            raise self._over_limit(
+                                f"header block of at least {len(data) - start} bytes exceeds "
+                                f"max_header_size {self.max_head}"
+                            )
                     return None
                 done = len(data) - len(conn.trailing_data[0])
                 segment = data[consumed:done]
@@ -126,18 +173,21 @@ class _Reference:
         except h11.RemoteProtocolError as exc:
             status = exc.error_status_hint
             if status == 431:
-                raise _too_large(len(data), self.max_size) from exc
+                if len(data) > self.max_size:
+                    raise _too_large(len(data), self.max_size) from exc
+                raise self._over_limit(f"h11: {exc}") from exc
             if self.error_type is ErrorType.BAD_RESPONSE:
                 status = 502
             raise self._error(f"h11: {exc}", status) from exc
 
 
 def _parsed_head(event: h11.Request | h11.Response, head_len: int) -> ParsedMessage:
-    fields: dict[str, str] = {}
+    values: dict[str, list[str]] = {}
     for raw_name, raw_value in event.headers:
         name = raw_name.decode("latin-1")
         value = raw_value.decode("latin-1")
-        fields[name] = fields[name] + ", " + value if name in fields else value
+        values.setdefault(name, []).append(value)
+    fields = {name: ", ".join(parts) for name, parts in values.items()}
     version = event.http_version.decode("ascii")
     if isinstance(event, h11.Request):
         start = (event.method.decode("ascii"), event.target.decode("latin-1"), version)
@@ -149,8 +199,13 @@ def _parsed_head(event: h11.Request | h11.Response, head_len: int) -> ParsedMess
 class ReferenceRequestParser(_Reference):
     """Frames requests with h11 (server role)."""
 
-    def __init__(self, max_size: int) -> None:
-        super().__init__(max_size, ErrorType.BAD_REQUEST)
+    def __init__(
+        self,
+        max_size: int,
+        max_header_count: int = DEFAULT_MAX_HEADER_COUNT,
+        max_header_size: int = DEFAULT_MAX_HEADER_SIZE,
+    ) -> None:
+        super().__init__(max_size, ErrorType.BAD_REQUEST, max_header_count, max_header_size)
 
     def parse(self, buffer: bytearray) -> ParsedMessage | None:
         if not buffer:
@@ -164,8 +219,13 @@ class ReferenceRequestParser(_Reference):
 class ReferenceResponseParser(_Reference):
     """Frames responses with h11 (client role, primed with the request's method)."""
 
-    def __init__(self, max_size: int) -> None:
-        super().__init__(max_size, ErrorType.BAD_RESPONSE)
+    def __init__(
+        self,
+        max_size: int,
+        max_header_count: int = DEFAULT_MAX_HEADER_COUNT,
+        max_header_size: int = DEFAULT_MAX_HEADER_SIZE,
+    ) -> None:
+        super().__init__(max_size, ErrorType.BAD_RESPONSE, max_header_count, max_header_size)
 
     def _connection(self, method: str) -> h11.Connection:
         conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=self.max_size)

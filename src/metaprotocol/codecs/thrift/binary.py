@@ -16,6 +16,7 @@ from metaprotocol.core.message import ErrorType, ProtocolError
 __all__ = [
     "BinaryHeader",
     "BinaryStructScanner",
+    "name_overruns",
     "read_binary_header",
     "reply_is_declared_exception_binary",
     "write_binary_exception",
@@ -42,10 +43,14 @@ _IN_STRUCT, _IN_LIST, _IN_MAP = 0, 1, 2
 BinaryHeader = tuple[bytes, int, int, int, int]
 
 
-def read_binary_header(buf: bytes | bytearray, start: int, end: int) -> BinaryHeader | None:
+def read_binary_header(
+    buf: bytes | bytearray, start: int, end: int, limit: int | None = None
+) -> BinaryHeader | None:
     """Parse a strict or old-style message header in ``buf[start:end]``.
 
-    Returns None when more bytes are needed; raises ProtocolError on a bad header.
+    Returns None when more bytes are needed; raises ProtocolError on a bad header. With
+    ``limit`` (the offset the message may not pass), a header whose declared name would
+    end past it is refused as soon as the name length is read, without waiting for it.
     """
     if end - start < 4:
         return None
@@ -62,12 +67,16 @@ def read_binary_header(buf: bytes | bytearray, start: int, end: int) -> BinaryHe
         name_at = start + 8
         name_end = seqid_at = name_at + name_len
         header_end = seqid_at + 4
+        if limit is not None and header_end > limit:
+            raise name_overruns(name_len, limit - start)
         if header_end > end:
             return None
     else:
         name_len = word
         name_at = start + 4
         name_end = name_at + name_len
+        if limit is not None and name_end + 5 > limit:
+            raise name_overruns(name_len, limit - start)
         if name_end + 5 > end:
             return None
         mtype = buf[name_end]
@@ -77,6 +86,16 @@ def read_binary_header(buf: bytes | bytearray, start: int, end: int) -> BinaryHe
         raise ProtocolError(f"thrift binary: bad message type {mtype}")
     (seqid,) = _I32.unpack_from(buf, seqid_at)
     return bytes(buf[name_at:name_end]), mtype, seqid, seqid_at, header_end
+
+
+def name_overruns(name_len: int, room: int) -> ProtocolError:
+    """A message header declaring a name longer than the message may be (fatal: the
+    proxy refuses it from the header instead of waiting for the name)."""
+    return ProtocolError(
+        f"thrift: message declares a method name of {name_len} bytes, "
+        f"more than its limit of {room} bytes",
+        ErrorType.MESSAGE_TOO_LARGE,
+    )
 
 
 def reply_is_declared_exception_binary(buf: bytes | bytearray, at: int, end: int) -> bool:

@@ -233,10 +233,28 @@ class ThriftCodec:
     def _decode_framed(self, buffer: bytearray) -> Message | NeedData:
         end = self._frame_length(buffer)
         if not end:
+            self._check_incomplete_frame(buffer)
             return NEED_DATA
         frame = bytes(buffer[:end])
         del buffer[:end]
         return self._decode_framed_frame(frame)
+
+    def _check_incomplete_frame(self, buffer: bytearray) -> None:
+        """Refuse a frame, before the rest of it arrives, whose message header declares a
+        name the frame cannot hold: no number of further bytes would make it valid."""
+        if len(buffer) < 6:
+            return
+        frame_end = 4 + _I32_UNPACK(buffer, 0)[0]
+        try:
+            protocol = self._protocol or detect_protocol(buffer, 4)
+            if protocol is _BINARY:
+                read_binary_header(buffer, 4, len(buffer), frame_end)
+            else:
+                read_compact_header(buffer, 4, len(buffer), frame_end)
+        except ProtocolError as exc:
+            if exc.error_type is ErrorType.MESSAGE_TOO_LARGE:
+                raise
+            # Anything else is answered, non-fatally, once the whole frame is in.
 
     def _decode_framed_frame(self, frame: bytes) -> Message:
         """A whole frame, already consumed: errors in it are non-fatal."""
@@ -290,14 +308,14 @@ class ThriftCodec:
                 return NEED_DATA
             n = len(buffer)
             if protocol is _BINARY:
-                binary = read_binary_header(buffer, 0, n)
+                binary = read_binary_header(buffer, 0, n, self._max)
                 if binary is None:
                     return self._need_more(buffer)
                 name, mtype, seqid, seqid_at, body_at = binary
                 seqid_len = 4
                 scanner = BinaryStructScanner(body_at, self._max)
             else:
-                compact = read_compact_header(buffer, 0, n)
+                compact = read_compact_header(buffer, 0, n, self._max)
                 if compact is None:
                     return self._need_more(buffer)
                 name, mtype, seqid, seqid_at, seqid_len, body_at = compact

@@ -65,8 +65,12 @@ def encode_varint(value: int) -> bytes:
     return bytes(out)
 
 
-def read_compact_header(buf: bytes | bytearray, start: int, end: int) -> CompactHeader | None:
-    """Parse a compact message header in ``buf[start:end]``; None when more bytes are needed."""
+def read_compact_header(
+    buf: bytes | bytearray, start: int, end: int, limit: int | None = None
+) -> CompactHeader | None:
+    """Parse a compact message header in ``buf[start:end]``; None when more bytes are needed.
+
+    With ``limit``, a declared name ending past that offset is refused at once."""
     if end - start < 2:
         return None
     if buf[start] != COMPACT_PROTOCOL_ID:
@@ -89,6 +93,12 @@ def read_compact_header(buf: bytes | bytearray, start: int, end: int) -> Compact
     if name_len > 0x7FFFFFFF:
         raise ProtocolError("thrift compact: method name length out of range")
     header_end = name_at + name_len
+    if limit is not None and header_end > limit:
+        raise ProtocolError(
+            f"thrift: message declares a method name of {name_len} bytes, "
+            f"more than its limit of {limit - start} bytes",
+            ErrorType.MESSAGE_TOO_LARGE,
+        )
     if header_end > end:
         return None
     if seqid >= 0x80000000:
