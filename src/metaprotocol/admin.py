@@ -1,102 +1,39 @@
 """Admin HTTP endpoint, sans-IO on h11: ``/ready``, ``/stats/prometheus``, ``/stats/json``,
-``/config_dump``.
+``/clusters``, ``/config_dump``.
 
 ``AdminConnection`` turns received bytes into bytes to send; every adapter does the socket
-work for it the same way it does for proxied connections. ``render_prometheus`` writes a
-``StatsSnapshot`` in the Prometheus text exposition format (version 0.0.4).
+work for it the same way it does for proxied connections. ``/stats/prometheus`` is rendered
+by prometheus_client (``metaprotocol.metrics``); ``/clusters`` by ``metaprotocol.endpoints``.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import re
-from collections.abc import Callable, Mapping
+import os
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import h11
 
-from metaprotocol.core.stats import Labels, StatsSnapshot
+from metaprotocol import metrics
+from metaprotocol.core.stats import EndpointStatus, StatsSnapshot
+from metaprotocol.endpoints import clusters_json, clusters_text
 from metaprotocol.snapshots import snapshot_to_json
 
 __all__ = ["AdminApp", "AdminConnection", "render_prometheus"]
 
-PREFIX = "metaprotocol_"
-_BAD_NAME_CHARS = re.compile(r"[^a-zA-Z0-9_:]")
-_BAD_LABEL_CHARS = re.compile(r"[^a-zA-Z0-9_]")
 
-
-def _metric_name(name: str) -> str:
-    cleaned = _BAD_NAME_CHARS.sub("_", name)
-    return PREFIX + cleaned
-
-
-def _label_name(name: str) -> str:
-    cleaned = _BAD_LABEL_CHARS.sub("_", name)
-    return "_" + cleaned if cleaned[:1].isdigit() or not cleaned else cleaned
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def _labels(labels: Labels, extra: tuple[str, str] | None = None) -> str:
-    pairs = [f'{_label_name(k)}="{_escape(v)}"' for k, v in labels]
-    if extra is not None:
-        pairs.append(f'{extra[0]}="{extra[1]}"')
-    return "{" + ",".join(pairs) + "}" if pairs else ""
-
-
-def _number(value: float) -> str:
-    if isinstance(value, int) or (math.isfinite(value) and value == int(value)):
-        return str(int(value))
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return repr(float(value))
-
-
-def render_prometheus(snapshot: StatsSnapshot) -> str:
-    """The snapshot as Prometheus text: counters get ``_total``, every name ``metaprotocol_``."""
-    lines: list[str] = []
-    families: dict[str, list[str]] = {}
-    kinds: dict[str, str] = {}
-
-    def family(name: str, kind: str) -> list[str]:
-        if name not in families:
-            families[name] = []
-            kinds[name] = kind
-        return families[name]
-
-    for (name, labels), count in sorted(snapshot.counters.items()):
-        metric = _metric_name(name)
-        if not metric.endswith("_total"):
-            metric += "_total"
-        family(metric, "counter").append(f"{metric}{_labels(labels)} {_number(count)}")
-    for (name, labels), value in sorted(snapshot.gauges.items()):
-        metric = _metric_name(name)
-        if metric in families:  # a gauge must not share a family with a counter
-            metric += "_gauge"
-        family(metric, "gauge").append(f"{metric}{_labels(labels)} {_number(value)}")
-    for (name, labels), hist in sorted(snapshot.histograms.items(), key=lambda kv: kv[0]):
-        metric = _metric_name(name)
-        if metric in families:
-            metric += "_histogram"
-        samples = family(metric, "histogram")
-        for bound, cumulative in hist.cumulative():
-            le = "+Inf" if math.isinf(bound) else repr(float(bound))
-            samples.append(f"{metric}_bucket{_labels(labels, ('le', le))} {cumulative}")
-        samples.append(f"{metric}_sum{_labels(labels)} {_number(hist.total)}")
-        samples.append(f"{metric}_count{_labels(labels)} {hist.count}")
-    for name, samples in families.items():
-        lines.append(f"# TYPE {name} {kinds[name]}")
-        lines.extend(samples)
-    return "\n".join(lines) + "\n" if lines else ""
+def render_prometheus(snapshot: StatsSnapshot, pids: Sequence[int] = ()) -> str:
+    """The snapshot (plus process metrics) as Prometheus text (see metaprotocol.metrics)."""
+    return metrics.render_prometheus(snapshot, pids).decode()
 
 
 class AdminApp:
-    """Answers the admin routes from three callables evaluated per request."""
+    """Answers the admin routes from callables evaluated per request.
+
+    ``snapshot`` gives the stats (with the per-endpoint gauges), ``endpoints`` the
+    ``/clusters`` view, ``pids`` the processes whose process metrics are summed (this one
+    when not given)."""
 
     def __init__(
         self,
@@ -104,14 +41,18 @@ class AdminApp:
         ready: Callable[[], bool],
         snapshot: Callable[[], StatsSnapshot],
         config_raw: Callable[[], Mapping[str, Any]],
+        endpoints: Callable[[], Sequence[EndpointStatus]] = tuple,
+        pids: Callable[[], Sequence[int]] | None = None,
     ) -> None:
         self._ready = ready
         self._snapshot = snapshot
         self._config_raw = config_raw
+        self._endpoints = endpoints
+        self._pids = pids if pids is not None else (lambda: (os.getpid(),))
 
     def respond(self, method: str, target: str) -> tuple[int, str, bytes]:
         """``(status, content type, body)`` for one request."""
-        path = target.split("?", 1)[0]
+        path, _, query = target.partition("?")
         if method not in ("GET", "HEAD"):
             return 405, "text/plain; charset=utf-8", b"method not allowed\n"
         if path == "/ready":
@@ -119,8 +60,14 @@ class AdminApp:
                 return 200, "text/plain; charset=utf-8", b"ready\n"
             return 503, "text/plain; charset=utf-8", b"draining\n"
         if path == "/stats/prometheus":
-            body = render_prometheus(self._snapshot()).encode()
-            return 200, "text/plain; version=0.0.4; charset=utf-8", body
+            body = metrics.render_prometheus(self._snapshot(), self._pids())
+            return 200, metrics.CONTENT_TYPE, body
+        if path == "/clusters":
+            statuses = self._endpoints()
+            if "format=json" in query.split("&"):
+                text = json.dumps(clusters_json(statuses), sort_keys=True)
+                return 200, "application/json", text.encode() + b"\n"
+            return 200, "text/plain; charset=utf-8", clusters_text(statuses).encode()
         if path == "/stats/json":
             text = json.dumps(snapshot_to_json(self._snapshot()), sort_keys=True)
             return 200, "application/json", text.encode() + b"\n"

@@ -21,7 +21,7 @@ from metaprotocol.core.events import (
     UpstreamConnectFailed,
 )
 from metaprotocol.core.outputs import CloseConnection, OpenUpstream, Output, Write
-from metaprotocol.core.stats import Stats
+from metaprotocol.core.stats import EndpointStatus, Stats
 
 __all__ = ["FakeCore"]
 
@@ -57,6 +57,9 @@ class FakeCore:
 
     def reload(self, config: Config, now: float) -> list[Output]:
         self.config = config
+        return []
+
+    def endpoint_statuses(self, now: float) -> list[EndpointStatus]:
         return []
 
     def _close(self, conn: int, flush: bool = True) -> list[Output]:

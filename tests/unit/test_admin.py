@@ -42,8 +42,9 @@ def test_prometheus_text_parses_with_escaped_labels() -> None:
     assert [s.value for s in hist.samples if s.name.endswith("_count")] == [4]
 
 
-def test_empty_snapshot_renders_nothing() -> None:
-    assert render_prometheus(Stats().snapshot()) == ""
+def test_empty_snapshot_renders_only_process_metrics() -> None:
+    families = list(text_string_to_metric_families(render_prometheus(Stats().snapshot())))
+    assert families and all(f.name.startswith("process_") for f in families)
 
 
 def _app(ready: list[bool]) -> AdminApp:

@@ -27,7 +27,8 @@ from metaprotocol.core.outputs import (
     RequestCompleted,
     Write,
 )
-from metaprotocol.core.stats import Stats
+from metaprotocol.core.stats import EndpointStatus, Stats
+from metaprotocol.metrics import with_endpoints
 
 __all__ = [
     "CLOSE_LINGER",
@@ -74,6 +75,8 @@ class Core(Protocol):
     def drain(self, now: float) -> list[Output]: ...
 
     def reload(self, config: Config, now: float) -> list[Output]: ...
+
+    def endpoint_statuses(self, now: float) -> list[EndpointStatus]: ...
 
 
 def resolve_config(config: Config | str | os.PathLike[str]) -> Config:
@@ -329,9 +332,13 @@ class Dispatcher:
         empty: Mapping[str, Any] = {}
         return AdminApp(
             ready=lambda: not self.draining,
-            snapshot=lambda: self.core.stats.snapshot(),
+            snapshot=lambda: with_endpoints(self.core.stats.snapshot(), self.endpoints()),
             config_raw=lambda: empty if self.config is None else self.config.raw,
+            endpoints=self.endpoints,
         )
+
+    def endpoints(self) -> list[EndpointStatus]:
+        return self.core.endpoint_statuses(self.now())
 
 
 class OutBuffer:

@@ -227,10 +227,18 @@ class EngineBase:
                 if mid is not None and ds.streams.get(mid) is req:
                     del ds.streams[mid]
         duration = now - req.start
+        cluster = req.cluster
         if n == 1:
             req.listener.duration.observe(duration)
+            if cluster is not None:
+                cluster.duration.observe(duration)
         else:
             req.listener.duration.observe_many(duration, n)
+            if cluster is not None:
+                cluster.duration.observe_many(duration, n)
+        if cluster is not None:
+            outcomes = cluster.outcomes
+            outcomes[status] = outcomes.get(status, 0) + n
         if not self.observe or ds is None:
             return None
         completed = RequestCompleted(

@@ -11,6 +11,8 @@ from metaprotocol.core.message import ErrorType
 __all__ = [
     "CloseConnection",
     "Decoded",
+    "EndpointConnectFailed",
+    "EndpointEjected",
     "ExternalCall",
     "Instruction",
     "LocalReplied",
@@ -122,5 +124,35 @@ class RequestCompleted:
     properties: dict[str, str] = field(hash=False)
 
 
-ObserverEvent = Decoded | Routed | NoRouteMatched | LocalReplied | RequestCompleted
+@dataclass(frozen=True, slots=True)
+class EndpointConnectFailed:
+    """A connection to an upstream endpoint could not be made (refused, unreachable,
+    timed out). Emitted whether or not observers are asked for: it is rare, and what an
+    operator's log needs."""
+
+    cluster: str
+    endpoint: str
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointEjected:
+    """Outlier detection took an endpoint out of its cluster's rotation for ``duration``
+    seconds (its ``ejections``-th time). Emitted like ``EndpointConnectFailed``."""
+
+    cluster: str
+    endpoint: str
+    duration: float
+    ejections: int
+
+
+ObserverEvent = (
+    Decoded
+    | Routed
+    | NoRouteMatched
+    | LocalReplied
+    | RequestCompleted
+    | EndpointConnectFailed
+    | EndpointEjected
+)
 Output = Instruction | ObserverEvent

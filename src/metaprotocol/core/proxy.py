@@ -33,6 +33,7 @@ from metaprotocol.core.message import (
 from metaprotocol.core.outputs import (
     CloseConnection,
     Decoded,
+    EndpointConnectFailed,
     ExternalCall,
     LocalReplied,
     NoRouteMatched,
@@ -49,7 +50,7 @@ from metaprotocol.core.state import (
     ReplySlot,
     Upstream,
 )
-from metaprotocol.core.stats import Stats
+from metaprotocol.core.stats import EndpointStatus, Stats
 from metaprotocol.core.timers import DeadlineQueue, Timers
 from metaprotocol.core.upstream_side import UpstreamSide
 
@@ -98,6 +99,10 @@ class Proxy(UpstreamSide):
     def config(self) -> Config:
         return self.runtime.config
 
+    def endpoint_statuses(self, now: float) -> list[EndpointStatus]:
+        """Health and load of every upstream endpoint (the admin's ``/clusters``)."""
+        return self.runtime.endpoint_statuses(now)
+
     def codec_factory(self, name: str) -> CodecFactory:
         factory = self._codecs.get(name)
         if factory is None:
@@ -133,7 +138,13 @@ class Proxy(UpstreamSide):
             case ev.UpstreamConnectFailed(conn, error):
                 up = self.upstreams.get(conn)
                 if up is not None:
-                    up.pool.cluster.counters.upstream_cx_connect_fail += 1
+                    pool = up.pool
+                    pool.cluster.counters.upstream_cx_connect_fail += 1
+                    self._out.append(
+                        EndpointConnectFailed(
+                            pool.cluster.config.name, pool.endpoint.label, error or "refused"
+                        )
+                    )
                     self._upstream_gone(
                         up, ErrorType.CONNECT_FAILURE, error or "connect failed", now
                     )

@@ -9,7 +9,7 @@ from metaprotocol.core.codec import CodecFactory
 from metaprotocol.core.config import ClusterConfig, Config
 from metaprotocol.core.filters import build_filters
 from metaprotocol.core.state import ClusterRuntime, ListenerRuntime
-from metaprotocol.core.stats import Stats
+from metaprotocol.core.stats import EndpointStatus, Stats
 
 __all__ = ["Runtime"]
 
@@ -35,6 +35,27 @@ class Runtime:
         self.clusters: dict[str, ClusterRuntime] = {
             cc.name: _build_cluster(cc, stats, random) for cc in config.clusters
         }
+
+    def endpoint_statuses(self, now: float) -> list[EndpointStatus]:
+        """Every endpoint of every cluster, in config order: health and load right now."""
+        out: list[EndpointStatus] = []
+        for name, cluster in self.clusters.items():
+            for ep in cluster.endpoints:
+                ejected_for = max(0.0, ep.ejected_until - now)
+                connections = sum(len(pool.connections) for pool in ep.pools.values())
+                out.append(
+                    EndpointStatus(
+                        name,
+                        ep.label,
+                        ejected_for == 0.0,
+                        ejected_for,
+                        ep.ejection_count,
+                        ep.consecutive_failures,
+                        connections,
+                        ep.active_requests,
+                    )
+                )
+        return out
 
 
 def _build_cluster(cc: ClusterConfig, stats: Stats, random: Callable[[], float]) -> ClusterRuntime:

@@ -100,8 +100,10 @@ class ClusterRuntime:
         "config",
         "connections",
         "counters",
+        "duration",
         "endpoints",
         "labels",
+        "outcomes",
     )
 
     def __init__(
@@ -114,6 +116,10 @@ class ClusterRuntime:
     ) -> None:
         self.config = config
         self.counters = stats.block(ClusterCounters, labels)
+        # Every request routed here, by how it ended (RequestCompleted's status), and its
+        # duration from decode to answer.
+        self.outcomes = stats.tally("upstream_rq", labels, "status")
+        self.duration = stats.histogram("upstream_rq_duration_seconds", labels)
         self.endpoints = endpoints
         self.balancer = balancer
         self.labels = labels

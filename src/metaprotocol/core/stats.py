@@ -15,6 +15,7 @@ __all__ = [
     "DURATION_BUCKETS",
     "ClusterCounters",
     "CounterBlock",
+    "EndpointStatus",
     "Histogram",
     "Labels",
     "ListenerCounters",
@@ -61,6 +62,23 @@ class Histogram:
 
 
 @dataclass(frozen=True, slots=True)
+class EndpointStatus:
+    """One upstream endpoint as the admin's ``/clusters`` and the per-endpoint gauges show it.
+
+    ``healthy`` is False while outlier detection keeps the endpoint ejected (for
+    ``ejected_for`` more seconds); ``ejections`` counts every ejection so far."""
+
+    cluster: str
+    address: str
+    healthy: bool
+    ejected_for: float
+    ejections: int
+    consecutive_failures: int
+    cx_active: int
+    rq_active: int
+
+
+@dataclass(frozen=True, slots=True)
 class StatsSnapshot:
     counters: dict[tuple[str, Labels], int]
     gauges: dict[tuple[str, Labels], float]
@@ -73,13 +91,16 @@ _B = TypeVar("_B", bound="CounterBlock")
 class Stats:
     """Mutable store the core updates; ``snapshot()`` gives a copy for exporters."""
 
-    __slots__ = ("blocks", "counters", "gauges", "histograms")
+    __slots__ = ("blocks", "counters", "gauges", "histograms", "tallies")
 
     def __init__(self) -> None:
         self.blocks: dict[tuple[type[CounterBlock], Labels], CounterBlock] = {}
         self.counters: dict[tuple[str, Labels], int] = {}
         self.gauges: dict[tuple[str, Labels], float] = {}
         self.histograms: dict[tuple[str, Labels], Histogram] = {}
+        # Counters split by one more label whose values are only known as they come (a
+        # request's status): (name, labels, label) -> label value -> count.
+        self.tallies: dict[tuple[str, Labels, str], dict[str, int]] = {}
 
     def block(self, kind: type[_B], labels: Labels) -> _B:
         """The counter block of ``kind`` for ``labels`` (made once, kept across reloads)."""
@@ -88,6 +109,15 @@ class Stats:
         if found is None:
             found = self.blocks[key] = kind()
         assert isinstance(found, kind)
+        return found
+
+    def tally(self, name: str, labels: Labels, label: str) -> dict[str, int]:
+        """The counters of ``name`` for ``labels``, one per value of ``label``, as a dict
+        the hot path updates in place (made once, kept across reloads)."""
+        key = (name, labels, label)
+        found = self.tallies.get(key)
+        if found is None:
+            found = self.tallies[key] = {}
         return found
 
     def histogram(self, name: str, labels: Labels) -> Histogram:
@@ -106,7 +136,14 @@ class Stats:
             if block_labels == labels and name in block.FIELDS:
                 value: int = getattr(block, name)
                 return value
-        return self.counters.get((name, labels), 0)
+        return self.counters.get((name, labels), 0) + self._tallied(name, labels)
+
+    def _tallied(self, name: str, labels: Labels) -> int:
+        if not labels:
+            return 0
+        label, value = labels[-1]
+        counts = self.tallies.get((name, labels[:-1], label))
+        return 0 if counts is None else counts.get(value, 0)
 
     def set_gauge(self, name: str, labels: Labels, value: float) -> None:
         self.gauges[(name, labels)] = value
@@ -136,6 +173,9 @@ class Stats:
                     gauges[(name, labels)] = value
                 else:
                     counters[(name, labels)] = value
+        for (name, labels, label), counts in self.tallies.items():
+            for label_value, count in counts.items():
+                counters[(name, (*labels, (label, label_value)))] = count
         return StatsSnapshot(
             counters=counters,
             gauges=gauges,

@@ -16,7 +16,14 @@ from metaprotocol.core.message import (
     ProtocolError,
     ResponseStatus,
 )
-from metaprotocol.core.outputs import CloseConnection, OpenUpstream, Routed, Write
+from metaprotocol.core.outputs import (
+    CloseConnection,
+    EndpointConnectFailed,
+    EndpointEjected,
+    OpenUpstream,
+    Routed,
+    Write,
+)
 from metaprotocol.core.routing import hash_key
 from metaprotocol.core.state import ActiveRequest, ClusterRuntime, ListenerRuntime, Pool, Upstream
 from metaprotocol.core.timers import DeadlineQueue
@@ -178,7 +185,11 @@ class UpstreamSide(EngineBase):
     def _connect_timeout(self, up: Upstream, now: float) -> None:
         up.connect_timer = None
         if self.upstreams.get(up.id) is up and not up.connected:
-            up.pool.cluster.counters.upstream_cx_connect_timeout += 1
+            pool = up.pool
+            pool.cluster.counters.upstream_cx_connect_timeout += 1
+            self._out.append(
+                EndpointConnectFailed(pool.cluster.config.name, pool.endpoint.label, "timed out")
+            )
             self._out.append(CloseConnection(up.id, flush=False))
             self._upstream_gone(up, ErrorType.CONNECT_FAILURE, "connect timeout", now)
 
@@ -575,9 +586,13 @@ class UpstreamSide(EngineBase):
         if (ejected + 1) * 100 > od.max_ejection_percent * len(cluster.endpoints):
             return  # never eject below the configured share of healthy endpoints
         ep.ejection_count += 1
-        ep.ejected_until = now + od.base_ejection_time * ep.ejection_count
+        duration = od.base_ejection_time * ep.ejection_count
+        ep.ejected_until = now + duration
         ep.consecutive_failures = 0
         cluster.counters.outlier_ejection += 1
+        self._out.append(
+            EndpointEjected(cluster.config.name, ep.label, duration, ep.ejection_count)
+        )
 
     def _request_timeout(self, req: ActiveRequest, now: float) -> None:
         req.timer = None
