@@ -41,7 +41,8 @@ class Codec(Protocol):
     - ``encode`` with no mutation and ``request_id`` None returns
       ``message.frame`` itself (zero-copy pass-through), except where the protocol
       requires a proxy to change the message between hops (HTTP/1.1's
-      connection-specific fields, RFC 9110 section 7.6.1).
+      connection-specific fields, RFC 9110 section 7.6.1; a Redis inline command, sent
+      on as a RESP array).
     - ``encode_error`` builds a protocol-correct error reply for ``request``
       (None when the request could not be decoded at all); None means the
       protocol has no way to answer (the core then closes).

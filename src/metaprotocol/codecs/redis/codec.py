@@ -75,8 +75,9 @@ class RedisCodec:
     """RESP on one side of one connection: requests downstream, replies upstream.
 
     Responses come back in request order (``Ordering.ORDERED``), there are no request ids
-    and nothing on the wire depends on the routing properties, so ``encode`` always
-    forwards the original frame untouched (a mutation only changes what routes see).
+    and nothing on the wire depends on the routing properties, so ``encode`` forwards the
+    original frame untouched (a mutation only changes what routes see), except an inline
+    command, which goes upstream as the RESP array of its arguments.
     """
 
     name: ClassVar[str] = "redis"
@@ -163,6 +164,11 @@ class RedisCodec:
     ) -> bytes:
         if request_id is not None:
             raise ValueError("redis has no request ids: responses are matched in order")
+        converted = message.codec_data
+        if converted.__class__ is bytes:
+            # An inline command goes on as the RESP array of its arguments (see request.py):
+            # the upstream must run what the proxy read and routed, not re-split the line.
+            return converted
         return message.frame  # properties are derived from the frame, never written back
 
     def encode_error(self, request: Message | None, error: ErrorType, detail: str) -> bytes | None:

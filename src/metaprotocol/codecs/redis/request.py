@@ -10,7 +10,13 @@ what its command and key are:
 - anything not starting with ``*`` is an inline command: one line up to ``\\n`` (an
   optional ``\\r`` before it), at most ``max_inline_size`` bytes, split like ``sdssplitargs``
   (whitespace separated, ``"..."`` with escapes and ``'...'`` quoting). Empty lines are
-  skipped like empty multibulks.
+  skipped like empty multibulks. An inline command is forwarded as the RESP array of the
+  arguments the proxy read from it (kept in ``Message.codec_data``; ``encode`` sends it),
+  never as the raw line, so the server executes exactly what was routed. A line holding
+  a NUL byte is refused with ``-ERR`` (the connection stays open): redis-server finds
+  the end of an inline line with ``strchr``, which stops at the NUL, so it would wait
+  for a newline that never comes, and every other client sharing that upstream
+  connection would wait with it.
 
 An incomplete request costs O(new bytes) per call, not a rescan: :class:`_Progress`
 remembers where parsing stopped and how many bytes are needed before trying again (a large
@@ -40,7 +46,7 @@ from metaprotocol.core.message import (
     ResponseStatus,
 )
 
-__all__ = ["RequestDecoder", "command_name", "split_inline"]
+__all__ = ["RequestDecoder", "command_name", "multibulk", "split_inline"]
 
 _STAR: Final = 0x2A
 _DOLLAR: Final = 0x24
@@ -236,6 +242,8 @@ class RequestDecoder:
         first = self.decode(buffer)
         if not buffer or limit < 2 or first is NEED_DATA or first.type is not _REQUEST:
             return first
+        if first.codec_data is not None:
+            return first  # an inline command: encode sends its RESP array, alone
         first_properties = first.properties
         # Scanned as bytes (indexing them is much cheaper than a bytearray's once compiled),
         # and only a window: a long pipeline is merged over several calls, never copied whole.
@@ -376,6 +384,13 @@ class RequestDecoder:
         line = bytes(buffer[base:newline])
         if line.endswith(b"\r"):
             line = line[:-1]
+        if b"\0" in line:
+            del buffer[:end]  # framed by its newline: the connection can go on
+            raise ProtocolError(
+                "Protocol error: NUL byte in inline command (send it as a RESP array)",
+                ErrorType.BAD_REQUEST,
+                fatal=False,
+            )
         arguments = split_inline(line)
         if arguments is None:
             raise _bad("unbalanced quotes in request")
@@ -391,7 +406,18 @@ class RequestDecoder:
         properties = {"command": command}
         if len(arguments) > 1:
             properties["key"] = _text(arguments[1])
-        return Message(_REQUEST, frame, None, properties, _OK, None, 0, end)
+        # codec_data: what ``encode`` sends upstream instead of the line.
+        return Message(_REQUEST, frame, None, properties, _OK, None, 0, end, multibulk(arguments))
+
+
+def multibulk(arguments: list[bytes]) -> bytes:
+    """The RESP array of bulk strings that carries ``arguments`` (what clients send)."""
+    parts = [b"*%d\r\n" % len(arguments)]
+    for argument in arguments:
+        parts.append(b"$%d\r\n" % len(argument))
+        parts.append(argument)
+        parts.append(b"\r\n")
+    return b"".join(parts)
 
 
 def _too_large(size: int, limit: int) -> ProtocolError:
