@@ -7,6 +7,11 @@ allowed while the counter is at most ``limit``. The RESP wire work is sans-IO he
 over one ``asyncio.Protocol`` connection), anyio (one request at a time) and blocking.
 A client raises ``RedisUnavailable`` when Redis cannot answer; the adapter then completes
 the call with ``error=...`` so the core applies the filter's failure mode.
+
+Each new connection first logs in (``AUTH [username] password``, when
+``global_ratelimit_redis.auth`` is set) and selects the database (``SELECT db``, when not
+0): ``login_commands``. A refused login makes the call fail like an unreachable Redis; the
+error names the refusal, never the password.
 """
 
 from __future__ import annotations
@@ -23,6 +28,9 @@ from typing import Any, cast
 import anyio
 import anyio.abc
 
+from metaprotocol.core.config import RateLimitRedisConfig
+from metaprotocol.core.secrets import Credentials
+
 __all__ = [
     "NEED",
     "RATE_LIMIT_SCRIPT",
@@ -32,7 +40,9 @@ __all__ = [
     "RedisUnavailable",
     "RespError",
     "RespReader",
+    "check_login",
     "encode_command",
+    "login_commands",
     "parse_redis_address",
     "rate_limit_command",
 ]
@@ -149,6 +159,28 @@ def rate_limit_command(payload: Mapping[str, Any], wall_time: float) -> tuple[by
     return encode_command("EVAL", RATE_LIMIT_SCRIPT, 1, key, expire_ms), limit
 
 
+def login_commands(auth: Credentials | None, db: int) -> list[tuple[str, bytes]]:
+    """``(name, RESP command)`` pairs a new connection sends before anything else; each
+    must be answered ``+OK`` (see ``check_login``)."""
+    commands: list[tuple[str, bytes]] = []
+    if auth is not None:
+        password = auth.password.reveal()
+        if auth.username is None:
+            commands.append(("AUTH", encode_command("AUTH", password)))
+        else:
+            commands.append(("AUTH", encode_command("AUTH", auth.username, password)))
+    if db:
+        commands.append(("SELECT", encode_command("SELECT", db)))
+    return commands
+
+
+def check_login(name: str, reply: Any) -> None:
+    """Raise ``RedisUnavailable`` unless ``reply`` accepts the login command ``name``."""
+    if reply != "OK":
+        shown = str(reply) if isinstance(reply, RespError) else type(reply).__name__
+        raise RedisUnavailable(f"redis refused {name}: {shown}")
+
+
 def _allowed(reply: Any, limit: int) -> bool:
     if isinstance(reply, RespError):
         raise RedisUnavailable(f"redis error: {reply}")
@@ -204,12 +236,33 @@ class AsyncioRedisRateLimiter:
         *,
         timeout: float = DEFAULT_TIMEOUT,
         wall_clock: Callable[[], float] = time.time,
+        auth: Credentials | None = None,
+        db: int = 0,
     ) -> None:
         self.host, self.port, self.timeout = host, port, timeout
         self._wall_clock = wall_clock
+        self._login = login_commands(auth, db)
         self._protocol: _RespProtocol | None = None
         self._connecting: asyncio.Future[_RespProtocol] | None = None
         self.failures = 0
+
+    @classmethod
+    def from_config(cls, config: RateLimitRedisConfig) -> AsyncioRedisRateLimiter:
+        return cls(config.host, config.port, auth=config.auth, db=config.db)
+
+    async def _log_in(self, protocol: _RespProtocol) -> None:
+        if not self._login:
+            return
+        loop = asyncio.get_running_loop()
+        waiters: list[asyncio.Future[Any]] = []
+        for _, command in self._login:
+            waiter: asyncio.Future[Any] = loop.create_future()
+            protocol.waiters.append(waiter)
+            waiters.append(waiter)
+            assert protocol.transport is not None
+            protocol.transport.write(command)
+        for (name, _), waiter in zip(self._login, waiters, strict=True):
+            check_login(name, await waiter)
 
     async def _connection(self) -> _RespProtocol:
         if self._protocol is not None and not self._protocol.lost:
@@ -225,6 +278,16 @@ class AsyncioRedisRateLimiter:
                 self._connecting.exception()  # mark retrieved when nobody else waits
                 self._connecting = None
                 raise error from exc
+            try:
+                await self._log_in(protocol)
+            except BaseException as exc:
+                if protocol.transport is not None:
+                    protocol.transport.abort()
+                failed = exc if isinstance(exc, RedisUnavailable) else RedisUnavailable(repr(exc))
+                self._connecting.set_exception(failed)
+                self._connecting.exception()
+                self._connecting = None
+                raise
             self._protocol = protocol
             self._connecting.set_result(protocol)
             self._connecting = None
@@ -271,12 +334,19 @@ class AnyioRedisRateLimiter:
         *,
         timeout: float = DEFAULT_TIMEOUT,
         wall_clock: Callable[[], float] = time.time,
+        auth: Credentials | None = None,
+        db: int = 0,
     ) -> None:
         self.host, self.port, self.timeout = host, port, timeout
         self._wall_clock = wall_clock
+        self._login = login_commands(auth, db)
         self._stream: anyio.abc.SocketStream | None = None
         self._lock = anyio.Lock()
         self.failures = 0
+
+    @classmethod
+    def from_config(cls, config: RateLimitRedisConfig) -> AnyioRedisRateLimiter:
+        return cls(config.host, config.port, auth=config.auth, db=config.db)
 
     async def check(self, payload: Mapping[str, Any]) -> bool:
         command, limit = rate_limit_command(payload, self._wall_clock())
@@ -297,6 +367,12 @@ class AnyioRedisRateLimiter:
     async def _roundtrip(self, command: bytes) -> Any:
         if self._stream is None:
             self._stream = await anyio.connect_tcp(self.host, self.port)
+            for name, login in self._login:
+                check_login(name, await self._exchange(login))
+        return await self._exchange(command)
+
+    async def _exchange(self, command: bytes) -> Any:
+        assert self._stream is not None
         await self._stream.send(command)
         reader = RespReader()
         while (reply := reader.get()) is NEED:
@@ -321,11 +397,18 @@ class BlockingRedisRateLimiter:
         *,
         timeout: float = 0.25,
         wall_clock: Callable[[], float] = time.time,
+        auth: Credentials | None = None,
+        db: int = 0,
     ) -> None:
         self.host, self.port, self.timeout = host, port, timeout
         self._wall_clock = wall_clock
+        self._login = login_commands(auth, db)
         self._sock: socket.socket | None = None
         self.failures = 0
+
+    @classmethod
+    def from_config(cls, config: RateLimitRedisConfig) -> BlockingRedisRateLimiter:
+        return cls(config.host, config.port, auth=config.auth, db=config.db)
 
     def check(self, payload: Mapping[str, Any]) -> bool:
         command, limit = rate_limit_command(payload, self._wall_clock())
@@ -333,18 +416,24 @@ class BlockingRedisRateLimiter:
             if self._sock is None:
                 self._sock = socket.create_connection((self.host, self.port), self.timeout)
                 self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._sock.sendall(command)
-            reader = RespReader()
-            while (reply := reader.get()) is NEED:
-                chunk = self._sock.recv(65536)
-                if not chunk:
-                    raise RedisUnavailable("connection closed by redis")
-                reader.feed(chunk)
-            return _allowed(reply, limit)
+                for name, login in self._login:
+                    check_login(name, self._exchange(self._sock, login))
+            return _allowed(self._exchange(self._sock, command), limit)
         except (OSError, RedisUnavailable) as exc:
             self.failures += 1
             self.close()
             raise RedisUnavailable(f"redis at {self.host}:{self.port}: {exc}") from exc
+
+    @staticmethod
+    def _exchange(sock: socket.socket, command: bytes) -> Any:
+        sock.sendall(command)
+        reader = RespReader()
+        while (reply := reader.get()) is NEED:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise RedisUnavailable("connection closed by redis")
+            reader.feed(chunk)
+        return reply
 
     def close(self) -> None:
         sock, self._sock = self._sock, None

@@ -14,9 +14,10 @@ from typing import Any
 import anyio
 import pytest
 
-from metaprotocol.core.config import Config, ListenerConfig
+from metaprotocol.core.config import Config, ListenerConfig, RateLimitRedisConfig
 from metaprotocol.core.events import ExternalCallCompleted
 from metaprotocol.core.outputs import ExternalCall
+from metaprotocol.core.secrets import Credentials, Secret
 from metaprotocol.ratelimit_redis import (
     NEED,
     AnyioRedisRateLimiter,
@@ -31,6 +32,7 @@ from metaprotocol.ratelimit_redis import (
 )
 from metaprotocol.testing.serving import ADAPTERS, start_proxy
 from tests.adapters.fakecore import FakeCore
+from tests.e2e.servers import redis_server
 from tests.peers import require_binary
 
 
@@ -138,11 +140,11 @@ def test_asyncio_client_redis_down_counts_failures() -> None:
     assert asyncio.run(main()).failures == 2
 
 
-def _config(redis_port: int) -> Config:
+def _config(redis_port: int, auth: Credentials | None = None, db: int = 0) -> Config:
     return Config(
         listeners=(ListenerConfig(name="echo", host="127.0.0.1", port=0, codec="x", routes=()),),
         clusters=(),
-        raw={"global_ratelimit_redis": {"address": f"127.0.0.1:{redis_port}"}},
+        global_ratelimit_redis=RateLimitRedisConfig("127.0.0.1", redis_port, auth, db),
     )
 
 
@@ -223,3 +225,53 @@ def test_a_slow_redis_does_not_stall_the_loop(adapter: str) -> None:
             assert [(e.call, e.result, e.error) for e in done] == [(1, True, "")]
     finally:
         redis.close()
+
+
+REDIS_PASSWORD = "rl-s3cret-pw"
+
+
+@pytest.fixture(scope="module")
+def redis_with_password() -> Iterator[int]:
+    with redis_server(password=REDIS_PASSWORD) as port:
+        yield port
+
+
+@pytest.mark.parametrize("password", ["right", "wrong"])
+@pytest.mark.parametrize("adapter", [a for a in ADAPTERS if a != "uvloop"])
+def test_limiter_logs_in_and_selects_its_database(
+    redis_with_password: int, adapter: str, password: str
+) -> None:
+    """``global_ratelimit_redis: {auth, db}``: each adapter's client sends AUTH and SELECT on
+    its connection; the counter lands in that database. A refused login fails the call
+    (the filter's failure mode applies) without the password in the error."""
+    secret = REDIS_PASSWORD if password == "right" else "not-the-password"
+    auth = Credentials(Secret(secret))
+    config = _config(redis_with_password, auth, db=5)
+    core = FakeCore(config)
+    domain = f"auth-{adapter}-{password}"
+    with start_proxy(config, adapter, proxy=core) as running:
+        call = ExternalCall(1, "global_ratelimit", _payload(domain, 1))
+        running.call(lambda: running.dispatcher.apply([call]))
+        end = time.monotonic() + 10
+        while not (done := running.call(lambda: _completed(core))):
+            assert time.monotonic() < end, "the external call never completed"
+            time.sleep(0.005)
+    if password == "wrong":
+        assert done[0].result is None
+        assert "WRONGPASS" in done[0].error and secret not in done[0].error
+        return
+    assert done[0].result is True and not done[0].error
+    with socket.create_connection(("127.0.0.1", redis_with_password), 5) as direct:
+        direct.sendall(
+            encode_command("AUTH", REDIS_PASSWORD)
+            + encode_command("SELECT", 5)
+            + encode_command("KEYS", f"{domain}|*")
+        )
+        reader = RespReader()
+        replies: list[Any] = []
+        while len(replies) < 3:
+            reader.feed(direct.recv(65536))
+            while (reply := reader.get()) is not NEED:
+                replies.append(reply)
+    assert replies[:2] == ["OK", "OK"]
+    assert len(replies[2]) == 1  # the window's counter, in database 5

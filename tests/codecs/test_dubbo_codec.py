@@ -276,6 +276,8 @@ def test_non_hessian2_is_routed_on_header_or_rejected_by_option() -> None:
         (ErrorType.NO_HEALTHY_UPSTREAM, 80),
         (ErrorType.UPSTREAM_RESET, 80),
         (ErrorType.UNSPECIFIED, 80),
+        (ErrorType.UNAUTHENTICATED, 40),  # BAD_REQUEST: Dubbo has no auth status
+        (ErrorType.PERMISSION_DENIED, 40),
     ],
 )
 def test_error_reply_is_a_valid_dubbo_response(error: ErrorType, status: int) -> None:

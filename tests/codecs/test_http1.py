@@ -411,6 +411,8 @@ EXPECTED_STATUS = {
     ErrorType.MESSAGE_TOO_LARGE: 413,
     ErrorType.BAD_REQUEST: 400,
     ErrorType.UNSPECIFIED: 500,
+    ErrorType.UNAUTHENTICATED: 401,
+    ErrorType.PERMISSION_DENIED: 403,
 }
 
 

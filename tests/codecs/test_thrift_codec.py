@@ -450,7 +450,13 @@ def apache_exception(
 @pytest.mark.parametrize("framed", [True, False])
 @pytest.mark.parametrize(
     ("error", "kind"),
-    [(ErrorType.ROUTE_NOT_FOUND, 1), (ErrorType.TIMEOUT, 6), (ErrorType.NO_HEALTHY_UPSTREAM, 6)],
+    [
+        (ErrorType.ROUTE_NOT_FOUND, 1),
+        (ErrorType.TIMEOUT, 6),
+        (ErrorType.NO_HEALTHY_UPSTREAM, 6),
+        (ErrorType.UNAUTHENTICATED, 0),  # UNKNOWN: no TApplicationException type says "denied"
+        (ErrorType.PERMISSION_DENIED, 0),
+    ],
 )
 def test_encode_error_matches_apache(
     protocol: str, framed: bool, error: ErrorType, kind: int

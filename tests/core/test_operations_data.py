@@ -38,7 +38,7 @@ def test_connect_failure_and_ejection_are_reported_even_without_observers() -> N
     pb >> ConnectFailedEvent(-1, "refused")
     pb << EndpointConnectFailed("main", "10.0.0.1:9000", "refused")
     pb << EndpointEjected("main", "10.0.0.1:9000", 10.0, 1)
-    pb << Write(1, error_reply(1, "connect_failure", "refused", 8))
+    pb << Write(1, error_reply(1, "connect_failure", "connect failed", 8))  # no OS error
     (status,) = pb.proxy.endpoint_statuses(pb.now)
     assert status == EndpointStatus("main", "10.0.0.1:9000", False, 10.0, 1, 0, 0, 0)
     pb.tick(4.0)

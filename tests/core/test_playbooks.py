@@ -137,8 +137,9 @@ def test_upstream_connect_failure_gives_error_reply() -> None:
     pb >> DataReceived(1, req(1) + req(2))
     pb << OpenUpstream(UPSTREAM, *UP)
     pb >> UpstreamConnectFailed(UPSTREAM, "connection refused")
-    pb << Write(1, error_reply(1, "connect_failure", "connection refused", 8))
-    pb << Write(1, error_reply(2, "connect_failure", "connection refused", 8))
+    # The adapter's error (it may name the address) stays out of the replies.
+    pb << Write(1, error_reply(1, "connect_failure", "connect failed", 8))
+    pb << Write(1, error_reply(2, "connect_failure", "connect failed", 8))
     finish(pb, 1)
 
 

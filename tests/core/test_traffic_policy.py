@@ -93,7 +93,7 @@ def test_retries_exhausted_give_one_error_reply() -> None:
     pb >> UpstreamConnectFailed(-1, "refused")
     pb << OpenUpstream(-2, *A)
     pb >> UpstreamConnectFailed(-2, "refused again")
-    pb << Write(1, error_reply(1, "connect_failure", "refused again", 8))
+    pb << Write(1, error_reply(1, "connect_failure", "connect failed", 8))
     close_all(pb, 1)
 
 
@@ -197,7 +197,7 @@ def test_outlier_ejected_then_restored_after_its_time() -> None:
     pb >> DataReceived(1, req(1))
     pb << OpenUpstream(-1, *B)
     pb >> UpstreamConnectFailed(-1, "refused")  # B ejected for 10s
-    pb << Write(1, error_reply(1, "connect_failure", "refused", 8))
+    pb << Write(1, error_reply(1, "connect_failure", "connect failed", 8))
     pb >> DataReceived(1, req(2) + req(3))
     pb << OpenUpstream(-2, *A)  # both go to A while B is out
     pb >> UpstreamConnected(-2)
@@ -227,7 +227,7 @@ def test_outlier_never_ejects_past_max_percent() -> None:
     pb >> DataReceived(1, req(1))
     pb << OpenUpstream(-1, *A)
     pb >> UpstreamConnectFailed(-1, "refused")
-    pb << Write(1, error_reply(1, "connect_failure", "refused", 8))
+    pb << Write(1, error_reply(1, "connect_failure", "connect failed", 8))
     pb >> DataReceived(1, req(2))
     pb << OpenUpstream(-2, *A)  # still picked: never eject the last one
     close_all(pb, 1, -2)

@@ -131,14 +131,17 @@ def recv_until_closed(sock: socket.socket, limit: int = 1 << 22) -> bytes:
 
 
 @contextlib.contextmanager
-def redis_server() -> Iterator[int]:
-    """A throwaway redis-server on a free port, no persistence; yields the port."""
+def redis_server(password: str | None = None) -> Iterator[int]:
+    """A throwaway redis-server on a free port, no persistence; yields the port. With
+    ``password`` it runs with ``--requirepass`` (clients must AUTH)."""
     binary = require_binary("redis-server")
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="mp-redis-") as tmp:
+        auth = ["--requirepass", password] if password is not None else []
         proc = subprocess.Popen(
             [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", tmp, "--daemonize", "no", "--loglevel", "warning"],
+             "--appendonly", "no", "--dir", tmp, "--daemonize", "no", "--loglevel", "warning",
+             *auth],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip

@@ -4,6 +4,7 @@ or send garbage. Every case checks the exact error reply the codec promises."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import socket
@@ -148,6 +149,36 @@ def test_upstream_fault_gets_codec_error_reply(adapter: str, codec: str, fault: 
                 timeout=2.0,
                 message="the core to forget the failed request",
             )
+
+
+@pytest.mark.parametrize(
+    ("codec", "request_bytes"),
+    [
+        ("http1", b"GET /x HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"),
+        ("redis", b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"),
+    ],
+)
+def test_error_replies_name_the_failure_not_the_address(
+    adapter: str, codec: str, request_bytes: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A refused upstream connection: the client learns it was a connect failure; the OS
+    error, which names the internal address, goes to the adapter's log only."""
+    caplog.set_level(logging.WARNING, logger="metaprotocol")
+    port = free_port()  # nobody listens there
+    with (
+        start_proxy(proxy_config(codec, {"up": [port]}), adapter) as running,
+        socket.create_connection(("127.0.0.1", running.ports[codec]), DEADLINE) as sock,
+    ):
+        sock.sendall(request_bytes)
+        reply = _read_http_head(sock) if codec == "http1" else _read_line(sock)
+        if codec == "http1":
+            reply += sock.recv(65536)  # the body: the reply is small and sent in one piece
+    assert reply.startswith(EXPECTED[codec, "refused"]), reply
+    assert b"connect failed" in reply, reply
+    assert str(port).encode() not in reply and b"127.0.0.1" not in reply, reply
+    assert b"Errno" not in reply and b"refused" not in reply.lower(), reply
+    logged = [r.getMessage() for r in caplog.records if "connect failure" in r.getMessage()]
+    assert any(f"127.0.0.1:{port}" in line for line in logged), logged
 
 
 def _request_count(running: RunningProxy) -> int:

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from metaprotocol.cli import main
-from metaprotocol.configfile import load_config, routing, schema
+from metaprotocol.configfile import load_config, routing, schema, secrets
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -25,6 +25,26 @@ def test_example_passes_check(name: str, capsys: pytest.CaptureFixture[str]) -> 
     path = EXAMPLES / name
     assert main(["check", str(path)]) == 0, capsys.readouterr().err
     assert capsys.readouterr().out.startswith(f"{path}: ok; ")
+
+
+def test_redis_auth_example_passes_check_with_its_secrets(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = EXAMPLES / "redis-auth.yaml"
+    monkeypatch.delenv("PROXY_PASSWORD", raising=False)
+    monkeypatch.delenv("REDIS_PASSWORD", raising=False)
+    assert main(["check", str(path)]) != 0  # the variables it names are not set
+    err = capsys.readouterr().err
+    assert "environment variable 'PROXY_PASSWORD' is not set" in err
+    assert "clusters[0].auth.password_env: environment variable 'REDIS_PASSWORD'" in err
+    monkeypatch.setenv("PROXY_PASSWORD", "client-secret")
+    monkeypatch.setenv("REDIS_PASSWORD", "server-secret")
+    assert main(["check", str(path)]) == 0, capsys.readouterr().err
+    output = capsys.readouterr().out
+    assert output.startswith(f"{path}: ok; ") and "secret" not in output
+    config = load_config(path)
+    assert config.clusters[0].auth is not None and config.global_ratelimit_redis is not None
+    assert config.global_ratelimit_redis.db == 1
 
 
 @pytest.mark.parametrize("name", ["dubbo", "thrift", "http1", "redis"])
@@ -78,6 +98,8 @@ def test_configuration_docs_name_every_key() -> None:
         *schema._CLUSTER_KEYS,
         *schema._BREAKER_KEYS,
         *schema._OUTLIER_KEYS,
+        *schema._RATELIMIT_REDIS_KEYS,
+        *secrets.CREDENTIALS_KEYS,
         *routing._ROUTE_ACTION_KEYS,
         *routing._GLOBAL_RATELIMIT_KEYS,
         *routing._TOKEN_BUCKET_KEYS,

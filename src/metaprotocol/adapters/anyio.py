@@ -40,7 +40,7 @@ from metaprotocol.adapters.dispatch import (
     bind_and_reload,
     bound_address,
     build_core,
-    global_ratelimit_address,
+    global_ratelimit_redis,
     resolve_config,
 )
 from metaprotocol.admin import AdminApp, AdminConnection
@@ -499,9 +499,9 @@ async def serve(
     access_log = AccessLog(cfg.access_log, cfg.access_log_metadata) if cfg.access_log else None
     async with anyio.create_task_group() as tg, _connection_tasks(tg) as conn_tasks:
         server = _Server(conn_tasks, core, cfg, access_log)
-        redis = global_ratelimit_address(cfg)
+        redis = global_ratelimit_redis(cfg)
         if redis is not None:
-            server.limiter = AnyioRedisRateLimiter(*redis)
+            server.limiter = AnyioRedisRateLimiter.from_config(redis)
         handle = Handle(server, tg, reuse_port)
         try:
             for spec in cfg.listeners:

@@ -31,7 +31,7 @@ from metaprotocol.adapters.dispatch import (
     bind_and_reload,
     bound_address,
     build_core,
-    global_ratelimit_address,
+    global_ratelimit_redis,
     resolve_config,
 )
 from metaprotocol.admin import AdminApp, AdminConnection
@@ -413,9 +413,9 @@ async def serve(
     core = proxy if proxy is not None else build_core(cfg, loop.time())
     access_log = AccessLog(cfg.access_log, cfg.access_log_metadata) if cfg.access_log else None
     server = _Server(loop, core, cfg, access_log)
-    redis = global_ratelimit_address(cfg)
+    redis = global_ratelimit_redis(cfg)
     if redis is not None:
-        server.limiter = AsyncioRedisRateLimiter(*redis)
+        server.limiter = AsyncioRedisRateLimiter.from_config(redis)
     handle = Handle(server, reuse_port)
     try:
         for listener in cfg.listeners:

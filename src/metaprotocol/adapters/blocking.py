@@ -44,7 +44,7 @@ from metaprotocol.adapters.dispatch import (
     bind_socket,
     bound_address,
     build_core,
-    global_ratelimit_address,
+    global_ratelimit_redis,
     resolve_config,
 )
 from metaprotocol.admin import AdminApp, AdminConnection
@@ -491,9 +491,9 @@ def serve_forever(
     )
     handle = Handle(loop, cfg, reuse_port)
     try:
-        redis = global_ratelimit_address(cfg)
+        redis = global_ratelimit_redis(cfg)
         if redis is not None:
-            loop.limiter = BlockingRedisRateLimiter(*redis)
+            loop.limiter = BlockingRedisRateLimiter.from_config(redis)
         for spec in cfg.listeners:
             sock = bind_socket(spec.host, spec.port, reuse_port)
             loop.listeners.append(_Listener(sock, spec.name))

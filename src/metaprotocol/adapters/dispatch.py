@@ -14,11 +14,13 @@ from typing import Any, Protocol
 
 from metaprotocol.accesslog import AccessLog
 from metaprotocol.admin import AdminApp
-from metaprotocol.core.config import Config
+from metaprotocol.core.config import Config, RateLimitRedisConfig
 from metaprotocol.core.events import Event, ExternalCallCompleted, TimePassed
 from metaprotocol.core.outputs import (
     CloseConnection,
+    EndpointConnectFailed,
     ExternalCall,
+    FilterFailed,
     Instruction,
     OpenUpstream,
     Output,
@@ -45,7 +47,8 @@ __all__ = [
     "bind_socket",
     "bound_address",
     "build_core",
-    "global_ratelimit_address",
+    "global_ratelimit_redis",
+    "log_event",
     "resolve_config",
 ]
 
@@ -57,6 +60,14 @@ READ_CHUNK = 64 * 1024
 CLOSE_LINGER = 30.0  # seconds a flushing close may wait for a peer that does not read
 
 _INSTRUCTIONS = (Write, OpenUpstream, CloseConnection, ReadDisable, ReadEnable, ExternalCall)
+_LOGGED = (FilterFailed, EndpointConnectFailed)
+
+
+def _described(item: object) -> str:
+    """An event or instruction for a log line: its kind and connection, never its data."""
+    conn = getattr(item, "conn", None)
+    kind = type(item).__name__
+    return kind if conn is None else f"{kind} (connection {conn})"
 
 
 class Core(Protocol):
@@ -101,12 +112,30 @@ def build_core(config: Config, now: float) -> Core:
     return proxy
 
 
-def global_ratelimit_address(config: Config | None) -> tuple[str, int] | None:
-    """Where the global rate limiter's Redis lives (``global_ratelimit_redis``), if set."""
-    from metaprotocol.ratelimit_redis import parse_redis_address
+def global_ratelimit_redis(config: Config | None) -> RateLimitRedisConfig | None:
+    """Where the global rate limiter's Redis lives and how to log in (``global_ratelimit_redis``),
+    if set."""
+    return None if config is None else config.global_ratelimit_redis
 
-    value = None if config is None else config.raw.get("global_ratelimit_redis")
-    return None if value is None else parse_redis_address(value)
+
+def log_event(event: Output) -> None:
+    """Log what the core reports for the log (the adapters' job: the core does no IO): a
+    filter that raised, an upstream connection that failed. Requests are never logged."""
+    if isinstance(event, FilterFailed):
+        log.error(
+            "filter %s raised on listener %s (route %s); the request got an internal error",
+            event.filter,
+            event.listener,
+            event.route or "-",
+            exc_info=event.exception,
+        )
+    elif isinstance(event, EndpointConnectFailed):
+        log.warning(
+            "upstream %s of cluster %s: connect failure: %s",
+            event.endpoint,
+            event.cluster,
+            event.error,
+        )
 
 
 def bind_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
@@ -294,7 +323,8 @@ class Dispatcher:
                     try:
                         outputs = core.handle(item, self.now())
                     except Exception as exc:  # a core bug must not take every connection down
-                        log.exception("core.handle(%r) raised", item)
+                        # Never the event itself: it may hold a request (and its credentials).
+                        log.exception("core.handle raised on %s", _described(item))
                         self.crashes.append(exc)
                         continue
                 for out in outputs:
@@ -302,17 +332,20 @@ class Dispatcher:
                         try:
                             write(out.conn, out.data)
                         except Exception as exc:
-                            log.exception("executing %r raised", out)
+                            log.exception("executing %s raised", _described(out))
                             self.crashes.append(exc)
                     elif isinstance(out, _INSTRUCTIONS):
                         try:
                             execute(out)
                         except Exception as exc:
-                            log.exception("executing %r raised", out)
+                            log.exception("executing %s raised", _described(out))
                             self.crashes.append(exc)
                     else:
-                        if isinstance(out, RequestCompleted) and self.access_log is not None:
-                            self.access_log.log(out)
+                        if isinstance(out, RequestCompleted):
+                            if self.access_log is not None:
+                                self.access_log.log(out)
+                        elif isinstance(out, _LOGGED):
+                            log_event(out)
                         for observer in self.observers:
                             observer(out)
         finally:

@@ -10,6 +10,7 @@ from importlib.metadata import entry_points
 from typing import Any, cast
 
 from metaprotocol.configfile.routing import RoutingReader
+from metaprotocol.configfile.secrets import read_credentials, redacted
 from metaprotocol.configfile.values import describe, hint, join_path
 from metaprotocol.core.codec import CodecFactory, Side
 from metaprotocol.core.config import (
@@ -28,7 +29,9 @@ from metaprotocol.core.config import (
     LbPolicy,
     ListenerConfig,
     OutlierDetection,
+    RateLimitRedisConfig,
 )
+from metaprotocol.core.secrets import Credentials
 
 __all__ = ["LB_POLICIES", "Checker"]
 
@@ -61,7 +64,9 @@ _CLUSTER_KEYS = (
     "max_connections_per_endpoint",
     "circuit_breakers",
     "outlier_detection",
+    "auth",
 )
+_RATELIMIT_REDIS_KEYS = ("address", "auth", "db")
 _OPTION_PROBLEM_RE = re.compile(r"(?:\w+ codec_options\.)?(?P<key>\w+): (?P<rest>.+)", re.DOTALL)
 _BREAKER_KEYS = ("max_connections", "max_pending_requests", "max_requests")
 _OUTLIER_KEYS = ("consecutive_failures", "base_ejection_time", "max_ejection_percent")
@@ -95,7 +100,6 @@ class Checker(RoutingReader):
             keys = self.strings(log_spec["metadata"], "access_log.metadata") or ()
             log_metadata = tuple(k if k == "*" else k.lower() for k in keys)
         redis = self.optional(top, "global_ratelimit_redis", "", self.redis_settings)
-        del redis  # validated only: the adapter reads it from Config.raw
         known = {c.name for c in clusters}
         # Without every cluster's name, "unknown cluster" would only echo an earlier error.
         listed = top.get("clusters")
@@ -105,8 +109,34 @@ class Checker(RoutingReader):
         for path, name in self.cluster_refs if complete else ():
             if name not in known:
                 self.error(path, f"unknown cluster {name!r}{hint(name, known)}")
-        raw = copy.deepcopy(dict(top))
-        return Config(listeners, clusters, admin, access_log, log_metadata, raw)
+        if complete:
+            self.check_upstream_logins(listeners, clusters)
+        raw = redacted(copy.deepcopy(dict(top)))  # what /config_dump shows: no secrets
+        return Config(listeners, clusters, admin, access_log, log_metadata, raw, redis)
+
+    def check_upstream_logins(
+        self, listeners: tuple[ListenerConfig, ...], clusters: tuple[ClusterConfig, ...]
+    ) -> None:
+        """A cluster with ``auth`` must only serve listeners whose codec can log in
+        upstream (the ``preamble`` hook): anything else would send the requests unlogged."""
+        with_auth = {c.name: i for i, c in enumerate(clusters) if c.auth is not None}
+        if not with_auth:
+            return
+        for listener in listeners:
+            if not listener.codec:
+                continue
+            try:
+                factory = self.lookup_codec(listener.codec)
+            except Exception:  # reported where the listener names its codec
+                continue
+            if hasattr(factory, "preamble"):
+                continue
+            for name in sorted(_cluster_names(listener) & set(with_auth)):
+                self.error(
+                    f"clusters[{with_auth[name]}].auth",
+                    f"listener {listener.name!r} routes to this cluster with codec "
+                    f"{listener.codec!r}, which cannot log in to its upstreams",
+                )
 
     def admin(self, value: object, path: str) -> AdminConfig | None:
         m = self.mapping(value, path, ("address",))
@@ -122,9 +152,19 @@ class Checker(RoutingReader):
             return None if m is None else self.optional(m, "path", path, self.string)
         return self.string(value, path)
 
-    def redis_settings(self, value: object, path: str) -> tuple[str, int] | None:
-        m = self.mapping(value, path, ("address",), ("address",))
-        return None if m is None else self.optional(m, "address", path, self.address)
+    def redis_settings(self, value: object, path: str) -> RateLimitRedisConfig | None:
+        m = self.mapping(value, path, _RATELIMIT_REDIS_KEYS, ("address",))
+        if m is None:
+            return None
+        address = self.optional(m, "address", path, self.address)
+        auth = self.optional(m, "auth", path, self.credentials)
+        db = self.field(m, "db", path, self.count, 0)
+        if address is None:
+            return None
+        return RateLimitRedisConfig(address[0], address[1], auth, db)
+
+    def credentials(self, value: object, path: str) -> Credentials | None:
+        return read_credentials(self, value, path)
 
     # -- listeners
 
@@ -172,7 +212,13 @@ class Checker(RoutingReader):
             )
         options_path = join_path(path, "codec_options")
         options = self.optional(m, "codec_options", path, lambda v, q: self.mapping(v, q, None))
-        options = options or {}
+        options = dict(options or {})
+        if "auth" in options:  # a login clients give the proxy: credentials, for any codec
+            auth = self.optional(options, "auth", options_path, self.credentials)
+            if auth is None:
+                del options["auth"]  # reported already: the codec is asked about the rest
+            else:
+                options["auth"] = auth
         codec_name = self.field(m, "codec", path, self.string, "")
         codec = self.codec(codec_name, options, max_size, path) if codec_name else None
         if codec is not None:
@@ -299,6 +345,7 @@ class Checker(RoutingReader):
                 m, "circuit_breakers", path, self.breakers, CircuitBreakers()
             ),
             outlier_detection=self.optional(m, "outlier_detection", path, self.outlier),
+            auth=self.optional(m, "auth", path, self.credentials),
         )
 
     def lb_policy(self, value: object, path: str) -> LbPolicy | None:
@@ -350,3 +397,15 @@ class Checker(RoutingReader):
             self.field(m, "base_ejection_time", path, self.positive_duration, d.base_ejection_time),
             self.field(m, "max_ejection_percent", path, self.percentage, d.max_ejection_percent),
         )
+
+
+def _cluster_names(listener: ListenerConfig) -> set[str]:
+    """Every cluster ``listener``'s routes may send a request (or a mirror copy) to."""
+    names: set[str] = set()
+    for route in listener.routes:
+        action = route.action
+        if action.cluster is not None:
+            names.add(action.cluster)
+        names.update(w.cluster for w in action.weighted_clusters)
+        names.update(m.cluster for m in action.mirror)
+    return names

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from metaprotocol.core.message import ErrorType, Mutation
+from metaprotocol.core.secrets import Credentials
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
@@ -36,6 +37,7 @@ __all__ = [
     "MirrorPolicy",
     "OutlierDetection",
     "PluginFilterConfig",
+    "RateLimitRedisConfig",
     "RetryPolicy",
     "RouteAction",
     "RouteConfig",
@@ -273,6 +275,9 @@ class ClusterConfig:
     max_connections_per_endpoint: int = DEFAULT_MAX_UPSTREAM_CONNECTIONS_PER_ENDPOINT
     circuit_breakers: CircuitBreakers = CircuitBreakers()
     outlier_detection: OutlierDetection | None = None
+    # Every upstream connection logs in with these first (a codec with the ``preamble``
+    # hook sends the login, e.g. Redis AUTH); a refused login is a connect failure.
+    auth: Credentials | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,10 +287,23 @@ class AdminConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RateLimitRedisConfig:
+    """Where the global rate limiter's Redis lives (``global_ratelimit_redis``): the adapters'
+    clients connect there, log in with ``auth`` (if set) and select database ``db``."""
+
+    host: str
+    port: int
+    auth: Credentials | None = None
+    db: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     listeners: tuple[ListenerConfig, ...]
     clusters: tuple[ClusterConfig, ...]
     admin: AdminConfig | None = None
     access_log: str | None = None  # a file path, "-" for stdout, None for none
     access_log_metadata: tuple[str, ...] = ()  # properties each line carries ("*": all)
+    # The config as written (secrets redacted): what the admin's /config_dump shows.
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    global_ratelimit_redis: RateLimitRedisConfig | None = None

@@ -8,6 +8,7 @@ from typing import Any, Final
 
 __all__ = [
     "NEED_DATA",
+    "AuthenticationFailed",
     "ErrorType",
     "Message",
     "MessageType",
@@ -48,6 +49,8 @@ class ErrorType(enum.Enum):
     MESSAGE_TOO_LARGE = "message_too_large"
     BAD_REQUEST = "bad_request"
     UNSPECIFIED = "unspecified"
+    UNAUTHENTICATED = "unauthenticated"  # the client has not (or not correctly) authenticated
+    PERMISSION_DENIED = "permission_denied"  # authenticated, but not allowed to do this
 
 
 class NeedData(enum.Enum):
@@ -77,6 +80,15 @@ class ProtocolError(Exception):
         super().__init__(message)
         self.error_type = error_type
         self.fatal = fatal
+
+
+class AuthenticationFailed(ProtocolError):
+    """A client's credentials were refused (a wrong password, say): answered like any
+    non-fatal ``ProtocolError`` (with ``UNAUTHENTICATED``), and counted by the core as a
+    failed attempt (``downstream_auth_failed``). The message never holds the credentials."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, ErrorType.UNAUTHENTICATED, fatal=False)
 
 
 @dataclass(frozen=True, slots=True)

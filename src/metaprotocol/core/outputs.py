@@ -14,6 +14,7 @@ __all__ = [
     "EndpointConnectFailed",
     "EndpointEjected",
     "ExternalCall",
+    "FilterFailed",
     "Instruction",
     "LocalReplied",
     "NoRouteMatched",
@@ -127,8 +128,10 @@ class RequestCompleted:
 @dataclass(frozen=True, slots=True)
 class EndpointConnectFailed:
     """A connection to an upstream endpoint could not be made (refused, unreachable,
-    timed out). Emitted whether or not observers are asked for: it is rare, and what an
-    operator's log needs."""
+    timed out) or its login was refused. Emitted whether or not observers are asked for: it
+    is rare, and what an operator's log needs. ``error`` (an OS error naming the address, or
+    the server's refusal of the login) goes to the log, never to clients' error replies,
+    which name only the failure class; it never holds a configured secret."""
 
     cluster: str
     endpoint: str
@@ -146,6 +149,19 @@ class EndpointEjected:
     ejections: int
 
 
+@dataclass(frozen=True, slots=True)
+class FilterFailed:
+    """A filter raised while deciding on a request of ``conn``; the request was answered with
+    an internal error. Emitted whether or not observers are on, for the adapter to log: it
+    carries the exception and where it happened, never the request itself."""
+
+    conn: int
+    listener: str
+    filter: str
+    route: str  # the route the request would take ("" if none matches)
+    exception: BaseException = field(compare=False)
+
+
 ObserverEvent = (
     Decoded
     | Routed
@@ -154,5 +170,6 @@ ObserverEvent = (
     | RequestCompleted
     | EndpointConnectFailed
     | EndpointEjected
+    | FilterFailed
 )
 Output = Instruction | ObserverEvent

@@ -25,6 +25,7 @@ from metaprotocol.core.filters import CONTINUE, Abort, Call, Delay
 from metaprotocol.core.flow import Reason
 from metaprotocol.core.message import (
     NEED_DATA,
+    AuthenticationFailed,
     ErrorType,
     Message,
     MessageType,
@@ -33,8 +34,8 @@ from metaprotocol.core.message import (
 from metaprotocol.core.outputs import (
     CloseConnection,
     Decoded,
-    EndpointConnectFailed,
     ExternalCall,
+    FilterFailed,
     LocalReplied,
     NoRouteMatched,
     Output,
@@ -138,16 +139,9 @@ class Proxy(UpstreamSide):
             case ev.UpstreamConnectFailed(conn, error):
                 up = self.upstreams.get(conn)
                 if up is not None:
-                    pool = up.pool
-                    pool.cluster.counters.upstream_cx_connect_fail += 1
-                    self._out.append(
-                        EndpointConnectFailed(
-                            pool.cluster.config.name, pool.endpoint.label, error or "refused"
-                        )
-                    )
-                    self._upstream_gone(
-                        up, ErrorType.CONNECT_FAILURE, error or "connect failed", now
-                    )
+                    # The adapter's error names the address: it goes to the log (the
+                    # event), the clients' replies only say what kind of failure it was.
+                    self._connect_failed(up, error or "refused", now)
             case ev.EofReceived(conn) | ev.Closed(conn):
                 self._conn_ended(conn, isinstance(event, ev.EofReceived), now)
             case ev.WriteBufferHigh(conn):
@@ -326,6 +320,8 @@ class Proxy(UpstreamSide):
 
     def _decode_failed(self, ds: Downstream, exc: ProtocolError) -> None:
         ds.listener.counters.request_decoding_error += 1
+        if isinstance(exc, AuthenticationFailed):
+            ds.listener.counters.downstream_auth_failed += 1
         reply = self._error_reply(ds.codec, None, exc.error_type, str(exc))
         fatal = exc.fatal or reply is None
         if fatal:
@@ -412,7 +408,12 @@ class Proxy(UpstreamSide):
     def _run_filters(self, req: ActiveRequest, now: float) -> None:
         filters = req.listener.filters
         while req.filter_index < len(filters):
-            result = filters[req.filter_index].on_request(req.message.properties, now)
+            current = filters[req.filter_index]
+            try:
+                result = current.on_request(req.message.properties, now)
+            except Exception as exc:  # a filter bug: the request is answered, never stuck
+                self._filter_failed(req, current.name, exc, now)
+                return
             req.filter_index += 1
             if result is CONTINUE:
                 continue
@@ -456,7 +457,25 @@ class Proxy(UpstreamSide):
         if req.pause_timer is not None:
             req.pause_timer.cancel()
             req.pause_timer = None
-        self._decided(req, decide(result, error), now)
+        try:
+            verdict = decide(result, error)
+        except Exception as exc:  # the filter's decision raised: as if the filter had
+            name = req.listener.filters[req.filter_index - 1].name
+            self._filter_failed(req, name, exc, now)
+            return
+        self._decided(req, verdict, now)
+
+    def _filter_failed(self, req: ActiveRequest, name: str, exc: Exception, now: float) -> None:
+        """Answer the request with an internal error, count it, and tell the adapter (which
+        logs it once) which filter raised what, on which route; never the request itself."""
+        listener = req.listener
+        listener.counters.filter_error += 1
+        route = match_route(listener.routes, req.message.properties)
+        ds = req.downstream
+        conn = ds.id if ds is not None else 0
+        route_name = route.name if route is not None else ""
+        self._out.append(FilterFailed(conn, listener.config.name, name, route_name, exc))
+        self._local_reply(req, ErrorType.UNSPECIFIED, "internal error", now)
 
     def _decided(self, req: ActiveRequest, verdict: Abort | None, now: float) -> None:
         if req.done:

@@ -212,9 +212,11 @@ class ListenerCounters(CounterBlock):
         "active_requests",
         "cx_destroy_local_with_active_rq",
         "cx_destroy_remote_with_active_rq",
+        "downstream_auth_failed",
         "downstream_cx_active",
         "downstream_cx_output_overflow",
         "downstream_cx_total",
+        "filter_error",
         "heartbeat",
         "idle_timeout",
         "local_response_error",
@@ -234,9 +236,11 @@ class ListenerCounters(CounterBlock):
     active_requests: int
     cx_destroy_local_with_active_rq: int
     cx_destroy_remote_with_active_rq: int
+    downstream_auth_failed: int  # credentials a client sent were refused (a wrong password)
     downstream_cx_active: int
     downstream_cx_output_overflow: int  # closed: unread replies above output_buffer_limit
     downstream_cx_total: int
+    filter_error: int  # a filter raised: its request got an internal-error reply
     heartbeat: int
     idle_timeout: int
     local_response_error: int

@@ -170,8 +170,15 @@ class UpstreamSide(EngineBase):
         self._next_conn -= 1
         codec = pool.codec_factory(Side.UPSTREAM, pool.codec_options, pool.max_message_size)
         up = Upstream(conn, pool, codec)
-        if pool.variant:
-            up.queued.append(codec.preamble(pool.variant))  # type: ignore[attr-defined]
+        auth = pool.cluster.config.auth
+        if pool.variant or auth is not None:
+            # What the connection opens with (a protocol switch, a login); the codec consumes
+            # the server's answer, and a refusal is a connect failure (see _upstream_data).
+            # The config loader refuses ``auth`` for a codec without the hook.
+            preamble = getattr(codec, "preamble", None)
+            if preamble is not None:
+                first = preamble(pool.variant) if auth is None else preamble(pool.variant, auth)
+                up.queued.append(first)
         pool.connections.append(up)
         pool.cluster.connections += 1
         self.upstreams[conn] = up
@@ -181,6 +188,16 @@ class UpstreamSide(EngineBase):
         deadline = now + pool.cluster.config.connect_timeout
         up.connect_timer = self.timers.schedule(deadline, self._connect_timeout, up)
         return up
+
+    def _connect_failed(self, up: Upstream, detail: str, now: float) -> None:
+        """``up`` could not be opened, or its opening (a login) was refused: a connect failure
+        (retry and outlier rules apply). ``detail`` goes to the adapter's log only."""
+        pool = up.pool
+        pool.cluster.counters.upstream_cx_connect_fail += 1
+        self._out.append(
+            EndpointConnectFailed(pool.cluster.config.name, pool.endpoint.label, detail)
+        )
+        self._upstream_gone(up, ErrorType.CONNECT_FAILURE, "connect failed", now)
 
     def _connect_timeout(self, up: Upstream, now: float) -> None:
         up.connect_timer = None
@@ -351,6 +368,11 @@ class UpstreamSide(EngineBase):
                 if not isinstance(exc, ProtocolError):
                     self.stats.inc("codec_error")
                     exc = codec_failure(codec, "decode", exc)
+                elif exc.error_type is ErrorType.CONNECT_FAILURE:
+                    # The server refused what the connection opened with (Redis: the login).
+                    self._out.append(CloseConnection(up.id, flush=False))
+                    self._connect_failed(up, str(exc), now)
+                    return
                 up.pool.cluster.counters.response_decoding_error += 1
                 self._out.append(CloseConnection(up.id, flush=False))
                 self._upstream_gone(up, ErrorType.BAD_RESPONSE, str(exc), now)

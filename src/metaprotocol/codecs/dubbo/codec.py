@@ -69,6 +69,7 @@ from metaprotocol.codecs.dubbo.header import (
     MAGIC,
     SERIALIZATION_HESSIAN2,
     SERIALIZATION_MASK,
+    STATUS_BAD_REQUEST,
     STATUS_BAD_RESPONSE,
     STATUS_OK,
     STATUS_SERVER_ERROR,
@@ -104,6 +105,10 @@ ERROR_STATUS: dict[ErrorType, int] = {
     ErrorType.OVER_LIMIT: STATUS_SERVER_THREADPOOL_EXHAUSTED,
     ErrorType.TIMEOUT: STATUS_SERVER_TIMEOUT,
     ErrorType.BAD_RESPONSE: STATUS_BAD_RESPONSE,
+    # Dubbo has no status for authentication: the request is refused as the client's fault,
+    # and the body's text names the error type ("metaprotocol: unauthenticated").
+    ErrorType.UNAUTHENTICATED: STATUS_BAD_REQUEST,
+    ErrorType.PERMISSION_DENIED: STATUS_BAD_REQUEST,
 }
 """Dubbo status per error type; every other error type is 80 SERVER_ERROR."""
 

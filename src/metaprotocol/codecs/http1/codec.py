@@ -94,9 +94,13 @@ ERROR_STATUS: dict[ErrorType, int] = {
     ErrorType.MESSAGE_TOO_LARGE: 413,
     ErrorType.BAD_REQUEST: 400,
     ErrorType.UNSPECIFIED: 500,
+    ErrorType.UNAUTHENTICATED: 401,
+    ErrorType.PERMISSION_DENIED: 403,
 }
 _REASONS: Final = {
     400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
     404: "Not Found",
     413: "Content Too Large",
     429: "Too Many Requests",

@@ -22,7 +22,11 @@ A top-level RESP3 push reply (``>``) decodes as a RESPONSE with ``properties["pu
 
 codec_options (all optional positive integers): ``max_array_length`` (elements per request
 or reply aggregate, default 4Mi), ``max_nesting_depth`` (reply aggregates, default 64),
-``max_inline_size`` (inline command line, default 64KiB like redis).
+``max_inline_size`` (inline command line, default 64KiB like redis); and ``auth``
+(``Credentials``): clients must log in to the proxy with ``AUTH`` or ``HELLO <v> AUTH``,
+answered by the codec; other commands before that get ``-NOAUTH``, wrong credentials
+``-WRONGPASS``. Upstream, ``preamble`` logs in with a cluster's credentials (``AUTH``, or
+``HELLO 3 AUTH`` on RESP3 connections); a refusal is a connect failure.
 """
 
 from __future__ import annotations

@@ -7,21 +7,24 @@ from typing import Any, ClassVar, Final
 
 from mypy_extensions import mypyc_attr
 
-from metaprotocol.codecs.redis.commands import NOPROTO_DETAIL, QUIT_DETAIL
+from metaprotocol.codecs.redis.commands import AUTH_ARITY_DETAIL, NOPROTO_DETAIL, QUIT_DETAIL
 from metaprotocol.codecs.redis.reply import ReplyDecoder
 from metaprotocol.codecs.redis.request import RequestDecoder
 from metaprotocol.core.codec import Ordering, Side
 from metaprotocol.core.message import (
     NEED_DATA,
+    AuthenticationFailed,
     ErrorType,
     Message,
+    MessageType,
     Mutation,
     NeedData,
     ProtocolError,
     ResponseStatus,
 )
+from metaprotocol.core.secrets import Credentials
 
-__all__ = ["DEFAULT_OPTIONS", "RedisCodec"]
+__all__ = ["DEFAULT_OPTIONS", "NOAUTH_REPLY", "WRONGPASS_REPLY", "RedisCodec"]
 
 DEFAULT_OPTIONS: Mapping[str, int] = {
     "max_array_length": 4 * 1024 * 1024,  # elements in one request or one reply aggregate
@@ -46,22 +49,41 @@ _NAMES_COMMAND: Final = frozenset({ErrorType.ROUTE_NOT_FOUND, ErrorType.CLUSTER_
 _MAX_ERROR_TEXT: Final = 512  # keep local replies short whatever the detail
 _OK_REPLY: Final = b"+OK\r\n"
 
+# What redis-server answers an unauthenticated client, and a refused login.
+NOAUTH_REPLY: Final = b"-NOAUTH Authentication required.\r\n"
+WRONGPASS_REPLY: Final = b"-WRONGPASS invalid username-password pair or user is disabled.\r\n"
+_WRONGPASS_DETAIL: Final = "invalid username-password pair or user is disabled"
+_NOAUTH_DETAIL: Final = "authentication required"
+
 
 def _clean(text: str) -> str:
     """One line of text: CR, LF (and other control characters) become spaces."""
     return "".join(" " if ch < " " or ch == "\x7f" else ch for ch in text)
 
 
+def _credentials(options: Mapping[str, Any]) -> Credentials | None:
+    """``codec_options.auth``: the credentials clients must log in with (the config loader
+    turns ``{username, password | password_file | password_env}`` into them)."""
+    auth = options.get("auth")
+    if auth is None or isinstance(auth, Credentials):
+        return auth
+    raise ValueError(
+        "redis codec_options.auth: expected {username, password | password_file | "
+        f"password_env}}, got {type(auth).__name__}"
+    )
+
+
 def _validated(options: Mapping[str, Any]) -> Mapping[str, int]:
-    if not options:
+    if not options or (len(options) == 1 and "auth" in options):
         return DEFAULT_OPTIONS  # shared: a codec per connection need not copy the defaults
-    unknown = sorted(set(options) - set(DEFAULT_OPTIONS))
+    unknown = sorted(set(options) - set(DEFAULT_OPTIONS) - {"auth"})
     if unknown:
-        raise ValueError(
-            f"redis codec_options: unknown option(s) {unknown}; known: {sorted(DEFAULT_OPTIONS)}"
-        )
+        known = sorted([*DEFAULT_OPTIONS, "auth"])
+        raise ValueError(f"redis codec_options: unknown option(s) {unknown}; known: {known}")
     values = dict(DEFAULT_OPTIONS)
     for key, value in options.items():
+        if key == "auth":
+            continue
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(
                 f"redis codec_options.{key}: expected a positive integer, got {value!r}"
@@ -85,8 +107,12 @@ class RedisCodec:
     supports_mutation: ClassVar[bool] = False
 
     __slots__ = (
+        "_auth",
+        "_authenticated",
+        "_opening",
         "_replies",
         "_reply_decode",
+        "_request_decode",
         "_requests",
         "decode",
         "decode_many",
@@ -108,6 +134,10 @@ class RedisCodec:
         if max_message_size < 1:
             raise ValueError(f"max_message_size must be positive, got {max_message_size}")
         values = _validated(options)
+        # Downstream: the credentials clients log in with (None: no login needed).
+        self._auth = _credentials(options) if side is Side.DOWNSTREAM else None
+        self._authenticated = self._auth is None
+        self._opening = ""  # upstream: the command a new connection opened with
         self.side = side
         # Downstream: which kind of upstream connection this client needs ("" or "resp3",
         # after HELLO 3); the core keeps separate pools per variant.
@@ -118,10 +148,16 @@ class RedisCodec:
         self._replies: ReplyDecoder | None = None
         if side is Side.DOWNSTREAM:
             self._requests = RequestDecoder(
-                max_message_size, values["max_array_length"], values["max_inline_size"]
+                max_message_size,
+                values["max_array_length"],
+                values["max_inline_size"],
+                self._auth is not None,
             )
-            self.decode = self._requests.decode
+            self.decode = self._request_decode = self._requests.decode
             self.decode_many = self._requests.decode_many
+            if self._auth is not None:
+                self.decode = self._decode_guarded
+                self.decode_many = self._decode_many_guarded
         else:
             self._replies = ReplyDecoder(
                 max_message_size, values["max_array_length"], values["max_nesting_depth"]
@@ -136,15 +172,70 @@ class RedisCodec:
             return self.decode(buffer)  # the reply to the connection's HELLO 3 comes first
         return self._replies.decode_many(buffer, limit)
 
-    def preamble(self, variant: str) -> bytes:
-        """Upstream side: what a new connection of ``variant`` sends first (optional hook).
+    # -- downstream: clients log in to the proxy (codec_options.auth)
 
-        The reply to it is consumed here and never reaches the core.
+    def _decode_guarded(self, buffer: bytearray) -> Message | NeedData:
+        """``decode`` while the listener asks for a login: AUTH (and HELLO ... AUTH) are
+        checked here, in request order; anything else before a login gets ``-NOAUTH``."""
+        try:
+            message = self._request_decode(buffer)
+        except ProtocolError as exc:
+            if exc.fatal or self._authenticated or str(exc) == AUTH_ARITY_DETAIL:
+                raise
+            raise ProtocolError(_NOAUTH_DETAIL, ErrorType.UNAUTHENTICATED, fatal=False) from None
+        if message is NEED_DATA:
+            return message
+        return self._admit(message)
+
+    def _decode_many_guarded(
+        self, buffer: bytearray, limit: int, same_route: Callable[..., bool]
+    ) -> Message | NeedData:
+        if not self._authenticated or self._requests is None:
+            return self._decode_guarded(buffer)
+        message = self._requests.decode_many(buffer, limit, same_route)
+        if message is NEED_DATA or message.type is not MessageType.HEARTBEAT:
+            return message
+        return self._admit(message)
+
+    def _admit(self, message: Message) -> Message:
+        """Check a login (AUTH, HELLO with AUTH); let anything else through once logged in."""
+        data = message.codec_data
+        if message.type is MessageType.HEARTBEAT and (
+            data[0] == "auth" or (data[0] == "hello" and len(data) == 4)
+        ):
+            auth = self._auth
+            if auth is None or not auth.matches(data[-2], data[-1]):
+                # A client already logged in stays logged in (as redis-server does).
+                raise AuthenticationFailed(_WRONGPASS_DETAIL)
+            self._authenticated = True
+            return message
+        if self._authenticated:
+            return message
+        raise ProtocolError(_NOAUTH_DETAIL, ErrorType.UNAUTHENTICATED, fatal=False)
+
+    # -- upstream: what a new connection opens with
+
+    def preamble(self, variant: str, credentials: Credentials | None = None) -> bytes:
+        """Upstream side: what a new connection of ``variant`` sends first (optional hook):
+        ``HELLO 3`` for ``resp3`` connections, with ``AUTH <user> <password>`` when the
+        cluster has ``auth``; a plain connection with ``auth`` sends ``AUTH`` alone.
+
+        The reply to it is consumed here and never reaches the core; an error reply (a
+        refused login) raises ``ProtocolError(CONNECT_FAILURE)``: a connect failure.
         """
-        if variant != "resp3":
+        if variant == "resp3":
+            arguments = [b"HELLO", b"3"]
+            if credentials is not None:
+                arguments += [b"AUTH", credentials.user.encode(), _password(credentials)]
+        elif variant == "" and credentials is not None:
+            arguments = [b"AUTH", _password(credentials)]
+            if credentials.username is not None:
+                arguments.insert(1, credentials.username.encode())
+        else:
             raise ValueError(f"redis: unknown upstream variant {variant!r}")
+        self._opening = "HELLO 3" if variant else "AUTH"
         self.decode = self._skip_preamble_reply
-        return _HELLO3
+        return _command(arguments)
 
     def _skip_preamble_reply(self, buffer: bytearray) -> Message | NeedData:
         reply = self._reply_decode(buffer)
@@ -152,7 +243,10 @@ class RedisCodec:
             return reply
         self.decode = self._reply_decode
         if isinstance(reply, Message) and reply.status is ResponseStatus.ERROR:
-            raise ProtocolError(f"upstream refused HELLO 3: {reply.frame[:80]!r}")
+            text = _clean(reply.frame[1:81].decode("utf-8", "replace")).strip()
+            raise ProtocolError(
+                f"upstream refused {self._opening}: {text}", ErrorType.CONNECT_FAILURE
+            )
         return self.decode(buffer)
 
     def encode(
@@ -172,7 +266,14 @@ class RedisCodec:
         return message.frame  # properties are derived from the frame, never written back
 
     def encode_error(self, request: Message | None, error: ErrorType, detail: str) -> bytes | None:
-        """``-ERR <reason>\\r\\n``; the answer to QUIT (see commands.py) is ``+OK``."""
+        """``-ERR <reason>\\r\\n``; the answer to QUIT (see commands.py) is ``+OK``;
+        ``UNAUTHENTICATED`` is ``-NOAUTH`` (``-WRONGPASS`` for a refused login) and
+        ``PERMISSION_DENIED`` is ``-NOPERM``, as redis-server answers them."""
+        if error is ErrorType.UNAUTHENTICATED:
+            return WRONGPASS_REPLY if detail == _WRONGPASS_DETAIL else NOAUTH_REPLY
+        if error is ErrorType.PERMISSION_DENIED:
+            text = _clean(detail or "no permissions to run this command")[:_MAX_ERROR_TEXT]
+            return b"-NOPERM " + text.encode("utf-8", "replace") + b"\r\n"
         if error is ErrorType.BAD_REQUEST and detail == QUIT_DETAIL:
             return _OK_REPLY
         if error is ErrorType.BAD_REQUEST and detail == NOPROTO_DETAIL:
@@ -194,8 +295,8 @@ class RedisCodec:
         """The proxy's answers to HELLO and CLIENT SETINFO (decoded as heartbeats); PING is
         forwarded like any command."""
         data = heartbeat.codec_data
-        if isinstance(data, tuple) and data[0] == "ok":
-            return _OK_REPLY
+        if isinstance(data, tuple) and (data[0] == "ok" or data[0] == "auth"):
+            return _OK_REPLY  # an AUTH reaches the core only once accepted (see _admit)
         if not (isinstance(data, tuple) and data[0] == "hello"):
             return None
         version = data[1]
@@ -203,7 +304,15 @@ class RedisCodec:
         return _hello_reply(version)
 
 
-_HELLO3: Final = b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n"
+def _password(credentials: Credentials) -> bytes:
+    return credentials.password.reveal().encode("utf-8", "surrogateescape")
+
+
+def _command(arguments: list[bytes]) -> bytes:
+    """A RESP multibulk request."""
+    parts = [b"*%d\r\n" % len(arguments)]
+    parts.extend(b"$%d\r\n%s\r\n" % (len(argument), argument) for argument in arguments)
+    return b"".join(parts)
 
 
 def _hello_reply(version: int) -> bytes:

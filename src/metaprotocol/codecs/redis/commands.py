@@ -11,6 +11,9 @@ the client connection stays open) when it would
   AUTH, HELLO protocol switching, CLIENT ... including CLIENT REPLY OFF, which breaks FIFO
   matching, RESET, READONLY / READWRITE).
 
+With ``codec_options.auth`` AUTH and ``HELLO <v> AUTH <user> <pass>`` are answered by the
+proxy too (the login to the proxy, see codec.py); without it they are refused.
+
 HELLO (without AUTH or SETNAME) is answered by the proxy itself: a RESP3 client (``HELLO 3``,
 what redis-py 5+ sends by default) gets RESP3 upstream connections of its own, opened with
 ``HELLO 3``; RESP2 clients share the others.
@@ -26,6 +29,7 @@ from collections.abc import Sequence
 from typing import Final
 
 __all__ = [
+    "AUTH_ARITY_DETAIL",
     "CONDITIONALLY_BLOCKING_COMMANDS",
     "NON_POOLABLE_COMMANDS",
     "NOPROTO_DETAIL",
@@ -33,6 +37,9 @@ __all__ = [
     "refusal_reason",
     "uses_block_option",
 ]
+
+AUTH_ARITY_DETAIL: Final = "wrong number of arguments for 'auth' command"
+"""The ProtocolError detail for an AUTH that is neither ``AUTH pass`` nor ``AUTH user pass``."""
 
 NOPROTO_DETAIL: Final = "unsupported protocol version"
 """The ProtocolError detail for ``HELLO <v>`` with v not 2 or 3; answered ``-NOPROTO``."""

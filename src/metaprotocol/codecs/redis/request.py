@@ -29,6 +29,7 @@ from collections.abc import Callable
 from typing import Final
 
 from metaprotocol.codecs.redis.commands import (
+    AUTH_ARITY_DETAIL,
     CONDITIONALLY_BLOCKING_COMMANDS,
     NON_POOLABLE_COMMANDS,
     NOPROTO_DETAIL,
@@ -120,15 +121,34 @@ def _parse_length(digits: bytearray | bytes) -> int:
 
 
 class RequestDecoder:
-    """Frames requests and extracts ``command`` and ``key``; one per downstream connection."""
+    """Frames requests and extracts ``command`` and ``key``; one per downstream connection.
 
-    __slots__ = ("_fast_count", "_max_array", "_max_inline", "_max_size", "_progress")
+    With ``answers_auth`` (the listener has ``codec_options.auth``), ``AUTH`` and ``HELLO <v>
+    AUTH <user> <pass>`` decode as heartbeats carrying the credentials, for the codec to
+    check; without it they are refused like any connection-state command.
+    """
 
-    def __init__(self, max_message_size: int, max_array_length: int, max_inline_size: int) -> None:
+    __slots__ = (
+        "_answers_auth",
+        "_fast_count",
+        "_max_array",
+        "_max_inline",
+        "_max_size",
+        "_progress",
+    )
+
+    def __init__(
+        self,
+        max_message_size: int,
+        max_array_length: int,
+        max_inline_size: int,
+        answers_auth: bool = False,
+    ) -> None:
         self._max_size = max_message_size
         self._max_array = max_array_length
         self._fast_count = min(9, max_array_length)  # counts the one-digit fast path takes
         self._max_inline = max_inline_size
+        self._answers_auth = answers_auth
         self._progress: _Progress | None = None
 
     def decode(self, buffer: bytearray) -> Message | NeedData:
@@ -214,7 +234,7 @@ class RequestDecoder:
         raw = frame[cs:ce]
         command = _COMMAND_NAMES.get(raw) or command_name(raw)  # inlined cache hit
         if command in _SPECIAL:
-            local = _check_special(command, frame, base)
+            local = _check_special(command, frame, base, self._answers_auth)
             if local is not None:
                 return local
         if count > 1:
@@ -400,7 +420,7 @@ class RequestDecoder:
         del buffer[:end]
         command = command_name(arguments[0])
         if command in _SPECIAL:
-            local = _refuse_if_needed(command, arguments, frame)
+            local = _refuse_if_needed(command, arguments, frame, self._answers_auth)
             if local is not None:
                 return local
         properties = {"command": command}
@@ -427,23 +447,28 @@ def _too_large(size: int, limit: int) -> ProtocolError:
     )
 
 
-_ANSWERED_LOCALLY: Final = frozenset({"HELLO", "CLIENT"})  # some forms are answered by the proxy
+# Some forms are answered by the proxy (AUTH only when the listener has credentials).
+_ANSWERED_LOCALLY: Final = frozenset({"HELLO", "CLIENT", "AUTH"})
 
 
-def _check_special(command: str, frame: bytes, base: int) -> Message | None:
+def _check_special(command: str, frame: bytes, base: int, answers_auth: bool) -> Message | None:
     """Refuse ``command`` if it cannot go through a pooled connection (see commands.py),
-    or return the message the proxy answers itself (HELLO)."""
+    or return the message the proxy answers itself (HELLO, AUTH)."""
     arguments: list[bytes] = []
     if command in CONDITIONALLY_BLOCKING_COMMANDS or command in _ANSWERED_LOCALLY:
         arguments = _multibulk_arguments(frame, base)
-    return _refuse_if_needed(command, arguments, frame)
+    return _refuse_if_needed(command, arguments, frame, answers_auth)
 
 
-def _refuse_if_needed(command: str, arguments: list[bytes], frame: bytes) -> Message | None:
+def _refuse_if_needed(
+    command: str, arguments: list[bytes], frame: bytes, answers_auth: bool
+) -> Message | None:
     if command == "QUIT":
         raise ProtocolError(QUIT_DETAIL, ErrorType.BAD_REQUEST, fatal=True)
     if command == "HELLO":
-        return _hello(arguments, frame)
+        return _hello(arguments, frame, answers_auth)
+    if command == "AUTH" and answers_auth:
+        return _auth(arguments, frame)
     if command == "CLIENT" and len(arguments) > 1 and arguments[1].upper() == b"SETINFO":
         # Client library metadata (redis-py sends it on connect): acknowledged, not forwarded,
         # since it would label a connection other clients share.
@@ -455,21 +480,41 @@ def _refuse_if_needed(command: str, arguments: list[bytes], frame: bytes) -> Mes
     raise ProtocolError(refusal_reason(command), ErrorType.BAD_REQUEST, fatal=False)
 
 
-def _hello(arguments: list[bytes], frame: bytes) -> Message:
+def _hello(arguments: list[bytes], frame: bytes, answers_auth: bool) -> Message:
     """``HELLO [protover]`` is answered by the proxy (a HEARTBEAT for the core): the
     client's protocol version picks which upstream connections serve it (RESP2 and RESP3
-    clients never share one). AUTH and SETNAME would change shared state: refused."""
-    if len(arguments) > 2:
+    clients never share one). ``HELLO <v> AUTH <user> <pass>`` too when the proxy checks
+    credentials itself (``answers_auth``; the codec checks them). SETNAME, and AUTH
+    otherwise, would change shared state: refused."""
+    with_auth = answers_auth and len(arguments) == 5 and arguments[2].upper() == b"AUTH"
+    if len(arguments) > 2 and not with_auth:
         raise ProtocolError(refusal_reason("HELLO"), ErrorType.BAD_REQUEST, fatal=False)
     version = 2
-    if len(arguments) == 2:
+    if len(arguments) >= 2:
         raw = arguments[1]
         if raw not in (b"2", b"3"):
             raise ProtocolError(NOPROTO_DETAIL, ErrorType.BAD_REQUEST, fatal=False)
         version = int(raw)
     properties = {"command": "HELLO"}
+    data: tuple[object, ...] = ("hello", version)
+    if with_auth:
+        data = ("hello", version, arguments[3], arguments[4])
     return Message(MessageType.HEARTBEAT, frame, None, properties, _OK, None, 0, len(frame),
-                   ("hello", version))  # fmt: skip
+                   data)  # fmt: skip
+
+
+def _auth(arguments: list[bytes], frame: bytes) -> Message:
+    """``AUTH <password>`` (the ``default`` user) or ``AUTH <username> <password>``: a
+    HEARTBEAT carrying the credentials, which the codec checks."""
+    if len(arguments) == 2:
+        data = ("auth", b"default", arguments[1])
+    elif len(arguments) == 3:
+        data = ("auth", arguments[1], arguments[2])
+    else:
+        raise ProtocolError(AUTH_ARITY_DETAIL, ErrorType.BAD_REQUEST, fatal=False)
+    properties = {"command": "AUTH"}
+    return Message(MessageType.HEARTBEAT, frame, None, properties, _OK, None, 0, len(frame),
+                   data)  # fmt: skip
 
 
 def _multibulk_arguments(frame: bytes, base: int) -> list[bytes]:

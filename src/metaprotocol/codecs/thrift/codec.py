@@ -59,6 +59,7 @@ from .transport import (
 __all__ = ["ThriftCodec", "ThriftFrameInfo"]
 
 # TApplicationException type codes (lib/py/src/Thrift.py).
+UNKNOWN: Final = 0
 UNKNOWN_METHOD: Final = 1
 INTERNAL_ERROR: Final = 6
 PROTOCOL_ERROR: Final = 7
@@ -66,6 +67,9 @@ _APP_EXCEPTION_TYPE: Final = {
     ErrorType.ROUTE_NOT_FOUND: UNKNOWN_METHOD,
     ErrorType.BAD_REQUEST: PROTOCOL_ERROR,
     ErrorType.MESSAGE_TOO_LARGE: PROTOCOL_ERROR,
+    # No TApplicationException type means "not allowed": UNKNOWN, the message says which.
+    ErrorType.UNAUTHENTICATED: UNKNOWN,
+    ErrorType.PERMISSION_DENIED: UNKNOWN,
 }
 
 _TRANSPORTS: Final = {
