@@ -445,7 +445,7 @@ listeners.0.idle_timout = 1s
 => listeners[0].idle_timout: unknown key (did you mean 'idle_timeout'?)
 clusters.0.zzz = 1
 => clusters[0].zzz: unknown key (expected one of: name, endpoints, lb_policy, \
-connect_timeout, max_connections_per_endpoint, circuit_breakers, outlier_detection)
+connect_timeout, max_connections_per_endpoint, circuit_breakers, outlier_detection, auth)
 cluster = []
 => cluster: unknown key (did you mean 'clusters'?)
 listeners.0.max_pending_requests = many
@@ -551,7 +551,8 @@ access_log = 5
 listeners.0.filters.+0 = {fault: {abort: {percentage: 1, error: overlimit}}}
 => listeners[0].filters[0].fault.abort.error: expected one of route_not_found, \
 cluster_not_found, no_healthy_upstream, bad_response, over_limit, timeout, upstream_reset, \
-connect_failure, message_too_large, bad_request, unspecified, got 'overlimit' \
+connect_failure, message_too_large, bad_request, unspecified, unauthenticated, \
+permission_denied, got 'overlimit' \
 (did you mean 'over_limit'?)
 listeners.0.filters.+0 = {global_ratelimit: {domain: d, requests_per_unit: 1, unit: day}}
 => listeners[0].filters[0].global_ratelimit.unit: expected second, minute, hour or a \
