@@ -40,6 +40,10 @@ __all__ = [
 ]
 
 
+# The parsers and the checker recurse once per level of nesting; a config is never this deep.
+_TOO_DEEP = "nested too deeply"
+
+
 def parse_config(
     data: Mapping[str, Any],
     source: str = "<string>",
@@ -53,7 +57,10 @@ def parse_config(
     about the whole document. The input is kept, deep-copied, in ``Config.raw``.
     """
     checker = Checker(source, codecs)
-    config = checker.config(data)
+    try:
+        config = checker.config(data)
+    except RecursionError:  # JSON or a YAML flow nested hundreds of levels deep
+        raise ConfigError([f"{source}: {_TOO_DEEP}"], source) from None
     if checker.errors:
         raise ConfigError(checker.errors, source)
     return config
@@ -76,11 +83,15 @@ def load_config(path: str | Path, *, codecs: Mapping[str, CodecFactory] | None =
         except json.JSONDecodeError as exc:
             where = f"{source}:{exc.lineno}:{exc.colno}"
             raise ConfigError([f"{where}: invalid JSON: {exc.msg}"], source) from None
+        except RecursionError:
+            raise ConfigError([f"{source}: invalid JSON: {_TOO_DEEP}"], source) from None
     else:
         try:
             data = yaml.load(text, Loader=_StrictLoader)
         except yaml.YAMLError as exc:
             raise ConfigError([_yaml_error(source, exc)], source) from None
+        except RecursionError:
+            raise ConfigError([f"{source}: invalid YAML: {_TOO_DEEP}"], source) from None
     return parse_config(data, source, codecs=codecs)
 
 
