@@ -5,12 +5,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 COMPILED := .venv-mypyc
 
-.PHONY: venv demo test lint typecheck unit unit-compiled bench compiled clean
+.PHONY: venv demo test lint typecheck unit fuzz unit-compiled bench compiled clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,fuzz]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -28,7 +28,13 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest -W error
 
-test: lint typecheck unit unit-compiled
+# Every fuzz target for FUZZ_SECONDS each (docs/fuzzing.md); fails on a finding and prints
+# the input that reproduces it. Once per CI run: not part of the pytest suite.
+FUZZ_SECONDS ?= 10
+fuzz: $(STAMP)
+	$(BIN)/python -m fuzz.run --seconds $(FUZZ_SECONDS)
+
+test: lint typecheck unit fuzz unit-compiled
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/core.py
@@ -53,4 +59,4 @@ unit-compiled: compiled
 	$(COMPILED)/bin/python -m pytest -W error -p no:cacheprovider
 
 clean:
-	rm -rf $(VENV) $(COMPILED) build src/*.egg-info .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(COMPILED) build src/*.egg-info .mypy_cache .pytest_cache .ruff_cache .fuzz
