@@ -16,7 +16,7 @@ from typing import Any
 from metaprotocol.codecs.redis import RedisCodec
 from metaprotocol.codecs.redis import request as redis_request
 from metaprotocol.core.codec import Side
-from metaprotocol.core.message import Message, NeedData
+from metaprotocol.core.message import Message, MessageType, NeedData
 
 from .common import DATA_DIR, Finding, check_encodes, drive, split_input
 
@@ -48,7 +48,16 @@ def _run(data: bytes, side: Side) -> None:
                 return codec.decode_many(buffer, many)
 
     def on_message(message: Message) -> None:
-        check_encodes(other, message, passthrough=True)
+        # Replies pass through. Commands may not (an inline one goes upstream as the RESP
+        # array of its arguments): what goes upstream must decode to the same commands.
+        check_encodes(other, message, passthrough=side is Side.UPSTREAM)
+        if side is Side.DOWNSTREAM and message.type is MessageType.REQUEST:
+            sent = other.encode(message)
+            again = drive(RedisCodec(side, {}, 1 << 20), sent, 0, 1 << 20)
+            wanted = {k: message.properties.get(k) for k in ("command", "key")}
+            got = [{k: m.properties.get(k) for k in wanted} for m in again[:1]]
+            if got != [wanted] or len(again) != message.count:
+                raise Finding(f"{message!r} went upstream as {sent!r}")
 
     drive(codec, wire, chunk, limit, decode=decode, on_message=on_message)
     if len(redis_request._COMMAND_NAMES) > _NAME_CACHE_LIMIT:

@@ -74,8 +74,7 @@ def test_the_runner_fails_on_a_finding_and_prints_the_reproducer(tmp_path: Path)
     pytest.importorskip("atheris")
     target = "tests.fuzz.broken:harness:seeds"
     proc = subprocess.run(
-        [sys.executable, "-m", "fuzz.run", "--seconds", "30", "--artifacts", str(tmp_path)]
-        + [target],
+        [sys.executable, "-m", "fuzz.run", "--seconds", "30", "--artifacts", str(tmp_path), target],
         cwd=ROOT,
         capture_output=True,
         text=True,
