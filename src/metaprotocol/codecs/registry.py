@@ -16,6 +16,7 @@ BUILTIN_CODECS: dict[str, str] = {
     "thrift": "metaprotocol.codecs.thrift:ThriftCodec",
     "http1": "metaprotocol.codecs.http1:Http1Codec",
     "redis": "metaprotocol.codecs.redis:RedisCodec",
+    "trpc": "metaprotocol.codecs.trpc:TrpcCodec",
 }
 
 _cache: dict[str, CodecFactory] = {}
