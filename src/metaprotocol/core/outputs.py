@@ -119,7 +119,8 @@ class RequestCompleted:
     route: str
     cluster: str
     endpoint: str
-    status: str  # "ok", "error" (upstream error response), "local_error", "oneway", "abandoned"
+    status: str  # "ok", "error" (upstream error response), "local_error", "oneway", "abandoned",
+    # "reset" (a stream the client reset)
     error: ErrorType | None
     duration: float
     properties: dict[str, str] = field(hash=False)

@@ -30,6 +30,7 @@ from metaprotocol.core.message import (
     Message,
     MessageType,
     ProtocolError,
+    ResponseStatus,
 )
 from metaprotocol.core.outputs import (
     CloseConnection,
@@ -517,6 +518,8 @@ class Proxy(UpstreamSide):
         sid = msg.request_id
         init = ds.streams.get(sid) if sid is not None else None
         if init is None or init.upstream is None or init.upstream_id is None:
+            if msg.type is MessageType.STREAM_CLOSE:
+                return  # the stream already ended (the server closed it first): nothing to do
             self._decode_failed(ds, ProtocolError("frame for unknown stream", fatal=False))
             return
         up = init.upstream
@@ -526,6 +529,10 @@ class Proxy(UpstreamSide):
             self._out.append(Write(up.id, data))
         else:
             up.queued.append(data)
+        if msg.type is MessageType.STREAM_CLOSE and msg.status is ResponseStatus.ERROR:
+            # A reset from the client ends the stream both ways: the server answers nothing
+            # more for it, so its state goes now rather than at the request timeout.
+            self._finish(init, "reset", None, now)
 
     # -- connection lifecycle ----------------------------------------------------------------
 
