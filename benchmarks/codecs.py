@@ -130,6 +130,28 @@ def redis_frames() -> list[bytes]:
     return [b"".join(pack(*command)) for command in commands]
 
 
+# trpc-090 and trpc-096 in tests/codecs/data/vectors/wire-vectors.json: a unary SayHello
+# request written by trpc-go's ClientCodec, and a stream INIT from trpc-go's stream codec tests.
+TRPC_UNARY_HEX = (
+    "0930000000000091007a000000000000180120e8072a17747270632e6170702e636c69656e742e7365727669"
+    "6365321c747270632e746573742e68656c6c6f776f726c642e477265657465723a262f747270632e74657374"
+    "2e68656c6c6f776f726c642e477265657465722f53617948656c6c6f4a140a076170702d6b657912096170702d"
+    "76616c75650a0568656c6c6f"
+)
+TRPC_INIT_HEX = (
+    "093001010000005300000000006400000a410a17747270632e6170702e7365727665722e7365727669636"
+    "51a262f747270632e746573742e68656c6c6f776f726c642e477265657465722f53617948656c6c6f"
+)
+
+
+def trpc_frames() -> list[bytes]:
+    return [bytes.fromhex(TRPC_UNARY_HEX)]
+
+
+def trpc_stream_frames() -> list[bytes]:
+    return [bytes.fromhex(TRPC_INIT_HEX)]
+
+
 def lengthprefixed_frames() -> list[bytes]:
     from metaprotocol.codecs.lengthprefixed import build_frame
 
@@ -156,6 +178,8 @@ CASES: list[Case] = [
     Case("http1 fast", "http1", http1_frames, {"parser": "fast"}),
     Case("http1 h11", "http1", http1_frames, {"parser": "h11"}),
     Case("redis", "redis", redis_frames),
+    Case("trpc unary", "trpc", trpc_frames),
+    Case("trpc stream init", "trpc", trpc_stream_frames),
     Case("lengthprefixed", "lengthprefixed", lengthprefixed_frames),
 ]
 

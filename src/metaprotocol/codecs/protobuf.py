@@ -77,6 +77,10 @@ _WIRE_TYPES: Final = (
 
 def read_varint(data: bytes, pos: int, end: int) -> tuple[int, int]:
     """The unsigned varint at ``pos`` and the offset after it (ProtocolError if bad)."""
+    if pos < end:
+        first = data[pos]
+        if first < 0x80:  # the common case: one byte
+            return first, pos + 1
     result = 0
     shift = 0
     while True:
@@ -272,7 +276,13 @@ def read_fields(data: bytes, start: int = 0, end: int | None = None) -> list[Fie
     fields: list[Field] = []
     pos = start
     while pos < stop:
-        number, wire, value_pos = read_tag(data, pos, stop)
+        key = data[pos]
+        if key < 0x80 and key >= 8 and key & 7 < 6:  # a one-byte tag (fields 1 to 15)
+            number = key >> 3
+            wire = _WIRE_TYPES[key & 7]
+            value_pos = pos + 1
+        else:
+            number, wire, value_pos = read_tag(data, pos, stop)
         value: int | bytes
         if wire is WireType.VARINT:
             value, after = read_varint(data, value_pos, stop)

@@ -71,6 +71,11 @@ _STREAM_ID: Final = struct.Struct(">I")  # bytes 10..14
 _OK: Final = ResponseStatus.OK
 _ERROR: Final = ResponseStatus.ERROR
 _U32: Final = 0xFFFF_FFFF
+# Field numbers compared per field while decoding, as plain ints (see frame.py's enums).
+_REQUEST_ID: Final = 3  # RequestField.REQUEST_ID and ResponseField.REQUEST_ID
+_CALL_TYPE: Final = 2  # RequestField.CALL_TYPE
+_RET: Final = 4  # ResponseField.RET
+_FUNC_RET: Final = 5  # ResponseField.FUNC_RET
 
 # Where the routing names live in each header, by property name.
 _REQUEST_NAMES: Final = {
@@ -84,9 +89,13 @@ _INIT_NAMES: Final = {
     "func": int(InitRequestMeta.FUNC),
 }
 _NO_NAMES: Final[dict[str, int]] = {}
+# The same, by field number, for decoding.
+_REQUEST_FIELDS: Final = {number: name for name, number in _REQUEST_NAMES.items()}
+_INIT_FIELDS: Final = {number: name for name, number in _INIT_NAMES.items()}
+_NO_FIELDS: Final[dict[int, str]] = {}
 
 
-def _properties(fields: list[Field], names: Mapping[str, int], trans_info: int) -> dict[str, str]:
+def _properties(fields: list[Field], names: Mapping[int, str], trans_info: int) -> dict[str, str]:
     """Routing properties: every UTF-8 trans_info entry, then the named fields over them."""
     props: dict[str, str] = {}
     named: dict[str, str] = {}
@@ -101,9 +110,9 @@ def _properties(fields: list[Field], names: Mapping[str, int], trans_info: int) 
                 continue  # not text: forwarded untouched, just not routable
             props[text_key] = text_value
             continue
-        for name, wanted in names.items():
-            if number == wanted:
-                named[name] = field.text()
+        name = names.get(number)
+        if name is not None:
+            named[name] = field.text()
     props.update(named)
     return props
 
@@ -209,12 +218,12 @@ class TrpcCodec:
         oneway = False
         for field in fields:
             number = field.number
-            if number == RequestField.REQUEST_ID:
+            if number == _REQUEST_ID:
                 request_id = field.int_value & _U32
                 id_field = field
-            elif number == RequestField.CALL_TYPE:
+            elif number == _CALL_TYPE:
                 oneway = field.int_value == 1
-        props = _properties(fields, _REQUEST_NAMES, RequestField.TRANS_INFO)
+        props = _properties(fields, _REQUEST_FIELDS, 9)  # RequestField.TRANS_INFO
         mtype = MessageType.ONEWAY if oneway else MessageType.REQUEST
         header = HEADER_SIZE + pb_size
         body = len(frame) - header
@@ -227,12 +236,12 @@ class TrpcCodec:
         failed = False
         for field in fields:
             number = field.number
-            if number == ResponseField.REQUEST_ID:
+            if number == _REQUEST_ID:
                 request_id = field.int_value & _U32
                 id_field = field
-            elif number == ResponseField.RET or number == ResponseField.FUNC_RET:
+            elif number in (_RET, _FUNC_RET):
                 failed = as_int32(field.int_value) != 0 or failed
-        props = _properties(fields, _NO_NAMES, ResponseField.TRANS_INFO)
+        props = _properties(fields, _NO_FIELDS, 8)  # ResponseField.TRANS_INFO
         header = HEADER_SIZE + pb_size
         body = len(frame) - header
         status = _ERROR if failed else _OK
@@ -247,7 +256,7 @@ class TrpcCodec:
             request_meta, failed = _init_meta(frame)
             if downstream:
                 mtype = MessageType.STREAM_INIT
-                props = _properties(request_meta, _INIT_NAMES, InitRequestMeta.TRANS_INFO)
+                props = _properties(request_meta, _INIT_FIELDS, InitRequestMeta.TRANS_INFO)
             elif failed:
                 mtype, status = MessageType.ERROR, _ERROR  # the server refused the stream
             else:
