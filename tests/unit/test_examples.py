@@ -13,7 +13,7 @@ from metaprotocol.configfile import load_config, routing, schema, secrets
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
-EXPECTED = {"dubbo.yaml", "thrift.yaml", "http1.yaml", "redis.yaml", "full.yaml"}
+EXPECTED = {"dubbo.yaml", "thrift.yaml", "http1.yaml", "redis.yaml", "trpc.yaml", "full.yaml"}
 
 
 def test_there_is_one_example_per_codec_and_the_design_sample() -> None:
@@ -47,7 +47,7 @@ def test_redis_auth_example_passes_check_with_its_secrets(
     assert config.global_ratelimit_redis.db == 1
 
 
-@pytest.mark.parametrize("name", ["dubbo", "thrift", "http1", "redis"])
+@pytest.mark.parametrize("name", ["dubbo", "thrift", "http1", "redis", "trpc"])
 def test_each_codec_example_uses_its_codec(name: str) -> None:
     config = load_config(EXAMPLES / f"{name}.yaml")
     assert {listener.codec for listener in config.listeners} == {name}

@@ -1,4 +1,4 @@
-"""tRPC over TCP: unary, oneway and streaming calls (docs/codecs/trpc.md)."""
+"""tRPC over TCP: unary, oneway and streaming calls (docs/trpc.md)."""
 
 from __future__ import annotations
 

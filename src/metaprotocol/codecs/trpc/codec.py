@@ -1,4 +1,4 @@
-"""The tRPC codec: unary, oneway and streaming frames of tRPC over TCP (docs/codecs/trpc.md).
+"""The tRPC codec: unary, oneway and streaming frames of tRPC over TCP (docs/trpc.md).
 
 How frames map onto the core's message types (the side says which way a frame travels):
 

@@ -1,6 +1,6 @@
 """tRPC frame layout: the 16-byte fixed header, the protobuf field numbers, frame builders.
 
-The layout (docs/codecs/trpc.md; trpc-group/trpc ``trpc/trpc.proto``), all big-endian:
+The layout (docs/trpc.md; trpc-group/trpc ``trpc/trpc.proto``), all big-endian:
 
     0  magic            u16   0x0930
     2  data frame type  u8    0 unary, 1 stream
