@@ -17,6 +17,7 @@ import pytest
 
 from metaprotocol.codecs.registry import get_codec
 from metaprotocol.codecs.trpc import TrpcCodec, build_close, build_request, build_response
+from metaprotocol.codecs.trpc.frame import RET_CODES
 from metaprotocol.core.codec import Codec, Side
 from metaprotocol.core.message import (
     NEED_DATA,
@@ -80,6 +81,10 @@ EXPECTED_TYPES = {
     "DATA": MessageType.STREAM_DATA,
     "CLOSE": MessageType.STREAM_CLOSE,
 }
+
+
+def test_every_error_type_has_a_ret_code() -> None:
+    assert set(RET_CODES) == set(ErrorType) and 0 not in RET_CODES.values()
 
 
 def test_registered_with_its_class_attributes() -> None:
