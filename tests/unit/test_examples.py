@@ -6,10 +6,12 @@ import re
 from pathlib import Path
 
 import pytest
+import trustme
 import yaml
 
 from metaprotocol.cli import main
 from metaprotocol.configfile import load_config, routing, schema, secrets
+from metaprotocol.configfile import tls as tls_keys
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -45,6 +47,31 @@ def test_redis_auth_example_passes_check_with_its_secrets(
     config = load_config(path)
     assert config.clusters[0].auth is not None and config.global_ratelimit_redis is not None
     assert config.global_ratelimit_redis.db == 1
+def test_tls_example_passes_check_with_its_placeholder_files_in_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Its certificate paths are relative placeholders: check it where they exist."""
+    ca = trustme.CA()
+    proxy, client = ca.issue_cert("localhost"), ca.issue_cert("client.test")
+    (tmp_path / "certs").mkdir()
+    for name, blob in (
+        ("ca.pem", ca.cert_pem),
+        ("proxy.pem", proxy.cert_chain_pems[0]),
+        ("proxy.key", proxy.private_key_pem),
+        ("client.pem", client.cert_chain_pems[0]),
+        ("client.key", client.private_key_pem),
+    ):
+        blob.write_to_path(str(tmp_path / "certs" / name))
+    path = EXAMPLES / "tls.yaml"
+    monkeypatch.chdir(tmp_path)
+    assert main(["check", str(path)]) == 0, capsys.readouterr().err
+    config = load_config(path)
+    assert [lst.tls is not None for lst in config.listeners] == [True, True]
+    assert config.clusters[0].tls is not None and config.clusters[1].tls is None
+    # Elsewhere the placeholders are missing, and check says which.
+    monkeypatch.chdir(ROOT)
+    assert main(["check", str(path)]) == 1
+    assert "listeners[0].tls.cert_file: no such file: 'certs/proxy.pem'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("name", ["dubbo", "thrift", "http1", "redis", "trpc"])
@@ -103,6 +130,8 @@ def test_configuration_docs_name_every_key() -> None:
         *routing._ROUTE_ACTION_KEYS,
         *routing._GLOBAL_RATELIMIT_KEYS,
         *routing._TOKEN_BUCKET_KEYS,
+        *tls_keys.LISTENER_TLS_KEYS,
+        *tls_keys.CLUSTER_TLS_KEYS,
         *routing.FILTER_NAMES,
         *routing.MATCHER_KINDS,
         *routing.RETRY_ON,

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import metaprotocol
 
-FORBIDDEN = {"socket", "asyncio", "anyio", "trio", "selectors", "threading", "time", "random"}
+FORBIDDEN = {
+    "socket", "ssl", "asyncio", "anyio", "trio", "selectors", "threading", "time", "random"
+}  # fmt: skip
 PACKAGE = Path(metaprotocol.__file__).parent
 
 

@@ -13,12 +13,16 @@ time). Watermarks, and the size reported by ``WriteBufferGrew`` above the high o
 measured on that out buffer (bytes handed to the adapter and not yet accepted by the
 kernel), not on the kernel's send buffer: honest, but coarser than asyncio's transport.
 Core calls are synchronous, so the single core is safe without locks or channels.
+TLS (metaprotocol.tls) is anyio's ``TLSStream`` over the socket stream: a TLS listener's
+client is handshaken in a task of its own and reaches the core only once that succeeded;
+an upstream reports ``UpstreamConnected`` after its handshake.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import ssl
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, nullcontext, suppress
@@ -28,6 +32,7 @@ from typing import Any
 import anyio
 import anyio.abc
 from anyio.abc import SocketAttribute, SocketListener
+from anyio.streams.tls import TLSStream
 
 from metaprotocol.accesslog import AccessLog
 from metaprotocol.adapters.dispatch import (
@@ -44,7 +49,7 @@ from metaprotocol.adapters.dispatch import (
     resolve_config,
 )
 from metaprotocol.admin import AdminApp, AdminConnection
-from metaprotocol.core.config import Config
+from metaprotocol.core.config import ClusterTls, Config
 from metaprotocol.core.events import (
     Accepted,
     Closed,
@@ -66,12 +71,46 @@ from metaprotocol.core.outputs import (
     Write,
 )
 from metaprotocol.ratelimit_redis import AnyioRedisRateLimiter
+from metaprotocol.tls import (
+    HANDSHAKE_TIMEOUT,
+    TlsContexts,
+    TlsError,
+    count_handshake_error,
+    server_hostname,
+)
 
 __all__ = ["Handle", "serve"]
 
 SEND_CHUNK = 1024 * 1024  # the most one send() copies out of a connection's out buffer
 _GONE = (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
+_HANDSHAKE_FAILED = (anyio.BrokenResourceError, anyio.EndOfStream, OSError, TimeoutError)
 _NO_SCOPE = nullcontext()
+
+
+class _TurnTakingSends(anyio.abc.ByteStream):
+    """A socket stream under a ``TLSStream`` whose sends take turns: the TLS layer's reader
+    may have to send too (the answer to a key update) while the writer task is sending."""
+
+    def __init__(self, stream: anyio.abc.SocketStream) -> None:
+        self.stream = stream
+        self.lock = anyio.Lock()
+
+    @property
+    def extra_attributes(self) -> Any:
+        return self.stream.extra_attributes
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        return await self.stream.receive(max_bytes)
+
+    async def send(self, item: bytes) -> None:
+        async with self.lock:
+            await self.stream.send(item)
+
+    async def send_eof(self) -> None:
+        await self.stream.send_eof()
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
 
 
 class _Connection:
@@ -93,7 +132,7 @@ class _Connection:
 
     def __init__(self, conn: int) -> None:
         self.conn = conn
-        self.stream: anyio.abc.SocketStream | None = None
+        self.stream: anyio.abc.ByteStream | None = None
         self.out = OutBuffer()
         # What stops the connection's task: the task's own handle where anyio gives one
         # (recent anyio: start_soon returns a TaskHandle), else a cancel scope of our own.
@@ -131,6 +170,7 @@ class _Server:
         self.deadline: float | None = None
         self.timer_wakeup = anyio.Event()
         self.limiter: AnyioRedisRateLimiter | None = None
+        self.tls = TlsContexts(config)
         self.dispatcher = Dispatcher(
             core,
             clock=anyio.current_time,
@@ -159,9 +199,9 @@ class _Server:
                 if c is not None:
                     c.readable = True
                     c.wake_reader()
-            case OpenUpstream(conn, host, port):
+            case OpenUpstream(conn, host, port, tls):
                 c = self.conns[conn] = _Connection(conn)
-                self._start(c, self.tg.start_soon(self.run_upstream, c, host, port))
+                self._start(c, self.tg.start_soon(self.run_upstream, c, host, port, tls))
             case CloseConnection(conn, flush):
                 c = self.conns.pop(conn, None)
                 if c is not None:
@@ -210,7 +250,36 @@ class _Server:
             c.scope = anyio.CancelScope()
 
     def accepted(self, stream: anyio.abc.SocketStream, listener: str) -> None:
-        """A new client: tell the core, then serve it in a task of its own."""
+        """A new client: on a TLS listener handshake first (in a task of its own)."""
+        ctx = self.tls.listener(listener)
+        if ctx is None:
+            self.serve_client(stream, listener)
+        else:
+            self.tg.start_soon(self.handshake, stream, listener, ctx)
+
+    async def handshake(
+        self, stream: anyio.abc.SocketStream, listener: str, ctx: ssl.SSLContext
+    ) -> None:
+        """A TLS listener's client: serve it once its handshake succeeded; count a failure."""
+        try:
+            with anyio.fail_after(HANDSHAKE_TIMEOUT):
+                tls = await TLSStream.wrap(
+                    _TurnTakingSends(stream),
+                    server_side=True,
+                    ssl_context=ctx,
+                    standard_compatible=False,
+                )
+        except _HANDSHAKE_FAILED as exc:
+            count_handshake_error(self.core.stats, listener, exc)
+            await _close(stream)
+            return
+        if self.dispatcher.draining:
+            await _close(tls)
+            return
+        self.serve_client(tls, listener)
+
+    def serve_client(self, stream: anyio.abc.ByteStream, listener: str) -> None:
+        """Tell the core about a client, then serve it in a task of its own."""
         c = _Connection(self.next_id)
         self.next_id += 1
         c.stream = stream
@@ -220,7 +289,7 @@ class _Server:
         self.dispatcher.feed(Accepted(c.conn, listener, peer_text))
         self._start(c, self.tg.start_soon(self.run_downstream, c, stream))
 
-    async def run_downstream(self, c: _Connection, stream: anyio.abc.SocketStream) -> None:
+    async def run_downstream(self, c: _Connection, stream: anyio.abc.ByteStream) -> None:
         """A client connection's task: read until it ends (see ``pump``)."""
         try:
             with c.scope or _NO_SCOPE:
@@ -228,13 +297,15 @@ class _Server:
         finally:
             await self.finish(c)
 
-    async def run_upstream(self, c: _Connection, host: str, port: int) -> None:
-        """An upstream connection's task: connect, then read until it ends."""
+    async def run_upstream(
+        self, c: _Connection, host: str, port: int, tls: ClusterTls | None
+    ) -> None:
+        """An upstream connection's task: connect (and handshake), then read until it ends."""
         try:
             with c.scope or _NO_SCOPE:
                 try:
-                    c.stream = await anyio.connect_tcp(host, port)
-                except OSError as exc:
+                    c.stream = await self.connect(host, port, tls)
+                except (*_HANDSHAKE_FAILED, TlsError) as exc:
                     if self.conns.get(c.conn) is c:
                         del self.conns[c.conn]
                         self.dispatcher.feed(UpstreamConnectFailed(c.conn, str(exc)))
@@ -244,7 +315,24 @@ class _Server:
         finally:
             await self.finish(c)
 
-    async def pump(self, c: _Connection, stream: anyio.abc.SocketStream) -> None:
+    async def connect(self, host: str, port: int, tls: ClusterTls | None) -> anyio.abc.ByteStream:
+        """A connected stream; with ``tls`` handshaken too (the core's connect_timeout bounds
+        both, by closing the connection)."""
+        stream = await anyio.connect_tcp(host, port)
+        if tls is None:
+            return stream
+        try:
+            return await TLSStream.wrap(
+                _TurnTakingSends(stream),
+                hostname=server_hostname(tls, host),
+                ssl_context=self.tls.upstream(tls),
+                standard_compatible=False,
+            )
+        except BaseException:
+            await _close(stream)
+            raise
+
+    async def pump(self, c: _Connection, stream: anyio.abc.ByteStream) -> None:
         """Read until the peer's end of stream, then keep writing until the core closes; or
         until an error. (One function: every coroutine frame is held per idle connection.)"""
         c.started = True
@@ -288,7 +376,7 @@ class _Server:
         if c.started and not c.closed_by_us:
             self.dispatcher.feed(Closed(c.conn, c.error))
 
-    async def write_loop(self, c: _Connection, stream: anyio.abc.SocketStream) -> None:
+    async def write_loop(self, c: _Connection, stream: anyio.abc.ByteStream) -> None:
         """Send what is buffered, then end (``kick_writer`` starts a new one when needed)."""
         out = c.out
         try:
@@ -371,7 +459,9 @@ class Handle(ServerInfo):
         first: if a listener cannot be bound this raises and nothing changes."""
         if self._closed:
             raise RuntimeError("reload while draining or closed")
+        tls = TlsContexts(config)  # reads the certificate files again (raises if one is bad)
         changes = bind_and_reload(self._server.dispatcher, config, self._reuse_port)
+        self._server.tls = tls
         changes.update(self.addresses)
         for name in changes.removed:
             scope = self._accepting.pop(name, None)

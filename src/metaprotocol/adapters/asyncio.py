@@ -10,6 +10,9 @@ Writes are coalesced per connection and flushed once per loop iteration; the tra
 ``pause_writing``/``resume_writing`` become ``WriteBufferHigh``/``WriteBufferLow``, and the
 transport's buffer size after each flush between them ``WriteBufferGrew``;
 ``ReadDisable``/``ReadEnable`` pause and resume reading. ``loop.time()`` is the core's clock.
+TLS (metaprotocol.tls) is the loop's own: a TLS listener accepts itself and hands each
+client to ``connect_accepted_socket(ssl=...)`` (the core hears of it once the handshake is
+done); upstream ``create_connection(ssl=...)`` (``UpstreamConnected`` after the handshake).
 """
 
 from __future__ import annotations
@@ -29,13 +32,14 @@ from metaprotocol.adapters.dispatch import (
     Dispatcher,
     ServerInfo,
     bind_and_reload,
+    bind_socket,
     bound_address,
     build_core,
     global_ratelimit_redis,
     resolve_config,
 )
 from metaprotocol.admin import AdminApp, AdminConnection
-from metaprotocol.core.config import Config
+from metaprotocol.core.config import ClusterTls, Config
 from metaprotocol.core.events import (
     Accepted,
     Closed,
@@ -57,6 +61,12 @@ from metaprotocol.core.outputs import (
     Write,
 )
 from metaprotocol.ratelimit_redis import AsyncioRedisRateLimiter
+from metaprotocol.tls import (
+    HANDSHAKE_TIMEOUT,
+    TlsContexts,
+    count_handshake_error,
+    server_hostname,
+)
 
 __all__ = ["Handle", "serve"]
 
@@ -70,7 +80,9 @@ def _nodelay(transport: asyncio.BaseTransport) -> None:
 class _Connection(asyncio.Protocol):
     """One downstream or upstream socket; ``conn`` is None until a downstream is accepted."""
 
-    def __init__(self, server: _Server, conn: int | None, listener: str | None) -> None:
+    def __init__(
+        self, server: _Server, conn: int | None, listener: str | None, half_close: bool = True
+    ) -> None:
         self.server = server
         self.conn = conn
         self.listener = listener
@@ -80,6 +92,7 @@ class _Connection(asyncio.Protocol):
         self.closed_by_us = False
         self.connect_task: asyncio.Task[None] | None = None
         self.linger: asyncio.TimerHandle | None = None
+        self.half_close = half_close  # False over TLS: the loop closes it at EOF anyway
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport = cast(asyncio.Transport, transport)  # uvloop: no subclass
@@ -111,7 +124,7 @@ class _Connection(asyncio.Protocol):
     def eof_received(self) -> bool:
         if self.conn is not None and not self.closed_by_us:
             self.server.dispatcher.feed(EofReceived(self.conn))
-        return True  # stay half-open: the core decides when to close
+        return self.half_close  # stay half-open: the core decides when to close
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -135,6 +148,59 @@ class _Connection(asyncio.Protocol):
             server.pending.pop(conn, None)
         if not self.closed_by_us:
             server.dispatcher.feed(Closed(conn, "" if exc is None else str(exc)))
+
+
+class _TlsListener:
+    """A TLS listener: accepts on its socket itself and hands each client to
+    ``connect_accepted_socket`` with the listener's current context, so the loop's TLS does
+    the handshake, the core hears of the client (``connection_made``) only once that
+    succeeded, and a failure is an exception here, counted. (``start_tls`` on a transport
+    from ``create_server`` cannot be used: uvloop starts reading right after
+    ``connection_made``, and the ClientHello would reach the plaintext protocol.)"""
+
+    def __init__(self, server: _Server, name: str, sock: socket.socket) -> None:
+        self.server, self.name, self.sock = server, name, sock
+        self.handshakes: set[asyncio.Task[None]] = set()
+        self.task = server.spawn(self.accept_loop())
+
+    async def accept_loop(self) -> None:
+        loop = self.server.loop
+        while True:
+            try:
+                client, _ = await loop.sock_accept(self.sock)
+            except OSError:  # e.g. EMFILE: back off a little, then try again
+                await asyncio.sleep(0.1)
+                continue
+            task = self.server.spawn(self.handshake(client))
+            self.handshakes.add(task)
+            task.add_done_callback(self.handshakes.discard)
+
+    async def handshake(self, client: socket.socket) -> None:
+        server = self.server
+        ctx = server.tls.listener(self.name)
+        if ctx is None:  # a reload cannot turn TLS off at the same address; be safe anyway
+            client.close()
+            return
+        try:
+            await server.loop.connect_accepted_socket(
+                lambda: _Connection(server, None, self.name, half_close=False),
+                client,
+                ssl=ctx,
+                ssl_handshake_timeout=HANDSHAKE_TIMEOUT,
+            )
+        except (OSError, ValueError) as exc:  # ssl.SSLError, a reset, the handshake timeout
+            count_handshake_error(server.core.stats, self.name, exc)
+            client.close()
+
+    def close(self) -> None:
+        """Stop accepting, and drop clients still handshaking (the core never saw them)."""
+        self.task.cancel()
+        for task in list(self.handshakes):
+            task.cancel()
+        self.sock.close()
+
+    async def wait_closed(self) -> None:
+        pass
 
 
 class _AdminProtocol(asyncio.Protocol):
@@ -178,6 +244,7 @@ class _Server:
         self.timer: asyncio.TimerHandle | None = None
         self.tasks: set[asyncio.Task[None]] = set()
         self.limiter: AsyncioRedisRateLimiter | None = None
+        self.tls = TlsContexts(config)
         self.dispatcher = Dispatcher(
             core,
             clock=loop.time,
@@ -217,10 +284,10 @@ class _Server:
                     proto.read_disabled = False
                     if proto.transport is not None and not proto.transport.is_closing():
                         proto.transport.resume_reading()
-            case OpenUpstream(conn, host, port):
-                proto = _Connection(self, conn, None)
+            case OpenUpstream(conn, host, port, tls):
+                proto = _Connection(self, conn, None, half_close=tls is None)
                 self.conns[conn] = proto
-                proto.connect_task = self.spawn(self.connect(proto, host, port))
+                proto.connect_task = self.spawn(self.connect(proto, host, port, tls))
             case CloseConnection(conn, flush):
                 self.close_connection(conn, flush)
             case ExternalCall(call, kind, payload):
@@ -275,10 +342,21 @@ class _Server:
         task.add_done_callback(self.tasks.discard)
         return task
 
-    async def connect(self, proto: _Connection, host: str, port: int) -> None:
+    async def connect(
+        self, proto: _Connection, host: str, port: int, tls: ClusterTls | None
+    ) -> None:
         try:
-            await self.loop.create_connection(lambda: proto, host, port)
-        except OSError as exc:
+            if tls is None:
+                await self.loop.create_connection(lambda: proto, host, port)
+            else:  # the core's connect_timeout bounds the handshake too
+                await self.loop.create_connection(
+                    lambda: proto,
+                    host,
+                    port,
+                    ssl=self.tls.upstream(tls),
+                    server_hostname=server_hostname(tls, host),
+                )
+        except (OSError, ValueError) as exc:  # ValueError: ssl.CertificateError, TlsError
             assert proto.conn is not None
             if self.conns.get(proto.conn) is proto:
                 del self.conns[proto.conn]
@@ -310,7 +388,7 @@ class Handle(ServerInfo):
     def __init__(self, server: _Server, reuse_port: bool) -> None:
         super().__init__()
         self._server = server
-        self._listeners: dict[str, asyncio.Server] = {}
+        self._listeners: dict[str, asyncio.Server | _TlsListener] = {}
         self._binding: dict[str, socket.socket] = {}  # added by a reload, not yet accepting
         self._admin: asyncio.Server | None = None
         self._closed = False
@@ -330,7 +408,9 @@ class Handle(ServerInfo):
         first: if a listener cannot be bound this raises and nothing changes."""
         if self._closed:
             raise RuntimeError("reload while draining or closed")
+        tls = TlsContexts(config)  # reads the certificate files again (raises if one is bad)
         changes = bind_and_reload(self._server.dispatcher, config, self._reuse_port)
+        self._server.tls = tls
         changes.update(self.addresses)
         for name in changes.removed:
             listener = self._listeners.pop(name, None)
@@ -343,10 +423,14 @@ class Handle(ServerInfo):
 
     async def _accept_on(self, name: str, sock: socket.socket) -> None:
         server = self._server
+        listener: asyncio.Server | _TlsListener
         try:
-            listener = await server.loop.create_server(
-                lambda: _Connection(server, None, name), sock=sock, backlog=1024
-            )
+            if server.tls.listener(name) is not None:
+                listener = _TlsListener(server, name, sock)
+            else:
+                listener = await server.loop.create_server(
+                    lambda: _Connection(server, None, name), sock=sock, backlog=1024
+                )
         except BaseException:
             sock.close()
             raise
@@ -420,6 +504,11 @@ async def serve(
     try:
         for listener in cfg.listeners:
             name = listener.name
+            if listener.tls is not None:
+                sock = bind_socket(listener.host, listener.port, reuse_port)
+                handle._listeners[name] = _TlsListener(server, name, sock)
+                handle.addresses[name] = bound_address(sock.getsockname())
+                continue
             srv = await loop.create_server(
                 lambda name=name: _Connection(server, None, name),
                 listener.host,

@@ -15,6 +15,13 @@ clock and the selector's timeout comes from ``next_deadline()``. Global rate-lim
 Redis run one at a time on a helper thread (bounded by a short socket timeout), so a slow
 Redis delays only the requests waiting for their verdict; the result comes back through
 the loop's wakeup socket. Everything else runs on the loop's own thread.
+
+TLS (metaprotocol.tls) wraps the non-blocking sockets in ``ssl``: a handshake advances on
+each readiness its ``SSLWantReadError``/``SSLWantWriteError`` asked for; a TLS listener's
+client reaches the core only once its handshake succeeded (a failure is counted, a client
+that does not finish in time is closed), and an upstream reports ``UpstreamConnected``
+after its handshake. Reads also take what ``ssl`` already decrypted (``pending()``), which
+the selector cannot see.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import logging
 import os
 import selectors
 import socket
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable
@@ -48,7 +56,7 @@ from metaprotocol.adapters.dispatch import (
     resolve_config,
 )
 from metaprotocol.admin import AdminApp, AdminConnection
-from metaprotocol.core.config import Config
+from metaprotocol.core.config import ClusterTls, Config
 from metaprotocol.core.events import (
     Accepted,
     Closed,
@@ -70,12 +78,20 @@ from metaprotocol.core.outputs import (
     Write,
 )
 from metaprotocol.ratelimit_redis import BlockingRedisRateLimiter
+from metaprotocol.tls import (
+    HANDSHAKE_TIMEOUT,
+    TlsContexts,
+    TlsError,
+    count_handshake_error,
+    server_hostname,
+)
 
 __all__ = ["Handle", "serve_forever"]
 
 T = TypeVar("T")
 log = logging.getLogger("metaprotocol")
 _R, _W = selectors.EVENT_READ, selectors.EVENT_WRITE
+_TRY_AGAIN = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
 
 class _Connection:
@@ -88,6 +104,13 @@ class _Connection:
         self.connecting = False
         self.closing_until: float | None = None  # flushing close: give up after this
         self.mask = 0
+        self.secure = False  # an ssl.SSLSocket
+        # A TLS handshake in progress: what it waits for (_R or _W); a client's listener
+        # name (None: an upstream), its peer, and when a client is given up on.
+        self.handshake = 0
+        self.listener: str | None = None
+        self.peer = ""
+        self.handshake_until = 0.0
 
 
 class _AdminConn:
@@ -143,10 +166,11 @@ class Handle(ServerInfo):
         """Swap routes and clusters atomically, bind the listeners ``config`` adds or moves
         and stop accepting on those it removes (their connections drain). Binding happens
         here, first: if a listener cannot be bound this raises and nothing changes."""
+        tls = TlsContexts(config)  # reads the certificate files again (raises if one is bad)
         changes = bind_listener_changes(self._config, config, self._reuse_port)
         self._config = config
         changes.update(self.addresses)
-        self._loop.call_soon_threadsafe(lambda: self._loop.reload(config, changes))
+        self._loop.call_soon_threadsafe(lambda: self._loop.reload(config, changes, tls))
 
     def stop(self, drain_timeout: float = 0.0) -> None:
         """Stop: with a drain timeout, stop accepting and let in-flight requests finish first."""
@@ -159,7 +183,10 @@ class _Loop:
         self.sel = selectors.DefaultSelector()
         self.conns: dict[int, _Connection] = {}
         self.closing: set[_Connection] = set()
+        self.handshakes: set[_Connection] = set()  # TLS clients not yet handshaken
+        self.upstream_tls: dict[_Connection, tuple[ssl.SSLContext, str]] = {}  # connecting
         self.dirty: set[_Connection] = set()
+        self.tls = TlsContexts(config)
         self.listeners: list[_Listener] = []
         self.next_id = 1
         self.deadline: float | None = None
@@ -212,8 +239,8 @@ class _Loop:
                 if (c := self.conns.get(conn)) is not None:
                     c.readable = True
                     self.update(c)
-            case OpenUpstream(conn, host, port):
-                self.connect(conn, host, port)
+            case OpenUpstream(conn, host, port, tls):
+                self.connect(conn, host, port, tls)
             case CloseConnection(conn, flush):
                 if (c := self.conns.pop(conn, None)) is not None:
                     if flush and c.out.data and not c.connecting:
@@ -239,13 +266,14 @@ class _Loop:
         else:
             self.call_soon_threadsafe(lambda: self.dispatcher.complete_call(call, allowed))
 
-    def connect(self, conn: int, host: str, port: int) -> None:
+    def connect(self, conn: int, host: str, port: int, tls: ClusterTls | None) -> None:
         try:
+            ctx = None if tls is None else self.tls.upstream(tls)
             family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[
                 0
             ]
             sock = socket.socket(family, kind, proto)
-        except OSError as exc:
+        except (OSError, TlsError) as exc:
             self.dispatcher.feed(UpstreamConnectFailed(conn, str(exc)))
             return
         sock.setblocking(False)
@@ -257,11 +285,73 @@ class _Loop:
             return
         c = self.conns[conn] = _Connection(conn, sock)
         c.connecting = True
+        if ctx is not None and tls is not None:
+            self.upstream_tls[c] = (ctx, server_hostname(tls, host))
         self.update(c)
+
+    # -- TLS handshakes -------------------------------------------------------------------
+
+    def start_handshake(self, c: _Connection, ctx: ssl.SSLContext, hostname: str | None) -> None:
+        """Wrap ``c``'s socket in TLS (a client's: server side) and start its handshake."""
+        if c.mask:  # the wrapped socket takes over the file descriptor
+            self.sel.unregister(c.sock)
+            c.mask = 0
+        try:
+            c.sock = ctx.wrap_socket(
+                c.sock,
+                server_side=c.listener is not None,
+                server_hostname=hostname,
+                do_handshake_on_connect=False,
+            )
+        except (OSError, ValueError) as exc:
+            self.handshake_failed(c, exc)
+            return
+        c.secure = True
+        c.handshake = _R
+        self.step_handshake(c)
+
+    def step_handshake(self, c: _Connection) -> None:
+        sock = c.sock
+        assert isinstance(sock, ssl.SSLSocket)
+        try:
+            sock.do_handshake()
+        except ssl.SSLWantReadError:
+            c.handshake = _R
+        except ssl.SSLWantWriteError:
+            c.handshake = _W
+        except (OSError, ValueError) as exc:  # ssl.SSLError, a reset, a bad certificate
+            self.handshake_failed(c, exc)
+            return
+        else:
+            c.handshake = 0
+            self.handshakes.discard(c)
+            if c.listener is None:
+                self.update(c)
+                self.dispatcher.feed(UpstreamConnected(c.conn))
+            elif self.dispatcher.draining:
+                del self.conns[c.conn]
+                self.drop(c)
+            else:
+                self.update(c)
+                self.dispatcher.feed(Accepted(c.conn, c.listener, c.peer))
+            return
+        self.update(c)
+
+    def handshake_failed(self, c: _Connection, reason: object) -> None:
+        """A client's failed handshake is counted; an upstream's is a connect failure."""
+        if self.conns.get(c.conn) is c:
+            del self.conns[c.conn]
+        self.drop(c)
+        if c.listener is not None:
+            count_handshake_error(self.core.stats, c.listener, reason)
+        else:
+            self.dispatcher.feed(UpstreamConnectFailed(c.conn, str(reason)))
 
     def update(self, c: _Connection) -> None:
         """Poll ``c`` for what it needs now."""
-        if c.connecting:
+        if c.handshake:
+            want = c.handshake
+        elif c.connecting:
             want = _W
         else:
             want = (_R if c.readable and not c.eof else 0) | (_W if c.out.data else 0)
@@ -282,6 +372,8 @@ class _Loop:
         c.sock.close()
         self.closing.discard(c)
         self.dirty.discard(c)
+        self.handshakes.discard(c)
+        self.upstream_tls.pop(c, None)
 
     def lost(self, c: _Connection, error: str) -> None:
         if self.conns.get(c.conn) is c:
@@ -294,6 +386,9 @@ class _Loop:
     # -- socket readiness -----------------------------------------------------------------
 
     def on_ready(self, c: _Connection, mask: int) -> None:
+        if c.handshake:
+            self.step_handshake(c)
+            return
         if c.connecting:
             err = c.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             c.connecting = False
@@ -301,6 +396,10 @@ class _Loop:
                 del self.conns[c.conn]
                 self.drop(c)
                 self.dispatcher.feed(UpstreamConnectFailed(c.conn, os.strerror(err)))
+                return
+            tls = self.upstream_tls.pop(c, None)
+            if tls is not None:
+                self.start_handshake(c, *tls)
                 return
             self.update(c)
             self.dispatcher.feed(UpstreamConnected(c.conn))
@@ -310,7 +409,10 @@ class _Loop:
         if mask & _R and c.readable and not c.eof:
             try:
                 data = c.sock.recv(READ_CHUNK)
-            except (BlockingIOError, InterruptedError):
+                if c.secure:  # what ssl decrypted and buffered: no readiness will tell
+                    while pending := c.sock.pending():  # type: ignore[attr-defined]
+                        data += c.sock.recv(pending)
+            except _TRY_AGAIN:
                 return
             except OSError as exc:
                 self.lost(c, str(exc))
@@ -328,7 +430,7 @@ class _Loop:
             if c.out.data and not c.connecting:
                 try:
                     sent = c.sock.send(c.out.data)
-                except (BlockingIOError, InterruptedError):
+                except _TRY_AGAIN:  # ssl: retried with the same bytes first, as it requires
                     sent = 0
                 except OSError as exc:
                     self.lost(c, str(exc))
@@ -357,8 +459,15 @@ class _Loop:
             _nodelay(sock)
             c = self.conns[self.next_id] = _Connection(self.next_id, sock)
             self.next_id += 1
-            self.update(c)
-            self.dispatcher.feed(Accepted(c.conn, listener.name, f"{peer[0]}:{peer[1]}"))
+            ctx = self.tls.listener(listener.name)
+            if ctx is None:
+                self.update(c)
+                self.dispatcher.feed(Accepted(c.conn, listener.name, f"{peer[0]}:{peer[1]}"))
+                continue
+            c.listener, c.peer = listener.name, f"{peer[0]}:{peer[1]}"
+            c.handshake_until = time.monotonic() + HANDSHAKE_TIMEOUT
+            self.handshakes.add(c)
+            self.start_handshake(c, ctx, None)
 
     def on_admin(self, a: _AdminConn, mask: int) -> None:
         if mask & _R:
@@ -391,7 +500,7 @@ class _Loop:
 
     # -- the loop -------------------------------------------------------------------------
 
-    def reload(self, config: Config, changes: ListenerChanges) -> None:
+    def reload(self, config: Config, changes: ListenerChanges, tls: TlsContexts) -> None:
         """The loop's half of ``Handle.reload``: swap the core's config, then the sockets."""
         if self.stop_at is not None or self.stopped:  # draining: no new listeners
             changes.close()
@@ -402,6 +511,7 @@ class _Loop:
             log.exception("reload failed, keeping the running config")
             changes.close()
             return
+        self.tls = tls
         for name in changes.removed:
             for listener in [lst for lst in self.listeners if lst.name == name]:
                 self.sel.unregister(listener.sock)
@@ -432,6 +542,9 @@ class _Loop:
             if self.closing:
                 lingers = [c.closing_until for c in self.closing if c.closing_until is not None]
                 wake = min([*lingers, *([wake] if wake is not None else [])])
+            if self.handshakes:
+                first = min(c.handshake_until for c in self.handshakes)
+                wake = first if wake is None else min(wake, first)
             for key, mask in self.sel.select(None if wake is None else max(0.0, wake - now)):
                 data = key.data
                 if isinstance(data, _Connection):
@@ -452,11 +565,13 @@ class _Loop:
                 self.flush()
             for c in [c for c in self.closing if (c.closing_until or now) <= now]:
                 self.drop(c)
+            for c in [c for c in self.handshakes if c.handshake_until <= now]:
+                self.handshake_failed(c, "handshake timed out")
             if self.stop_at is not None and (dispatcher.drained or now >= self.stop_at):
                 self.stopped = True
 
     def shutdown(self) -> None:
-        for c in [*self.conns.values(), *self.closing]:
+        for c in [*self.conns.values(), *self.closing, *self.handshakes]:
             self.drop(c)
         self.conns.clear()
         for key in list(self.sel.get_map().values()):

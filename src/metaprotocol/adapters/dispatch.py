@@ -177,10 +177,21 @@ class ListenerChanges:
 
 def bind_listener_changes(old: Config | None, new: Config, reuse_port: bool) -> ListenerChanges:
     """Bind the listeners ``new`` adds (or moves) over ``old``. Raises OSError (naming the
-    listener) or ValueError, with nothing left bound, if any of them cannot be bound."""
+    listener) or ValueError, with nothing left bound, if any of them cannot be bound or one
+    would turn TLS on or off at its address."""
     before = {} if old is None else {lst.name: (lst.host, lst.port) for lst in old.listeners}
     after = {lst.name: (lst.host, lst.port) for lst in new.listeners}
     removed = tuple(name for name, address in before.items() if after.get(name) != address)
+    if old is not None:  # a listening socket is plaintext or TLS for its whole life
+        secure = {lst.name: lst.tls is not None for lst in old.listeners}
+        for lst in new.listeners:
+            if before.get(lst.name) == after[lst.name] and secure[lst.name] != (
+                lst.tls is not None
+            ):
+                raise ValueError(
+                    f"listener {lst.name!r}: turning TLS on or off takes a new address "
+                    "(or a restart)"
+                )
     added: dict[str, socket.socket] = {}
     try:
         for name, (host, port) in after.items():

@@ -11,6 +11,7 @@ from typing import Any, cast
 
 from metaprotocol.configfile.routing import RoutingReader
 from metaprotocol.configfile.secrets import read_credentials, redacted
+from metaprotocol.configfile.tls import cluster_tls, listener_tls
 from metaprotocol.configfile.values import describe, hint, join_path
 from metaprotocol.core.codec import CodecFactory, Side
 from metaprotocol.core.config import (
@@ -55,6 +56,7 @@ _LISTENER_KEYS = (
     "output_buffer_limit",
     "filters",
     "routes",
+    "tls",
 )
 _CLUSTER_KEYS = (
     "name",
@@ -65,6 +67,7 @@ _CLUSTER_KEYS = (
     "circuit_breakers",
     "outlier_detection",
     "auth",
+    "tls",
 )
 _RATELIMIT_REDIS_KEYS = ("address", "auth", "db")
 _OPTION_PROBLEM_RE = re.compile(r"(?:\w+ codec_options\.)?(?P<key>\w+): (?P<rest>.+)", re.DOTALL)
@@ -240,6 +243,7 @@ class Checker(RoutingReader):
                 m, "max_pending_requests", path, self.positive, DEFAULT_MAX_PENDING_REQUESTS
             ),
             output_buffer_limit=output_limit,
+            tls=self.optional(m, "tls", path, lambda v, q: listener_tls(self, v, q)),
         )
 
     def timeout_setting(
@@ -346,6 +350,7 @@ class Checker(RoutingReader):
             ),
             outlier_detection=self.optional(m, "outlier_detection", path, self.outlier),
             auth=self.optional(m, "auth", path, self.credentials),
+            tls=self.optional(m, "tls", path, lambda v, q: cluster_tls(self, v, q)),
         )
 
     def lb_policy(self, value: object, path: str) -> LbPolicy | None:

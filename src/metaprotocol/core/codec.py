@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from metaprotocol.core.message import ErrorType, Message, Mutation, NeedData, ProtocolError
 
-__all__ = ["Codec", "CodecFactory", "Ordering", "Side", "codec_failure"]
+__all__ = ["Codec", "CodecFactory", "DeclaresAlpn", "Ordering", "Side", "codec_failure"]
 
 
 class Side(enum.Enum):
@@ -83,6 +83,15 @@ class CodecFactory(Protocol):
     supports_mutation: bool
 
     def __call__(self, side: Side, options: Mapping[str, Any], max_message_size: int) -> Codec: ...
+
+
+@runtime_checkable
+class DeclaresAlpn(Protocol):
+    """Optional class attribute of a codec class: the ALPN protocol ids (RFC 7301) a TLS
+    listener with this codec offers, e.g. ``("http/1.1",)``. Read once, when the listener's
+    TLS context is built, never per message."""
+
+    alpn_protocols: tuple[str, ...]
 
 
 def codec_failure(codec: object, action: str, exc: Exception) -> ProtocolError:

@@ -26,12 +26,14 @@ __all__ = [
     "AdminConfig",
     "CircuitBreakers",
     "ClusterConfig",
+    "ClusterTls",
     "Config",
     "Endpoint",
     "FaultConfig",
     "FilterConfig",
     "GlobalRateLimitConfig",
     "ListenerConfig",
+    "ListenerTls",
     "LocalRateLimitCondition",
     "LocalRateLimitConfig",
     "MirrorPolicy",
@@ -43,6 +45,7 @@ __all__ = [
     "RouteConfig",
     "RouteMatch",
     "StringMatcher",
+    "TlsVersion",
     "TokenBucket",
     "WeightedCluster",
 ]
@@ -221,6 +224,37 @@ class PluginFilterConfig:
 FilterConfig = LocalRateLimitConfig | GlobalRateLimitConfig | FaultConfig | PluginFilterConfig
 
 
+TlsVersion = Literal["1.2", "1.3"]
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerTls:
+    """TLS termination on a listener (PEM file paths; the adapters load them).
+
+    With ``client_ca_file`` clients must present a certificate signed by it (mTLS).
+    """
+
+    cert_file: str
+    key_file: str
+    client_ca_file: str | None = None
+    min_version: TlsVersion = "1.2"
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterTls:
+    """TLS origination to a cluster's endpoints (PEM file paths; the adapters load them).
+
+    ``ca_file`` None trusts the system store; ``server_name`` None checks the endpoint's
+    host; ``cert_file``/``key_file`` present the proxy's client certificate (mTLS).
+    """
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    server_name: str | None = None
+    verify: bool = True
+
+
 @dataclass(frozen=True, slots=True)
 class ListenerConfig:
     name: str
@@ -237,6 +271,7 @@ class ListenerConfig:
     # Replies a client has not read yet, in bytes: above it the client is closed (counted in
     # downstream_cx_output_overflow). At least max_message_size, so one reply always fits.
     output_buffer_limit: int = DEFAULT_OUTPUT_BUFFER_LIMIT
+    tls: ListenerTls | None = None  # the adapter terminates TLS; the core sees plaintext
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,6 +313,7 @@ class ClusterConfig:
     # Every upstream connection logs in with these first (a codec with the ``preamble``
     # hook sends the login, e.g. Redis AUTH); a refused login is a connect failure.
     auth: Credentials | None = None
+    tls: ClusterTls | None = None  # the adapter originates TLS to the endpoints
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from metaprotocol.core.config import ClusterTls
 from metaprotocol.core.message import ErrorType
 
 __all__ = [
@@ -40,11 +41,15 @@ class Write:
 
 @dataclass(frozen=True, slots=True)
 class OpenUpstream:
-    """Connect to ``host:port``; report ``UpstreamConnected(conn)`` or ``UpstreamConnectFailed``."""
+    """Connect to ``host:port``; report ``UpstreamConnected(conn)`` or ``UpstreamConnectFailed``.
+
+    With ``tls`` (the cluster's setting) the adapter reports ``UpstreamConnected`` only after
+    the TLS handshake succeeded; a failed handshake is an ``UpstreamConnectFailed``."""
 
     conn: int
     host: str
     port: int
+    tls: ClusterTls | None = None
 
 
 @dataclass(frozen=True, slots=True)

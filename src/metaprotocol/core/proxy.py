@@ -190,8 +190,8 @@ class Proxy(UpstreamSide):
         kept: set[Pool] = set()
         for name, cluster in new.clusters.items():
             previous = old.clusters.get(name)
-            if previous is None:
-                continue
+            if previous is None or previous.config.tls != cluster.config.tls:
+                continue  # new, or its connections must be opened with other TLS settings
             before = {ep.label: ep for ep in previous.endpoints}
             for ep in cluster.endpoints:
                 prior = before.get(ep.label)

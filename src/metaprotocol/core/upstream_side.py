@@ -184,7 +184,7 @@ class UpstreamSide(EngineBase):
         self.upstreams[conn] = up
         pool.cluster.counters.upstream_cx_total += 1
         ep = pool.endpoint.endpoint
-        self._out.append(OpenUpstream(conn, ep.host, ep.port))
+        self._out.append(OpenUpstream(conn, ep.host, ep.port, pool.cluster.config.tls))
         deadline = now + pool.cluster.config.connect_timeout
         up.connect_timer = self.timers.schedule(deadline, self._connect_timeout, up)
         return up

@@ -140,6 +140,7 @@ class Http1Codec:
     name: ClassVar[str] = "http1"
     ordering: ClassVar[Ordering] = Ordering.ORDERED
     supports_mutation: ClassVar[bool] = True
+    alpn_protocols: ClassVar[tuple[str, ...]] = ("http/1.1",)  # offered by TLS listeners
 
     def __init__(self, side: Side, options: Mapping[str, Any], max_message_size: int) -> None:
         unknown = sorted(set(options) - set(_OPTIONS))
