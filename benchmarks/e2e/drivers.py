@@ -48,8 +48,11 @@ def _run(argv: list[str], timeout: float) -> str:
     return done.stdout
 
 
-def redis_benchmark(port: int, *, pipeline: int, requests: int, clients: int = 50) -> Load:
-    """``redis-benchmark -t ping_mbulk,set,get -c clients -n requests -P pipeline --csv``.
+def redis_benchmark(
+    port: int, *, pipeline: int, requests: int, clients: int = 50, tls_ca: str | None = None
+) -> Load:
+    """``redis-benchmark -t ping_mbulk,set,get -c clients -n requests -P pipeline --csv``
+    (with ``tls_ca``: over TLS, ``--tls --cacert tls_ca``).
 
     req/s is the combined rate (all requests over the summed per-test durations); p50/p99
     are the means of the three tests' percentiles.
@@ -72,6 +75,7 @@ def redis_benchmark(port: int, *, pipeline: int, requests: int, clients: int = 5
             "-t",
             ",".join(tests),
             "--csv",
+            *(["--tls", "--cacert", tls_ca] if tls_ca else []),
         ],
         timeout=180,
     )

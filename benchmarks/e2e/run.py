@@ -1,6 +1,8 @@
 """The end-to-end benchmark command: start everything, alternate targets per round, report.
 
 Groups share one upstream: ``redis`` (redis-server; scenarios redis-p1 and redis-p16),
+``redis-tls`` (the same, with TLS terminated by the proxy: redis-benchmark --tls; set side
+by side with redis-p1, it gives the TLS cost per request),
 ``http`` (nginx serving a 122-byte file; wrk), ``thrift`` and ``dubbo`` (canned servers;
 our load generator). A group starts its upstream and every proxy in front of it, warms each
 target up once, then runs ``rounds`` rounds; each round runs every scenario of the group
@@ -74,6 +76,13 @@ SCENARIOS = (
         ("twemproxy", "haproxy-tcp", "nginx-stream", "rawfwd/uvloop", "rawfwd/asyncio"),
     ),
     Scenario(
+        "redis-tls-p1",
+        "Redis over TLS to the proxy (plaintext upstream), redis-benchmark --tls -t "
+        "ping_mbulk,set,get -c 50 -P 1",
+        "redis-tls",
+        ("haproxy-tcp-tls",),
+    ),
+    Scenario(
         "http",
         "HTTP/1.1, wrk -t1 -c50 against nginx (122-byte static file)",
         "http",
@@ -92,8 +101,14 @@ SCENARIOS = (
         ("rawfwd/uvloop", "rawfwd/asyncio", "haproxy-tcp"),
     ),
 )
-GROUPS = ("redis", "http", "thrift", "dubbo")
-CODEC = {"redis": "redis", "http": "http1", "thrift": "thrift", "dubbo": "dubbo"}
+GROUPS = ("redis", "redis-tls", "http", "thrift", "dubbo")
+CODEC = {
+    "redis": "redis",
+    "redis-tls": "redis",
+    "http": "http1",
+    "thrift": "thrift",
+    "dubbo": "dubbo",
+}
 
 Factory = Callable[[Procs, int], Target]  # (procs, upstream port) -> started target
 
@@ -110,6 +125,20 @@ def _start_no_observe(codec: str, procs: Procs, upstream: int) -> Target:
 
 def _start_compiled(python: str, adapter: str, codec: str, procs: Procs, upstream: int) -> Target:
     return targets.start_metaprotocol(procs, adapter, codec, upstream, python=python)
+
+
+def _start_tls(adapter: str, tls: targets.TlsFiles, procs: Procs, upstream: int) -> Target:
+    extra = f"    tls: {{cert_file: {tls.cert}, key_file: {tls.key}}}\n"
+    return targets.start_metaprotocol(procs, adapter, "redis", upstream, extra=extra)
+
+
+def _tls_factories(adapters: tuple[str, ...], tls: targets.TlsFiles) -> list[tuple[str, Factory]]:
+    """TLS termination: metaprotocol on each adapter and haproxy (mode tcp), both ``ssl``."""
+    out: list[tuple[str, Factory]] = [
+        (f"metaprotocol/{a}", partial(_start_tls, a, tls)) for a in adapters
+    ]
+    out.append(("haproxy-tcp-tls", lambda p, u: targets.start_haproxy(p, "tcp", u, tls=tls)))
+    return out
 
 
 def _factories(
@@ -146,7 +175,7 @@ def _factories(
 
 def _start_upstream(group: str, procs: Procs) -> int:
     port = free_port()
-    if group == "redis":
+    if group in ("redis", "redis-tls"):
         targets.start_redis(procs, port)
     elif group == "http":
         targets.start_nginx_http(procs, port)
@@ -155,9 +184,12 @@ def _start_upstream(group: str, procs: Procs) -> int:
     return port
 
 
-def _loads(s: Settings) -> dict[str, Callable[[int], Load]]:
+def _loads(s: Settings, ca: str) -> dict[str, Callable[[int], Load]]:
     return {
         "redis-p1": lambda port: drivers.redis_benchmark(port, pipeline=1, requests=s.redis_p1),
+        "redis-tls-p1": lambda port: drivers.redis_benchmark(
+            port, pipeline=1, requests=s.redis_p1, tls_ca=ca
+        ),
         "redis-p16": lambda port: drivers.redis_benchmark(port, pipeline=16, requests=s.redis_p16),
         "http": lambda port: drivers.wrk(port, "/index.html", seconds=s.wrk_seconds),
         "thrift": lambda port: drivers.loadgen("thrift", port, requests=s.rpc_requests),
@@ -191,6 +223,7 @@ class Run:
         self.notes: list[str] = []
         self.memory: list[MemoryResult] = []
         self.profile_md: list[str] = []
+        self.tls = targets.make_certificates(procs.workdir)
 
     def log(self, text: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
@@ -199,10 +232,16 @@ class Run:
 
     def group(self, group: str, profile: bool, memory: bool) -> None:
         scenarios = [s for s in SCENARIOS if s.group == group]
-        loads = _loads(self.settings)
+        ca = self.tls.ca
+        loads = _loads(self.settings, ca)
         upstream = _start_upstream(group, self.procs)
-        started: list[Target] = [Target("direct", "direct", upstream)]
-        for name, factory in _factories(group, self.adapters, self.experiments, self.compiled):
+        if group == "redis-tls":  # the upstream is plaintext: no direct row
+            started: list[Target] = []
+            factories = _tls_factories(self.adapters, self.tls)
+        else:
+            started = [Target("direct", "direct", upstream)]
+            factories = _factories(group, self.adapters, self.experiments, self.compiled)
+        for name, factory in factories:
             try:
                 target = factory(self.procs, upstream)
             except (StartError, OSError) as exc:
@@ -213,7 +252,10 @@ class Run:
         live = []
         for target in started:
             try:
-                _WARMUP[group](target.port)
+                if group == "redis-tls":
+                    drivers.redis_benchmark(target.port, pipeline=1, requests=1000, tls_ca=ca)
+                else:
+                    _WARMUP[group](target.port)
                 live.append(target)
             except DriverError as exc:
                 self._skip(group, target.name, f"failed its warm-up: {exc}")

@@ -20,6 +20,8 @@ from .procs import Proc, Procs, free_port, wait_port
 __all__ = [
     "MITM_VENVS",
     "Target",
+    "TlsFiles",
+    "make_certificates",
     "metaprotocol_config",
     "mitmdump_binary",
     "start_canned",
@@ -155,7 +157,34 @@ def start_nginx_stream(procs: Procs, upstream: int) -> Target:
     return Target("nginx-stream", "native", port, _start(procs, "nginx-stream", argv, port))
 
 
-def start_haproxy(procs: Procs, mode: str, upstream: int) -> Target:
+@dataclass(frozen=True)
+class TlsFiles:
+    """A test CA and a server certificate for 127.0.0.1 (``combined``: certificate and key in
+    one file, as haproxy's ``crt`` wants them)."""
+
+    ca: str
+    cert: str
+    key: str
+    combined: str
+
+
+def make_certificates(workdir: Path) -> TlsFiles:
+    import trustme  # the dev extra's test-certificate maker
+
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1", "localhost")
+    files = TlsFiles(*(str(workdir / n) for n in ("ca.pem", "cert.pem", "key.pem", "both.pem")))
+    ca.cert_pem.write_to_path(files.ca)
+    server.cert_chain_pems[0].write_to_path(files.cert)
+    server.private_key_pem.write_to_path(files.key)
+    Path(files.combined).write_bytes(
+        server.private_key_pem.bytes() + b"".join(c.bytes() for c in server.cert_chain_pems)
+    )
+    return files
+
+
+def start_haproxy(procs: Procs, mode: str, upstream: int, *, tls: TlsFiles | None = None) -> Target:
+    """haproxy in ``mode`` (tcp or http); with ``tls`` it terminates TLS on its listener."""
     port = free_port()
     conf = procs.workdir / f"haproxy-{mode}-{port}.cfg"
     conf.write_text(
@@ -169,14 +198,14 @@ defaults
     timeout server 120s
     {"option http-keep-alive" if mode == "http" else ""}
 frontend fe
-    bind 127.0.0.1:{port}
+    bind 127.0.0.1:{port}{f" ssl crt {tls.combined}" if tls else ""}
     default_backend be
 backend be
     {"http-reuse always" if mode == "http" else ""}
     server s1 127.0.0.1:{upstream}
 """
     )
-    name = f"haproxy-{mode}"
+    name = f"haproxy-{mode}" + ("-tls" if tls else "")
     return Target(
         name, "native", port, _start(procs, name, ["haproxy", "-db", "-f", str(conf)], port)
     )
