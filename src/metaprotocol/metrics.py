@@ -48,6 +48,8 @@ HELP: dict[str, str] = {
     "in flight.",
     "downstream_cx_active": "Open client connections.",
     "downstream_cx_total": "Client connections accepted.",
+    "downstream_cx_ssl_handshake_error": "Clients of a TLS listener whose handshake failed "
+    "(never served).",
     "heartbeat": "Heartbeats answered by the proxy itself.",
     "idle_timeout": "Client connections closed for being idle.",
     "local_response_error": "Error replies the proxy built itself (no route, over limit, ...).",
