@@ -47,6 +47,8 @@ def test_redis_auth_example_passes_check_with_its_secrets(
     config = load_config(path)
     assert config.clusters[0].auth is not None and config.global_ratelimit_redis is not None
     assert config.global_ratelimit_redis.db == 1
+
+
 def test_tls_example_passes_check_with_its_placeholder_files_in_place(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
