@@ -6,7 +6,9 @@ allowed while the counter is at most ``limit``. The RESP wire work is sans-IO he
 (``encode_command``, ``RespReader``); three small clients do the IO: asyncio (pipelined
 over one ``asyncio.Protocol`` connection), anyio (one request at a time) and blocking.
 A client raises ``RedisUnavailable`` when Redis cannot answer; the adapter then completes
-the call with ``error=...`` so the core applies the filter's failure mode.
+the call with ``error=...`` so the core applies the filter's failure mode. With
+``global_ratelimit_redis.tls`` (a cluster's ``tls`` settings) each client connects over TLS
+(``tls_of`` builds the context and the name to check).
 
 Each new connection first logs in (``AUTH [username] password``, when
 ``global_ratelimit_redis.auth`` is set) and selects the database (``SELECT db``, when not
@@ -20,6 +22,7 @@ import asyncio
 import enum
 import math
 import socket
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -30,6 +33,7 @@ import anyio.abc
 
 from metaprotocol.core.config import RateLimitRedisConfig
 from metaprotocol.core.secrets import Credentials
+from metaprotocol.tls import client_context, server_hostname
 
 __all__ = [
     "NEED",
@@ -181,6 +185,14 @@ def check_login(name: str, reply: Any) -> None:
         raise RedisUnavailable(f"redis refused {name}: {shown}")
 
 
+def tls_of(config: RateLimitRedisConfig) -> tuple[ssl.SSLContext | None, str | None]:
+    """The SSL context (reading the files: may raise ``TlsError``) and server name the
+    clients connect with; ``(None, None)`` for plaintext."""
+    if config.tls is None:
+        return None, None
+    return client_context(config.tls), server_hostname(config.tls, config.host)
+
+
 def _allowed(reply: Any, limit: int) -> bool:
     if isinstance(reply, RespError):
         raise RedisUnavailable(f"redis error: {reply}")
@@ -238,17 +250,23 @@ class AsyncioRedisRateLimiter:
         wall_clock: Callable[[], float] = time.time,
         auth: Credentials | None = None,
         db: int = 0,
+        tls: ssl.SSLContext | None = None,
+        tls_hostname: str | None = None,
     ) -> None:
         self.host, self.port, self.timeout = host, port, timeout
         self._wall_clock = wall_clock
         self._login = login_commands(auth, db)
+        self._tls, self._tls_hostname = tls, tls_hostname
         self._protocol: _RespProtocol | None = None
         self._connecting: asyncio.Future[_RespProtocol] | None = None
         self.failures = 0
 
     @classmethod
     def from_config(cls, config: RateLimitRedisConfig) -> AsyncioRedisRateLimiter:
-        return cls(config.host, config.port, auth=config.auth, db=config.db)
+        tls, hostname = tls_of(config)
+        return cls(
+            config.host, config.port, auth=config.auth, db=config.db, tls=tls, tls_hostname=hostname
+        )
 
     async def _log_in(self, protocol: _RespProtocol) -> None:
         if not self._login:
@@ -271,7 +289,13 @@ class AsyncioRedisRateLimiter:
             loop = asyncio.get_running_loop()
             self._connecting = loop.create_future()
             try:
-                _, protocol = await loop.create_connection(_RespProtocol, self.host, self.port)
+                _, protocol = await loop.create_connection(
+                    _RespProtocol,
+                    self.host,
+                    self.port,
+                    ssl=self._tls,
+                    server_hostname=self._tls_hostname,
+                )
             except OSError as exc:
                 error = RedisUnavailable(f"connect to {self.host}:{self.port}: {exc}")
                 self._connecting.set_exception(error)
@@ -336,17 +360,23 @@ class AnyioRedisRateLimiter:
         wall_clock: Callable[[], float] = time.time,
         auth: Credentials | None = None,
         db: int = 0,
+        tls: ssl.SSLContext | None = None,
+        tls_hostname: str | None = None,
     ) -> None:
         self.host, self.port, self.timeout = host, port, timeout
         self._wall_clock = wall_clock
         self._login = login_commands(auth, db)
-        self._stream: anyio.abc.SocketStream | None = None
+        self._tls, self._tls_hostname = tls, tls_hostname
+        self._stream: anyio.abc.ByteStream | None = None
         self._lock = anyio.Lock()
         self.failures = 0
 
     @classmethod
     def from_config(cls, config: RateLimitRedisConfig) -> AnyioRedisRateLimiter:
-        return cls(config.host, config.port, auth=config.auth, db=config.db)
+        tls, hostname = tls_of(config)
+        return cls(
+            config.host, config.port, auth=config.auth, db=config.db, tls=tls, tls_hostname=hostname
+        )
 
     async def check(self, payload: Mapping[str, Any]) -> bool:
         command, limit = rate_limit_command(payload, self._wall_clock())
@@ -366,7 +396,16 @@ class AnyioRedisRateLimiter:
 
     async def _roundtrip(self, command: bytes) -> Any:
         if self._stream is None:
-            self._stream = await anyio.connect_tcp(self.host, self.port)
+            if self._tls is None:
+                self._stream = await anyio.connect_tcp(self.host, self.port)
+            else:
+                self._stream = await anyio.connect_tcp(
+                    self.host,
+                    self.port,
+                    ssl_context=self._tls,
+                    tls_hostname=self._tls_hostname,
+                    tls_standard_compatible=False,
+                )
             for name, login in self._login:
                 check_login(name, await self._exchange(login))
         return await self._exchange(command)
@@ -399,22 +438,35 @@ class BlockingRedisRateLimiter:
         wall_clock: Callable[[], float] = time.time,
         auth: Credentials | None = None,
         db: int = 0,
+        tls: ssl.SSLContext | None = None,
+        tls_hostname: str | None = None,
     ) -> None:
         self.host, self.port, self.timeout = host, port, timeout
         self._wall_clock = wall_clock
         self._login = login_commands(auth, db)
+        self._tls, self._tls_hostname = tls, tls_hostname
         self._sock: socket.socket | None = None
         self.failures = 0
 
     @classmethod
     def from_config(cls, config: RateLimitRedisConfig) -> BlockingRedisRateLimiter:
-        return cls(config.host, config.port, auth=config.auth, db=config.db)
+        tls, hostname = tls_of(config)
+        return cls(
+            config.host, config.port, auth=config.auth, db=config.db, tls=tls, tls_hostname=hostname
+        )
 
     def check(self, payload: Mapping[str, Any]) -> bool:
         command, limit = rate_limit_command(payload, self._wall_clock())
         try:
             if self._sock is None:
-                self._sock = socket.create_connection((self.host, self.port), self.timeout)
+                sock = socket.create_connection((self.host, self.port), self.timeout)
+                if self._tls is not None:
+                    try:
+                        sock = self._tls.wrap_socket(sock, server_hostname=self._tls_hostname)
+                    except BaseException:
+                        sock.close()
+                        raise
+                self._sock = sock
                 self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 for name, login in self._login:
                     check_login(name, self._exchange(self._sock, login))

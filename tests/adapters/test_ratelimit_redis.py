@@ -13,8 +13,9 @@ from typing import Any
 
 import anyio
 import pytest
+import redis
 
-from metaprotocol.core.config import Config, ListenerConfig, RateLimitRedisConfig
+from metaprotocol.core.config import ClusterTls, Config, ListenerConfig, RateLimitRedisConfig
 from metaprotocol.core.events import ExternalCallCompleted
 from metaprotocol.core.outputs import ExternalCall
 from metaprotocol.core.secrets import Credentials, Secret
@@ -33,6 +34,7 @@ from metaprotocol.ratelimit_redis import (
 from metaprotocol.testing.serving import ADAPTERS, start_proxy
 from tests.adapters.fakecore import FakeCore
 from tests.e2e.servers import redis_server
+from tests.e2e.tls_peers import Pki, make_pki, redis_tls_server
 from tests.peers import require_binary
 
 
@@ -275,3 +277,49 @@ def test_limiter_logs_in_and_selects_its_database(
                 replies.append(reply)
     assert replies[:2] == ["OK", "OK"]
     assert len(replies[2]) == 1  # the window's counter, in database 5
+
+
+@pytest.fixture(scope="module")
+def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Pki, int]]:
+    """redis-server with TLS only, requiring a client certificate from the test CA."""
+    pki = make_pki(tmp_path_factory.mktemp("ratelimit-pki"))
+    with redis_tls_server(pki) as port:
+        yield pki, port
+
+
+@pytest.mark.parametrize("server_name", ["redis.test", "wrong.test"])
+@pytest.mark.parametrize("adapter", [a for a in ADAPTERS if a != "uvloop"])
+def test_limiter_connects_over_tls(
+    tls_redis: tuple[Pki, int], adapter: str, server_name: str
+) -> None:
+    """``global_ratelimit_redis: {tls}``: each adapter's client verifies the server (its name
+    included) and presents the proxy's client certificate; a server that fails verification
+    fails the call (the filter's failure mode applies)."""
+    pki, port = tls_redis
+    tls = ClusterTls(pki.ca, pki.client_cert, pki.client_key, server_name)
+    config = Config(
+        listeners=(ListenerConfig(name="echo", host="127.0.0.1", port=0, codec="x", routes=()),),
+        clusters=(),
+        global_ratelimit_redis=RateLimitRedisConfig("127.0.0.1", port, tls=tls),
+    )
+    core = FakeCore(config)
+    domain = f"tls-{adapter}-{server_name}"
+    with start_proxy(config, adapter, proxy=core) as running:
+        call = ExternalCall(1, "global_ratelimit", _payload(domain, 1))
+        running.call(lambda: running.dispatcher.apply([call]))
+        end = time.monotonic() + 10
+        while not (done := running.call(lambda: _completed(core))):
+            assert time.monotonic() < end, "the external call never completed"
+            time.sleep(0.005)
+    if server_name == "wrong.test":
+        assert done[0].result is None and done[0].error
+        return
+    assert done[0].result is True and not done[0].error
+    direct = redis.Redis(
+        host="127.0.0.1", port=port, ssl=True, ssl_ca_certs=pki.ca,
+        ssl_certfile=pki.client_cert, ssl_keyfile=pki.client_key, socket_timeout=10,
+    )  # fmt: skip
+    try:
+        assert len(direct.keys(f"{domain}|*")) == 1  # the window's counter, over TLS
+    finally:
+        direct.close()

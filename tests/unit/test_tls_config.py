@@ -146,3 +146,16 @@ def test_a_reload_cannot_turn_tls_on_or_off_at_the_same_address(
         bind_listener_changes(secure, plain, reuse_port=False)
     same = bind_listener_changes(secure, parse_config(_config(tls)), reuse_port=False)
     assert (same.removed, same.added) == ((), {})
+
+
+def test_global_ratelimit_redis_takes_a_clusters_tls_settings(files: dict[str, str]) -> None:
+    data = _config()
+    data["global_ratelimit_redis"] = {"address": "127.0.0.1:6379", "tls": {"ca_file": files["ca"]}}
+    redis = parse_config(data).global_ratelimit_redis
+    assert redis is not None and redis.tls == ClusterTls(ca_file=files["ca"])
+    data["global_ratelimit_redis"]["tls"] = {"ca_file": "/nonexistent/ca.pem", "verify": 1}
+    errors = _errors(data)
+    assert "global_ratelimit_redis.tls.ca_file: no such file: '/nonexistent/ca.pem'" in errors
+    assert any(
+        e.startswith("global_ratelimit_redis.tls.verify: expected true or false") for e in errors
+    )

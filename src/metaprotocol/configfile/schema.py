@@ -69,7 +69,7 @@ _CLUSTER_KEYS = (
     "auth",
     "tls",
 )
-_RATELIMIT_REDIS_KEYS = ("address", "auth", "db")
+_RATELIMIT_REDIS_KEYS = ("address", "auth", "db", "tls")
 _OPTION_PROBLEM_RE = re.compile(r"(?:\w+ codec_options\.)?(?P<key>\w+): (?P<rest>.+)", re.DOTALL)
 _BREAKER_KEYS = ("max_connections", "max_pending_requests", "max_requests")
 _OUTLIER_KEYS = ("consecutive_failures", "base_ejection_time", "max_ejection_percent")
@@ -162,9 +162,10 @@ class Checker(RoutingReader):
         address = self.optional(m, "address", path, self.address)
         auth = self.optional(m, "auth", path, self.credentials)
         db = self.field(m, "db", path, self.count, 0)
+        tls = self.optional(m, "tls", path, lambda v, q: cluster_tls(self, v, q))
         if address is None:
             return None
-        return RateLimitRedisConfig(address[0], address[1], auth, db)
+        return RateLimitRedisConfig(address[0], address[1], auth, db, tls)
 
     def credentials(self, value: object, path: str) -> Credentials | None:
         return read_credentials(self, value, path)

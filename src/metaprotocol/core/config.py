@@ -325,12 +325,14 @@ class AdminConfig:
 @dataclass(frozen=True, slots=True)
 class RateLimitRedisConfig:
     """Where the global rate limiter's Redis lives (``global_ratelimit_redis``): the adapters'
-    clients connect there, log in with ``auth`` (if set) and select database ``db``."""
+    clients connect there (over TLS with ``tls``), log in with ``auth`` (if set) and select
+    database ``db``."""
 
     host: str
     port: int
     auth: Credentials | None = None
     db: int = 0
+    tls: ClusterTls | None = None  # the same settings as a cluster's
 
 
 @dataclass(frozen=True, slots=True)
