@@ -1,6 +1,7 @@
 """TLS end to end, on every adapter: termination on listeners (with and without client
 certificates), origination to clusters (verified, with the proxy's client certificate),
-handshake failures, and certificates read again on reload.
+handshake failures, certificates read again on reload, and TLS with Redis logins on both
+sides.
 
 Peers: redis-server with TLS only (``--tls-port``, client certificates required) and
 redis-py with ``ssl=True``; httpx and curl over TLS to the sample HTTP server; the thriftpy2
@@ -22,6 +23,8 @@ from typing import Any
 import httpx
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from thriftpy2.rpc import make_client
 
 from metaprotocol.configfile import parse_config
@@ -56,10 +59,10 @@ def tls_redis(pki: Pki) -> Iterator[int]:
         yield port
 
 
-def _tls_client(port: int, pki: Pki, *, with_cert: bool = False) -> redis.Redis:
-    options: dict[str, Any] = {}
+def _tls_client(port: int, pki: Pki, *, with_cert: bool = False, **more: Any) -> redis.Redis:
+    options: dict[str, Any] = dict(more)
     if with_cert:
-        options = {"ssl_certfile": pki.client_cert, "ssl_keyfile": pki.client_key}
+        options |= {"ssl_certfile": pki.client_cert, "ssl_keyfile": pki.client_key}
     return redis.Redis(
         host="127.0.0.1",
         port=port,
@@ -323,3 +326,56 @@ def test_tls_listener_counts_a_client_that_never_finishes_its_handshake_as_close
         labels = (("listener", "redis"),)
         wait_until(lambda: _counter(running, HANDSHAKE_ERROR, labels) == 1)
         assert _counter(running, "downstream_cx_total", labels) == 0
+
+
+UPSTREAM_PASSWORD = "tls-upstream-pw-91b2"
+PROXY_PASSWORD = "tls-proxy-pw-5e7d"
+
+
+@pytest.fixture(scope="module")
+def locked_tls_redis(pki: Pki) -> Iterator[int]:
+    """redis-server with TLS only (client certificates required) and a password."""
+    with redis_tls_server(pki, "--requirepass", UPSTREAM_PASSWORD) as port:
+        yield port
+
+
+def test_redis_tls_both_sides_with_logins_both_sides(
+    adapter: str, pki: Pki, locked_tls_redis: int
+) -> None:
+    """TLS and passwords together: clients log in to the TLS listener, the proxy logs in
+    to redis-server over TLS (with its client certificate)."""
+    config = proxy_config(
+        "redis",
+        {"main": [locked_tls_redis]},
+        listener={
+            "tls": pki.listener_tls(),
+            "codec_options": {"auth": {"password": PROXY_PASSWORD}},
+        },
+        cluster_options={
+            "tls": pki.cluster_tls(server_name="redis.test"),
+            "auth": {"password": UPSTREAM_PASSWORD},
+        },
+    )
+    no_retry = {"retry": Retry(NoBackoff(), 0)}
+    with start_proxy(config, adapter) as running:
+        port = running.ports["redis"]
+        client = _tls_client(port, pki, password=PROXY_PASSWORD, **no_retry)
+        key = f"tls-auth:{adapter}"
+        try:
+            assert client.set(key, "locked") is True
+            assert client.get(key) == b"locked"
+        finally:
+            client.close()
+        direct = _tls_client(locked_tls_redis, pki, with_cert=True, password=UPSTREAM_PASSWORD)
+        try:
+            assert direct.get(key) == b"locked"  # it reached the locked TLS server
+        finally:
+            direct.close()
+        wrong = _tls_client(port, pki, password="not-the-password", **no_retry)
+        with pytest.raises(redis.AuthenticationError, match="invalid username-password pair"):
+            wrong.ping()
+        wrong.close()
+        anonymous = _tls_client(port, pki, **no_retry)
+        with pytest.raises(redis.AuthenticationError, match="Authentication required"):
+            anonymous.get(key)
+        anonymous.close()
