@@ -41,6 +41,7 @@ CODECS: list[tuple[str, str, str]] = [
     ("http1", ":path", "/a"),
     ("dubbo", "method", "a"),
     ("thrift", "method", "a"),
+    ("trpc", "func", "/a"),
 ]
 _MAX_CLIENTS = 4
 _configs: dict[str, Config] = {}
@@ -191,6 +192,12 @@ def _resp(*args: bytes) -> bytes:
 def seeds() -> list[bytes]:
     dubbo = vectors("dubbo", ("request",))[:2] + vectors("dubbo", ("response",))[:2]
     thrift = vectors("thrift", ("request",))[:2] + vectors("thrift", ("response",))[:2]
+    trpc = [
+        *vectors("trpc", ("request",))[:1],
+        *vectors("trpc", ("response",))[:1],
+        *vectors("trpc", ("client-to-server",))[:1],
+        *vectors("trpc", ("server-to-client",))[:1],
+    ]
     return [
         _program(0, build_frame(1, 1, {"method": "a"}, b"x"), build_frame(2, 1, {}, b"ok")),
         _program(0, build_frame(1, 1, {"method": "b"}), build_frame(2, 1)),
@@ -201,4 +208,6 @@ def seeds() -> list[bytes]:
         _program(3, dubbo[1], dubbo[3]),
         _program(4, thrift[0], thrift[2]),
         _program(4, thrift[1], thrift[3]),
+        _program(5, trpc[0], trpc[1]),
+        _program(5, trpc[2], trpc[3]),
     ]

@@ -40,6 +40,8 @@ TARGETS: dict[str, tuple[str, str, str]] = {
     "http1-response": ("codec_http1", "response", "response_seeds"),
     "redis-request": ("codec_redis", "request", "request_seeds"),
     "redis-response": ("codec_redis", "response", "response_seeds"),
+    "trpc-request": ("codec_trpc", "request", "request_seeds"),
+    "trpc-response": ("codec_trpc", "response", "response_seeds"),
     "lengthprefixed-request": ("codec_lengthprefixed", "request", "request_seeds"),
     "lengthprefixed-response": ("codec_lengthprefixed", "response", "response_seeds"),
     "config-yaml": ("config_loader", "yaml_text", "yaml_seeds"),
