@@ -81,6 +81,21 @@ def test_a_wrong_password_gets_wrongpass_and_is_counted() -> None:
     pb.assert_clean()
 
 
+def test_inline_auth_typed_into_telnet_works_too() -> None:
+    pb = _logged_in_playbook()
+    pb >> Accepted(1, "main")
+    pb >> DataReceived(1, b"GET a\r\nAUTH wrong\r\nAUTH " + PASSWORD.encode() + b"\r\n")
+    pb << Write(1, NOAUTH) << Write(1, WRONGPASS) << Write(1, b"+OK\r\n")
+    pb >> DataReceived(1, b"GET a\r\n")
+    pb << OpenUpstream(-1, *UP)
+    pb >> UpstreamConnected(-1)
+    pb << Write(-1, cmd("GET", "a"))
+    pb >> DataReceived(-1, bulk("A"))
+    pb << Write(1, bulk("A"))
+    pb >> Closed(1) >> Closed(-1)
+    pb.assert_clean()
+
+
 def test_a_username_must_match_when_one_is_configured() -> None:
     pb = _logged_in_playbook("app")
     pb >> Accepted(1, "main")

@@ -413,7 +413,7 @@ class Proxy(UpstreamSide):
             try:
                 result = current.on_request(req.message.properties, now)
             except Exception as exc:  # a filter bug: the request is answered, never stuck
-                self._filter_failed(req, current.name, exc, now)
+                self._filter_failed(req, _filter_name(current), exc, now)
                 return
             req.filter_index += 1
             if result is CONTINUE:
@@ -461,7 +461,7 @@ class Proxy(UpstreamSide):
         try:
             verdict = decide(result, error)
         except Exception as exc:  # the filter's decision raised: as if the filter had
-            name = req.listener.filters[req.filter_index - 1].name
+            name = _filter_name(req.listener.filters[req.filter_index - 1])
             self._filter_failed(req, name, exc, now)
             return
         self._decided(req, verdict, now)
@@ -612,6 +612,13 @@ class Proxy(UpstreamSide):
             return
         up.write_high = False
         self._release_feeders(up)
+
+
+def _filter_name(current: object) -> str:
+    """A filter's ``name``, read from its class the Python way: a third-party subclass sets
+    it as a class attribute, which the compiled build would not see through the base class
+    (only called when a filter failed, never per request)."""
+    return str(getattr(type(current), "name", type(current).__name__))
 
 
 def _no_random() -> float:
