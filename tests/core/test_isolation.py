@@ -3,6 +3,13 @@ and never stalls another client through a shared upstream connection."""
 
 from __future__ import annotations
 
+from metaprotocol.core.config import (
+    DEFAULT_OUTPUT_BUFFER_LIMIT,
+    RetryPolicy,
+    RouteAction,
+    RouteMatch,
+    StringMatcher,
+)
 from metaprotocol.core.events import (
     Accepted,
     Closed,
@@ -15,7 +22,8 @@ from metaprotocol.core.events import (
 from metaprotocol.core.outputs import CloseConnection, OpenUpstream, ReadDisable, ReadEnable, Write
 from metaprotocol.testing import ANY, Playbook
 
-from .helpers import UP, config, playbook, req, resp
+from .helpers import UP, bulk, cmd, config, error_reply, fifo_playbook, playbook, req, resp, route
+from .test_redis_pipelines import SESSIONS_UP, connected, two_clusters
 
 UPSTREAM = -1
 LABELS = (("listener", "main"),)
@@ -96,6 +104,29 @@ def test_an_upstream_serving_only_slow_clients_pauses_until_another_client_needs
     pb.assert_clean()
 
 
+def test_a_new_request_avoids_an_ordered_connection_held_up_by_a_slow_reader() -> None:
+    pb = fifo_playbook(config(codec="fifo"))
+    pb >> Accepted(1, "main") >> Accepted(2, "main")
+    pb >> DataReceived(1, req(1))
+    pb << OpenUpstream(UPSTREAM, *UP)
+    pb >> UpstreamConnected(UPSTREAM)
+    pb << Write(UPSTREAM, req(1))
+    pb >> WriteBufferHigh(1)
+    pb << ReadDisable(1)
+    pb << ReadDisable(UPSTREAM)
+    pb >> DataReceived(2, req(2))
+    pb << OpenUpstream(-2, *UP)  # not behind the answers client 1 does not read
+    pb >> UpstreamConnected(-2)
+    pb << Write(-2, req(2))
+    pb >> DataReceived(-2, resp(0, b"two"))
+    pb << Write(2, resp(0, b"two"))
+    pb >> Closed(1)
+    pb << CloseConnection(UPSTREAM, flush=False)  # its answer is owed to nobody now
+    pb >> Closed(2) >> Closed(-2)
+    pb << None
+    pb.assert_clean()
+
+
 def test_an_upstream_paused_for_two_slow_clients_resumes_when_the_last_one_goes() -> None:
     pb = two_clients_on_one_upstream(playbook())
     pb >> WriteBufferHigh(1)
@@ -138,4 +169,139 @@ def test_a_client_whose_unread_replies_exceed_the_limit_is_closed_and_counted() 
     pb << None
     pb >> Closed(UPSTREAM)
     pb << None
+    pb.assert_clean()
+
+
+# -- a reset of a shared connection: the other requests on it go out again, once, when safe ---
+
+# Requests are idempotent unless their "method" is "set": those are never sent twice.
+# attempts=0: no retries of a request's own failures; resending after a reset it did not cause
+# only needs the policy to allow "reset" for it.
+SAFE = RetryPolicy(
+    attempts=0, non_idempotent=RouteMatch((("method", StringMatcher("exact", "set")),))
+)
+
+
+def resend_playbook(codec: str = "fifo") -> Playbook:
+    cfg = config(codec=codec, routes=(route(action=RouteAction(cluster="main", retries=SAFE)),))
+    return fifo_playbook(cfg) if codec == "fifo" else playbook(cfg)
+
+
+def shared_ordered(pb: Playbook, second: bytes) -> Playbook:
+    """Client 1's two GETs, then client 2's ``second``, on one ordered upstream connection."""
+    pb >> Accepted(1, "main") >> Accepted(2, "main")
+    pb >> DataReceived(1, req(1, method="get") + req(2, method="get"))
+    pb << OpenUpstream(UPSTREAM, *UP)
+    pb >> DataReceived(2, second)
+    pb >> UpstreamConnected(UPSTREAM)
+    pb << Write(UPSTREAM, req(1, method="get") + req(2, method="get") + second)
+    pb << None
+    return pb
+
+
+def test_answers_for_a_closed_client_are_not_awaited_when_the_others_can_be_resent() -> None:
+    pb = shared_ordered(resend_playbook(), req(3, method="get"))
+    pb >> WriteBufferHigh(1)
+    pb << ReadDisable(1)
+    pb >> WriteBufferGrew(1, DEFAULT_OUTPUT_BUFFER_LIMIT + 1)
+    pb << CloseConnection(1, flush=False)
+    # Two answers nobody reads are ahead of client 2's: a fresh connection serves it sooner.
+    pb << CloseConnection(UPSTREAM, flush=False)
+    pb << OpenUpstream(-2, *UP)
+    pb >> UpstreamConnected(-2)
+    pb << Write(-2, req(3, method="get"))
+    pb >> DataReceived(-2, resp(0, b"three"))
+    pb << Write(2, resp(0, b"three"))
+    assert pb.proxy.stats.counter("upstream_rq_resent", CLUSTER) == 1
+    assert pb.proxy.stats.counter("upstream_cx_destroy_with_active_rq", CLUSTER) == 1
+    pb >> Closed(2) >> Closed(-2)
+    pb << None
+    pb.assert_clean()
+
+
+def test_a_non_idempotent_request_waits_for_the_answers_of_a_closed_client_instead() -> None:
+    pb = shared_ordered(resend_playbook(), req(3, method="set"))
+    pb >> Closed(1)
+    pb << None  # the SET may have run already: it is never sent twice
+    pb >> DataReceived(UPSTREAM, resp(0, b"one") + resp(0, b"two") + resp(0, b"three"))
+    pb << Write(2, resp(0, b"three"))  # the answers for client 1 were dropped
+    assert pb.proxy.stats.counter("upstream_rq_resent", CLUSTER) == 0
+    pb >> Closed(2) >> Closed(UPSTREAM)
+    pb << None
+    pb.assert_clean()
+
+
+def test_a_bad_response_fails_its_own_request_and_the_others_are_resent() -> None:
+    pb = shared_ordered(resend_playbook(), req(3, method="get"))
+    pb >> DataReceived(UPSTREAM, b"\x00\x00\x00\x20\x63" + b"\x00" * 40)  # not a response
+    pb << CloseConnection(UPSTREAM, flush=False)
+    pb << Write(1, ANY)  # the oldest request's answer was the unreadable one: bad_response
+    pb << OpenUpstream(-2, *UP)  # its second request and client 2's go out again
+    pb >> UpstreamConnected(-2)
+    pb << Write(-2, req(2, method="get") + req(3, method="get"))
+    pb >> DataReceived(-2, resp(0, b"two") + resp(0, b"three"))
+    pb << Write(1, resp(0, b"two"))
+    pb << Write(2, resp(0, b"three"))
+    assert pb.proxy.stats.counter("upstream_rq_resent", CLUSTER) == 2
+    assert pb.proxy.stats.counter("upstream_cx_destroy_with_active_rq", CLUSTER) == 1
+    pb >> Closed(1) >> Closed(2) >> Closed(-2)
+    pb << None
+    pb.assert_clean()
+
+
+def test_requests_on_a_multiplexed_connection_that_closes_are_resent_once() -> None:
+    pb = resend_playbook("lengthprefixed")
+    pb >> Accepted(1, "main") >> Accepted(2, "main")
+    pb >> DataReceived(1, req(1, method="get"))
+    pb << OpenUpstream(UPSTREAM, *UP)
+    pb >> DataReceived(2, req(2, method="set"))
+    pb >> UpstreamConnected(UPSTREAM)
+    pb << Write(UPSTREAM, req(1, method="get") + req(2, method="set"))
+    pb >> Closed(UPSTREAM)
+    pb << OpenUpstream(-2, *UP)  # the GET goes out again; the SET never does
+    pb << Write(2, error_reply(2, "upstream_reset", "upstream connection closed", 7))
+    pb >> UpstreamConnected(-2)
+    pb << Write(-2, req(1, method="get"))
+    pb >> Closed(-2)  # and only once
+    pb << Write(1, error_reply(1, "upstream_reset", "upstream connection closed", 7))
+    assert pb.proxy.stats.counter("upstream_rq_resent", CLUSTER) == 1
+    assert pb.proxy.stats.counter("upstream_cx_destroy_with_active_rq", CLUSTER) == 2
+    pb >> Closed(1) >> Closed(2)
+    pb << None
+    pb.assert_clean()
+
+
+# -- answers the core holds back count against the client's limit too ---------------------
+
+
+def test_big_answers_to_a_merged_pipeline_go_out_before_the_last_one_comes() -> None:
+    pb = Playbook(two_clusters())
+    connected(pb, cmd("GET", "a") + cmd("GET", "b") + cmd("GET", "c"))
+    big = bulk("x" * 200_000)
+    pb >> DataReceived(-1, big)
+    pb << None  # small enough to wait for the rest, as usual
+    pb >> DataReceived(-1, big)
+    pb << Write(1, big + big)  # not up to max_pending_requests answers kept for the client
+    pb >> DataReceived(-1, bulk("C"))
+    pb << Write(1, bulk("C"))
+    pb >> Closed(1) >> Closed(-1)
+    pb << None
+    pb.assert_clean()
+
+
+def test_answers_held_behind_an_unanswered_request_count_against_the_limit() -> None:
+    proxy = two_clusters(output_buffer_limit=10_000)
+    pb = Playbook(proxy)
+    pb >> Accepted(1, "main")
+    pb >> DataReceived(1, cmd("GET", "session:1") + cmd("GET", "a") + cmd("GET", "b"))
+    pb << OpenUpstream(-1, *SESSIONS_UP) << OpenUpstream(-2, *UP)
+    pb >> UpstreamConnected(-2)
+    pb << Write(-2, cmd("GET", "a") + cmd("GET", "b"))
+    pb >> DataReceived(-2, bulk("x" * 6_000))
+    pb << None  # held: the session's answer comes first
+    pb >> DataReceived(-2, bulk("x" * 6_000))
+    pb << CloseConnection(1, flush=False)  # 12,000 bytes held for it: over its limit
+    pb << CloseConnection(-1, flush=False)  # the session's answer is owed to nobody now
+    assert proxy.stats.counter("downstream_cx_output_overflow", LABELS) == 1
+    pb >> Closed(-2)
     pb.assert_clean()

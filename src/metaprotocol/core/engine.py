@@ -45,6 +45,7 @@ class EngineBase:
     calls: dict[int, ActiveRequest]
     decisions: dict[int, Callable[[Any, str], Abort | None]]
     draining: bool
+    now: float  # the time ``handle`` was called with: for paths that are not passed it
     _out: list[Output]
 
     runtime: Runtime  # the current listeners, routes and clusters
@@ -118,8 +119,10 @@ class EngineBase:
             return
         if owed > 1:
             reply *= owed
-        if req.partial is not None:  # the answers that came before the failure go first
-            reply = b"".join((*req.partial, reply))
+        partial = req.partial
+        if partial:  # the answers that came before the failure go first
+            ds.held -= sum(len(part) for part in partial)
+            reply = b"".join((*partial, reply))
         self._answer(req, reply, "local_error", error, now)
 
     def _answer(
@@ -139,9 +142,12 @@ class EngineBase:
         slot = req.slot
         if slot is not None:
             slot.data = data
+            ds.held += len(data)
             if req.message.properties.get("connection") == "close":
                 slot.close_after = True
             self._flush_slots(ds)
+            if ds.slots and self._held_too_much(ds):
+                return
         else:
             self._out.append(Write(ds.id, data))
         if completed is not None:
@@ -165,6 +171,7 @@ class EngineBase:
         while slots and slots[0].data is not None:
             slot = slots.popleft()
             chunks.append(slot.data)  # type: ignore[arg-type]
+            ds.held -= len(slot.data)  # type: ignore[arg-type]
             if slot.close_after:
                 close = True
                 break
@@ -174,6 +181,15 @@ class EngineBase:
             self._out.append(Write(ds.id, chunks[0] if len(chunks) == 1 else b"".join(chunks)))
         if close:
             self._close_downstream(ds, flush=True)
+
+    def _held_too_much(self, ds: Downstream) -> bool:
+        """Close ``ds`` if the answers held back for it pass its output_buffer_limit (as
+        unread replies in the adapter's buffer do); True if it was closed."""
+        if ds.held <= ds.listener.config.output_buffer_limit:
+            return False
+        ds.listener.counters.downstream_cx_output_overflow += 1
+        self._close_downstream(ds, flush=False)
+        return True
 
     def _finish(
         self,
@@ -284,13 +300,18 @@ class EngineBase:
         ds.listener.counters.downstream_cx_active -= 1
         if ds.idle_timer is not None:
             ds.idle_timer.cancel()
+        owed: list[tuple[Upstream, ActiveRequest, float | None]] = []
         for req in list(ds.active):
             up = req.upstream
             queue = req.deadline_queue
             deadline = queue.entries.get(req) if queue is not None else None
             self._finish(req, "abandoned", None, now if now is not None else req.start)
-            ordered = up is not None and up.pool.ordering is not Ordering.MULTIPLEXED
-            if ordered and up is not None and self.upstreams.get(up.id) is up:
+            if up is not None and up.pool.ordering is not Ordering.MULTIPLEXED:
+                owed.append((up, req, deadline))
+        # Once every request of this client is finished: what else waits on those
+        # connections is then other clients' requests only.
+        for up, req, deadline in owed:
+            if self.upstreams.get(up.id) is up:
                 self._abandoned_on(up, req, deadline)
         ds.slots = None
         ds.streams.clear()

@@ -92,6 +92,7 @@ class Proxy(UpstreamSide):
         self._next_conn = -1  # upstream ids are negative so they never collide with the adapter's
         self._next_call = 1
         self._out: list[Output] = []
+        self.now = now
         self._merge = MergeRun()  # what a codec's decode_many asks before merging a request
         self.runtime = Runtime(config, self.stats, self.random, self.codec_factory, now)
 
@@ -116,6 +117,7 @@ class Proxy(UpstreamSide):
     def handle(self, event: ev.Event, now: float) -> list[Output]:
         out: list[Output] = []
         self._out = out
+        self.now = now
         if isinstance(event, ev.DataReceived):  # the hot path, ahead of the general dispatch
             ds = self.downstreams.get(event.conn)
             if ds is not None:
@@ -169,6 +171,7 @@ class Proxy(UpstreamSide):
         answered, nothing more is read, then they close."""
         out: list[Output] = []
         self._out = out
+        self.now = now
         new = Runtime(config, self.stats, self.random, self.codec_factory, now)
         old = self.runtime
         self.runtime = new
@@ -217,6 +220,7 @@ class Proxy(UpstreamSide):
         """Stop taking new connections; close each downstream once its replies are written."""
         out: list[Output] = []
         self._out = out
+        self.now = now
         self.draining = True
         for ds in list(self.downstreams.values()):
             ds.closing = True
@@ -336,6 +340,7 @@ class Proxy(UpstreamSide):
                 slot = ReplySlot()
                 slot.data = reply
                 slot.close_after = fatal
+                ds.held += len(reply)
                 ds.add_slot(slot)
                 self._flush_slots(ds)
             else:
@@ -360,6 +365,7 @@ class Proxy(UpstreamSide):
             if listener.ordered:  # behind the answers to earlier requests
                 slot = ReplySlot()
                 slot.data = reply
+                ds.held += len(reply)
                 ds.add_slot(slot)
                 self._flush_slots(ds)
             else:

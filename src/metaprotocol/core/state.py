@@ -155,6 +155,7 @@ class ActiveRequest:
         "pause_timer",
         "pool",
         "remaining",
+        "resent",
         "route",
         "slot",
         "start",
@@ -188,6 +189,7 @@ class ActiveRequest:
         self.pause_timer: Timer | None = None
         self.call: int | None = None
         self.attempts = 0
+        self.resent = False  # sent again after a reset it did not cause (at most once)
         self.tried: frozenset[str] = frozenset()
         self.filter_index = 0
         self.slot: ReplySlot | None = None
@@ -207,6 +209,7 @@ class Downstream:
         "codec",
         "feeding",
         "gate",
+        "held",
         "id",
         "idle_timer",
         "last_activity",
@@ -229,6 +232,9 @@ class Downstream:
         # Ordered protocols: answers in request order. Made on first use and dropped when
         # empty, so an idle connection does not hold a deque's block.
         self.slots: deque[ReplySlot] | None = None
+        # Bytes of answers held back for it: in slots behind an earlier unanswered request,
+        # and parts of a merged message's answer. Output it has not got: output_buffer_limit.
+        self.held = 0
         self.streams: dict[int, ActiveRequest] = {}  # downstream stream id -> its init request
         self.closing = False  # close once every reply is written
         self.last_activity = now

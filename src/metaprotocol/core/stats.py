@@ -271,10 +271,12 @@ class ClusterCounters(CounterBlock):
         "upstream_cx_active",
         "upstream_cx_connect_fail",
         "upstream_cx_connect_timeout",
+        "upstream_cx_destroy_with_active_rq",
         "upstream_cx_overflow",
         "upstream_cx_total",
         "upstream_flow_control_paused",
         "upstream_rq_pending_overflow",
+        "upstream_rq_resent",
         "upstream_rq_retry",
         "upstream_rq_timeout",
     )
@@ -286,10 +288,14 @@ class ClusterCounters(CounterBlock):
     upstream_cx_active: int
     upstream_cx_connect_fail: int
     upstream_cx_connect_timeout: int
+    # reset (closed by the upstream, a bad response, a timeout, answers nobody reads) while
+    # it still carried requests
+    upstream_cx_destroy_with_active_rq: int
     upstream_cx_overflow: int
     upstream_cx_total: int
     upstream_flow_control_paused: int
     upstream_rq_pending_overflow: int
+    upstream_rq_resent: int  # sent again on a fresh connection after such a reset (once, if safe)
     upstream_rq_retry: int
     upstream_rq_timeout: int
     GAUGES = frozenset({"upstream_cx_active"})

@@ -33,6 +33,9 @@ __all__ = ["ID_SPACE", "SHARE_THRESHOLD", "UpstreamSide"]
 # Upstream connections are shared: a new one opens only when every open one carries
 # this many requests (and the per-endpoint limit allows).
 SHARE_THRESHOLD = 64
+# Answers to a merged message are written in one piece, unless they pass this many bytes
+# while nothing before them is owed: then what came so far goes out.
+PARTIAL_FLUSH: Final = 256 * 1024
 ID_SPACE: Final = 2**31 - 1  # request ids we allocate fit every protocol's id field (Thrift: i32)
 _STREAM_TYPES: Final = (MessageType.STREAM_DATA, MessageType.STREAM_CLOSE)
 
@@ -130,7 +133,7 @@ class UpstreamSide(EngineBase):
         conns = pool.connections
         if len(conns) == 1 and pool.ordering is not Ordering.EXCLUSIVE:
             only = conns[0]
-            if only.load < SHARE_THRESHOLD and only.connected:
+            if only.load < SHARE_THRESHOLD and only.connected and not only.blocked_by:
                 return only  # the common case: one shared, connected, lightly loaded connection
         limit = pool.cluster.config.max_connections_per_endpoint
         breakers = pool.cluster.config.circuit_breakers
@@ -149,11 +152,15 @@ class UpstreamSide(EngineBase):
             self._claim(req, pool, now)
             pool.waiting.append(req)
             return None
+        # The least loaded connection, avoiding those with answers for a client that does not
+        # read them (``blocked_by``): on an ordered one a new request would wait behind them.
         best: Upstream | None = None
         for up in conns:
-            if best is None or up.load < best.load:
+            if best is None or (bool(up.blocked_by), up.load) < (bool(best.blocked_by), best.load):
                 best = up
-        if best is not None and (best.load < SHARE_THRESHOLD or not can_open):
+        if best is not None and (
+            (best.load < SHARE_THRESHOLD and not best.blocked_by) or not can_open
+        ):
             if not best.connected and len(best.queued) >= breakers.max_pending_requests:
                 pool.cluster.counters.upstream_rq_pending_overflow += 1
                 self._local_reply(req, ErrorType.OVER_LIMIT, "too many pending requests", now)
@@ -457,8 +464,10 @@ class UpstreamSide(EngineBase):
                 detail = f"{ds.codec.name} codec failed to encode the response"
                 self._local_reply(req, ErrorType.UNSPECIFIED, detail, now)
             else:
-                if req.partial is not None:
-                    data = b"".join((*req.partial, data))
+                partial = req.partial
+                if partial:
+                    ds.held -= sum(len(part) for part in partial)
+                    data = b"".join((*partial, data))
                 # The server closing its connection does not close the client's: upstream
                 # connections are shared, and the codec keeps the answer consistent with it.
                 self._answer(req, data, "ok" if ok else "error", None, now)
@@ -493,10 +502,20 @@ class UpstreamSide(EngineBase):
         if ds is None:
             return
         data = ds.codec.encode(msg)  # merged messages are never mutated
-        if req.partial is None:
-            req.partial = [data]
+        partial = req.partial
+        if partial is None:
+            partial = req.partial = []  # not None, even once emptied: it is partly answered
+        partial.append(data)
+        ds.held += len(data)
+        slots = ds.slots
+        if ds.held > PARTIAL_FLUSH and (req.slot is None or (slots and slots[0] is req.slot)):
+            # Nothing before it is still owed: the client gets these parts now, rather than
+            # the proxy holding up to max_pending_requests answers for it.
+            ds.held -= sum(len(part) for part in partial)
+            self._out.append(Write(ds.id, b"".join(partial)))
+            partial.clear()
         else:
-            req.partial.append(data)
+            self._held_too_much(ds)
 
     def _upstream_closing(self, up: Upstream, now: float) -> None:
         """The server announced it closes after this response: requests pipelined behind it
@@ -520,8 +539,11 @@ class UpstreamSide(EngineBase):
         elif pool.ordering is Ordering.EXCLUSIVE and pool.waiting:
             self._serve_waiting(pool, now)
 
-    def _upstream_gone(self, up: Upstream, error: ErrorType, detail: str, now: float) -> None:
-        """The upstream connection failed or closed: answer (or retry) all it carried."""
+    def _upstream_gone(
+        self, up: Upstream, error: ErrorType, detail: str, now: float, blame_oldest: bool = True
+    ) -> None:
+        """The upstream connection failed or closed: answer (or retry) all it carried.
+        ``blame_oldest`` False: the request that caused a reset is gone already."""
         self._forget_upstream(up)
         victims = [*up.inflight.values(), *up.fifo, *up.streams.values()]
         up.inflight.clear()
@@ -531,8 +553,24 @@ class UpstreamSide(EngineBase):
         reason = "connect_failure" if error is ErrorType.CONNECT_FAILURE else "reset"
         if error is ErrorType.BAD_RESPONSE:
             reason = "bad_response"
-        for req in victims:
-            if not req.done:
+        live = [req for req in victims if not req.done]
+        # A reset (the upstream closed, or answered something unreadable) is the fault of at
+        # most one request: on an ordered connection the oldest unanswered one; the others
+        # go out again on a fresh connection when that is safe. On a multiplexed one the
+        # culprit is unknown: each may go out again once.
+        at_fault: ActiveRequest | None = None
+        resettable = error is ErrorType.UPSTREAM_RESET or error is ErrorType.BAD_RESPONSE
+        ordered = up.pool.ordering is not Ordering.MULTIPLEXED
+        if resettable and live and ordered and blame_oldest:
+            at_fault = live[0]
+        if resettable and live:
+            up.pool.cluster.counters.upstream_cx_destroy_with_active_rq += 1
+        for req in live:
+            if req.done:
+                continue
+            if resettable and req is not at_fault and self._may_resend(req):
+                self._resend(req, now)
+            else:
                 self._upstream_failed(req, error, reason, detail, now)
         pool = up.pool
         if pool.waiting and not pool.connections:
@@ -625,28 +663,61 @@ class UpstreamSide(EngineBase):
             # back: close it (as Envoy and twemproxy do); what it still carried fails. First,
             # and without this request: a retry of it must not land on the same connection.
             up.fifo.remove(req)
-            self._reset_upstream(up, "upstream connection closed after a request timed out", now)
+            detail = "upstream connection closed after a request timed out"
+            self._reset_upstream(up, detail, now)
         if not req.done:
             if req.cluster is not None:
                 req.cluster.counters.upstream_rq_timeout += 1
             self._upstream_failed(req, ErrorType.TIMEOUT, "timeout", "request timed out", now)
 
     def _reset_upstream(self, up: Upstream, detail: str, now: float) -> None:
+        """Reset ``up`` for a request already taken off it (it timed out)."""
         if self.upstreams.get(up.id) is up:
             self._out.append(CloseConnection(up.id, flush=False))
-            self._upstream_gone(up, ErrorType.UPSTREAM_RESET, detail, now)
+            self._upstream_gone(up, ErrorType.UPSTREAM_RESET, detail, now, blame_oldest=False)
 
     def _abandoned_on(self, up: Upstream, req: ActiveRequest, deadline: float | None) -> None:
         """``req``'s client went away while ``up`` (ordered) still owes its answer. If nothing
-        else is waiting on ``up``, close it now; else its answer is awaited (and dropped) until
-        the request's deadline, when the connection is reset like any timeout."""
-        if not any(not other.done for other in up.fifo):
+        else is waiting on ``up``, close it now. If other clients' requests wait behind, and
+        each may be resent, reset it and resend them on a fresh connection (the answers ahead
+        of theirs, possibly many and large, are for nobody). Else its answer is awaited (and
+        dropped) until the request's deadline, when the connection is reset like any timeout."""
+        others = [other for other in up.fifo if not other.done]
+        if not others or all(self._may_resend(other) for other in others):
             self._close_upstream(up, flush=False)
             for other in up.fifo:  # placeholders of this client's earlier requests
                 if other.timer is not None:
                     other.timer.cancel()
                     other.timer = None
             up.fifo.clear()
+            if others:
+                up.pool.cluster.counters.upstream_cx_destroy_with_active_rq += 1
+                for other in others:
+                    self._resend(other, self.now)
         elif deadline is not None:
             req.upstream = up
             req.timer = self.timers.schedule(deadline, self._request_timeout, req)
+
+    def _may_resend(self, req: ActiveRequest) -> bool:
+        """Whether ``req`` may go out again on a fresh connection after the one it waited on
+        was reset through no fault of its own: once, for a plain two-way request with nothing
+        answered yet, when its route's retry policy allows retrying it after a reset (so its
+        ``non_idempotent`` rule, if any, does not match it)."""
+        if req.resent or req.done or req.downstream is None or req.partial is not None:
+            return False
+        if req.message.type is not MessageType.REQUEST:
+            return False
+        route = req.route
+        retries = route.action.retries if route is not None else None
+        return retries is not None and retries.allows("reset", req.message.properties)
+
+    def _resend(self, req: ActiveRequest, now: float) -> None:
+        """Send ``req`` again, on whatever connection its pool gives it now (its deadline
+        keeps running; its own retry budget is untouched)."""
+        req.resent = True
+        self._release_upstream(req)
+        req.upstream = None
+        self._unclaim(req)
+        assert req.cluster is not None
+        req.cluster.counters.upstream_rq_resent += 1
+        self._send(req, now)
