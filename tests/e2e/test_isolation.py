@@ -118,6 +118,8 @@ def _proxy_process(
         "listeners": [
             {"name": "hostile", "address": "127.0.0.1:0", "codec": codec,
              "max_message_size": "2MiB", "output_buffer_limit": "4MiB",
+             # (each non-reader connection makes the peer build this many 1 MiB answers)
+             "max_pending_requests": 128,
              "routes": [{"name": "all", "route": {"cluster": "peer", "retries": RESEND[codec]}}]}
         ],
         # One upstream connection: the non-reader shares it with the other client, so its
