@@ -6,6 +6,7 @@ from __future__ import annotations
 from metaprotocol.core.config import (
     ClusterConfig,
     Endpoint,
+    OutlierDetection,
     RetryPolicy,
     RouteAction,
 )
@@ -223,3 +224,28 @@ def test_a_secret_never_shows_in_reprs() -> None:
     assert credentials.password.reveal() == PASSWORD
     assert credentials == Credentials(Secret(PASSWORD), "app")
     assert credentials != Credentials(Secret("other"), "app")
+
+
+def test_refused_logins_count_towards_outlier_ejection() -> None:
+    od = OutlierDetection(consecutive_failures=2, base_ejection_time=10.0, max_ejection_percent=50)
+    cluster = ClusterConfig(
+        "main", (Endpoint(*UP), Endpoint(*B)), auth=UPSTREAM_AUTH, outlier_detection=od
+    )
+    proxy = Proxy(config(codec="redis", clusters=(cluster,)), now=0.0)
+    _feed(proxy, Accepted(1, "main"))
+    for conn in (-1, -2, -3):
+        # Round robin: B, A, B. Each connection's login is refused.
+        outputs = _feed(proxy, DataReceived(1, cmd("GET", "a")))
+        (opened,) = [o for o in outputs if isinstance(o, OpenUpstream)]
+        assert opened.conn == conn
+        _feed(proxy, UpstreamConnected(conn))
+        _feed(proxy, DataReceived(conn, WRONGPASS))
+    assert proxy.stats.counter("outlier_ejection", (("cluster", "main"),)) == 1
+    # B failed twice in a row: ejected, so the next request goes to A.
+    (opened,) = [
+        o for o in _feed(proxy, DataReceived(1, cmd("GET", "a"))) if isinstance(o, OpenUpstream)
+    ]
+    assert (opened.host, opened.port) == UP
+    _feed(proxy, Closed(1))
+    _feed(proxy, Closed(opened.conn))
+    assert not proxy.upstreams and proxy.request_count() == 0
