@@ -1,6 +1,8 @@
 """Load a YAML or JSON config file and validate it into the core's frozen dataclasses.
 
 ``load_config(path)`` reads a file; ``parse_config(data)`` takes already parsed data.
+Before a file is parsed, its shape is checked (``limits``): nesting deeper than 64 levels
+and YAML aliases expanding past 100,000 values are refused with an error naming where.
 Validation never stops at the first problem: every error is collected with the path of
 the offending value (``clusters[0].endpoints[1]: expected host:port, got 'localhost'``)
 and raised together as one ``ConfigError``. docs/configuration.md lists every key; the
@@ -16,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from metaprotocol.configfile.limits import check_json_shape, check_yaml_shape
 from metaprotocol.configfile.routing import FILTER_NAMES, RETRY_ON
 from metaprotocol.configfile.schema import LB_POLICIES, Checker
 from metaprotocol.configfile.values import (
@@ -78,6 +81,7 @@ def load_config(path: str | Path, *, codecs: Mapping[str, CodecFactory] | None =
         raise ConfigError([f"{source}: cannot read config: {exc}"], source) from None
     data: Any
     if source.endswith(".json"):
+        check_json_shape(text, source)
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
@@ -86,6 +90,7 @@ def load_config(path: str | Path, *, codecs: Mapping[str, CodecFactory] | None =
         except RecursionError:
             raise ConfigError([f"{source}: invalid JSON: {_TOO_DEEP}"], source) from None
     else:
+        check_yaml_shape(text, source, _StrictLoader)
         try:
             data = yaml.load(text, Loader=_StrictLoader)
         except yaml.YAMLError as exc:
