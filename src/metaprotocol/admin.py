@@ -4,6 +4,18 @@
 ``AdminConnection`` turns received bytes into bytes to send; every adapter does the socket
 work for it the same way it does for proxied connections. ``/stats/prometheus`` is rendered
 by prometheus_client (``metaprotocol.metrics``); ``/clusters`` by ``metaprotocol.endpoints``.
+
+The admin endpoint is bounded whatever a client does (docs/configuration.md, "admin"):
+- one request at a time per connection: an adapter reads a connection only while nothing
+  it was given for it is unwritten, so a client pipelining requests without reading the
+  answers stops being read (its unread answers stay in the kernel's socket buffers);
+- a request head is at most ``MAX_REQUEST_HEAD`` bytes (431 otherwise), and a request with
+  a body is answered 413 and closed as soon as its head arrives (no route takes a body, so
+  the body is never read);
+- ``/config_dump`` of a config larger than about ``MAX_CONFIG_DUMP`` bytes of JSON is
+  refused (503) after a walk that stops at that size, instead of being built in one go;
+- the adapters close a connection idle for ``admin.idle_timeout`` and refuse connections
+  beyond ``admin.max_connections`` (``AdmissionGate``).
 """
 
 from __future__ import annotations
@@ -20,7 +32,19 @@ from metaprotocol.core.stats import EndpointStatus, StatsSnapshot
 from metaprotocol.endpoints import clusters_json, clusters_text
 from metaprotocol.snapshots import snapshot_to_json
 
-__all__ = ["AdminApp", "AdminConnection", "render_prometheus"]
+__all__ = [
+    "MAX_CONFIG_DUMP",
+    "MAX_REQUEST_HEAD",
+    "AdminApp",
+    "AdminConnection",
+    "AdmissionGate",
+    "render_prometheus",
+]
+
+MAX_REQUEST_HEAD = 16 * 1024
+"""Bytes of one admin request head (request line and fields); larger is answered 431."""
+MAX_CONFIG_DUMP = 4 * 1024 * 1024
+"""About how many bytes of JSON ``/config_dump`` may answer; a larger config is refused."""
 
 
 def render_prometheus(snapshot: StatsSnapshot, pids: Sequence[int] = ()) -> str:
@@ -72,52 +96,109 @@ class AdminApp:
             text = json.dumps(snapshot_to_json(self._snapshot()), sort_keys=True)
             return 200, "application/json", text.encode() + b"\n"
         if path == "/config_dump":
-            text = json.dumps(dict(self._config_raw()), indent=2, sort_keys=True, default=str)
+            raw = dict(self._config_raw())
+            if _json_size_exceeds(raw, MAX_CONFIG_DUMP):
+                refusal = f"config too large to dump (over {MAX_CONFIG_DUMP} bytes of JSON)\n"
+                return 503, "text/plain; charset=utf-8", refusal.encode()
+            text = json.dumps(raw, indent=2, sort_keys=True, default=str)
             return 200, "application/json", text.encode() + b"\n"
         return 404, "text/plain; charset=utf-8", b"not found\n"
 
 
-class AdminConnection:
-    """One admin HTTP/1.1 connection: ``receive(data)`` returns ``(to_send, close_after)``.
+def _json_size_exceeds(value: object, limit: int) -> bool:
+    """Whether ``value`` dumped as indented JSON would take more than about ``limit``
+    bytes; the walk stops once past it, so it costs at most ``limit``'s worth of work."""
+    total = 0
+    stack: list[tuple[object, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        total += 2 * depth + 4  # indentation, separators and the line break
+        if isinstance(item, Mapping):
+            for key, child in item.items():
+                total += len(str(key)) + 4
+                stack.append((child, depth + 1))
+        elif isinstance(item, list | tuple):
+            stack.extend((child, depth + 1) for child in item)
+        else:
+            total += len(str(item))
+        if total > limit:
+            return True
+    return False
 
-    Pass ``b""`` for end of stream. Keep-alive and pipelined requests are served in order.
+
+class AdmissionGate:
+    """The cap on open admin connections, shared by one adapter's admin listener."""
+
+    def __init__(self, max_connections: int) -> None:
+        self.max_connections = max_connections
+        self.open = 0
+
+    def admit(self) -> bool:
+        """Count a new connection in; False (refuse it: close at once) when at the cap."""
+        if self.open >= self.max_connections:
+            return False
+        self.open += 1
+        return True
+
+    def release(self) -> None:
+        self.open -= 1
+
+
+class AdminConnection:
+    """One admin HTTP/1.1 connection, one request at a time.
+
+    ``receive(data)`` takes bytes (``b""`` for end of stream) and returns ``(to_send,
+    close_after)``: the answer to the next complete request (at most one per call) and
+    whether to close once it is sent. After sending a non-empty answer, the adapter waits
+    until it is written, then calls ``answer_next()`` for the next request already
+    received, until it returns no bytes; only then does it read again. Keep-alive and
+    pipelined requests are served in order.
     """
 
     def __init__(self, app: AdminApp) -> None:
         self._app = app
-        self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=16 * 1024)
+        self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_HEAD)
         self._request: h11.Request | None = None
 
     def receive(self, data: bytes) -> tuple[bytes, bool]:
-        out: list[bytes] = []
+        if self._h11.their_state is h11.ERROR or self._h11.our_state is h11.ERROR:
+            return b"", True
         try:
             self._h11.receive_data(data)
+        except RuntimeError:  # data after the end of stream: nothing more to serve
+            return b"", True
+        return self.answer_next()
+
+    def answer_next(self) -> tuple[bytes, bool]:
+        """The answer to the next request already received (``b""`` if none is complete)."""
+        conn = self._h11
+        try:
             while True:
-                event = self._h11.next_event()
+                if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+                    conn.start_next_cycle()
+                event = conn.next_event()
                 if event is h11.NEED_DATA:
-                    return b"".join(out), False
-                if event is h11.PAUSED:
-                    if self._h11.our_state is h11.DONE and self._h11.their_state is h11.DONE:
-                        self._h11.start_next_cycle()
-                        continue
-                    return b"".join(out), True
+                    return b"", False
+                if event is h11.PAUSED or isinstance(event, h11.ConnectionClosed):
+                    return b"", True
                 if isinstance(event, h11.Request):
+                    if _has_body(event):
+                        # Not read: no admin route takes a body (Content-Length 10**15 too).
+                        body = b"admin requests take no body\n"
+                        sent = b"" if event.method == b"HEAD" else body
+                        out = self._send(413, "text/plain; charset=utf-8", sent, True, len(body))
+                        return out, True
                     self._request = event
                 elif isinstance(event, h11.EndOfMessage) and self._request is not None:
-                    out.append(self._answer(self._request))
+                    out = self._answer(self._request)
                     self._request = None
-                    if self._h11.our_state is not h11.DONE:
-                        return b"".join(out), True
-                    if self._h11.their_state is h11.DONE:
-                        self._h11.start_next_cycle()
-                    else:
-                        return b"".join(out), True
-                elif isinstance(event, h11.ConnectionClosed):
-                    return b"".join(out), True
-        except h11.RemoteProtocolError:
-            if self._h11.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-                out.append(self._send(400, "text/plain; charset=utf-8", b"bad request\n", True))
-            return b"".join(out), True
+                    return out, conn.our_state is not h11.DONE
+        except h11.RemoteProtocolError as exc:
+            if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+                return b"", True
+            status = 431 if exc.error_status_hint == 431 else 400
+            text = b"request head too large\n" if status == 431 else b"bad request\n"
+            return self._send(status, "text/plain; charset=utf-8", text, True), True
 
     def _answer(self, request: h11.Request) -> bytes:
         method = request.method.decode("ascii", "replace")
@@ -139,3 +220,10 @@ class AdminConnection:
             parts.append(self._h11.send(h11.Data(data=body)))
         parts.append(self._h11.send(h11.EndOfMessage()))
         return b"".join(p for p in parts if p)
+
+
+def _has_body(request: h11.Request) -> bool:
+    for name, value in request.headers:
+        if name == b"transfer-encoding" or (name == b"content-length" and value != b"0"):
+            return True
+    return False

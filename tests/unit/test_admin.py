@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from metaprotocol.admin import AdminApp, AdminConnection, render_prometheus
+from metaprotocol.admin import (
+    MAX_REQUEST_HEAD,
+    AdminApp,
+    AdminConnection,
+    AdmissionGate,
+    render_prometheus,
+)
 from metaprotocol.core.stats import Stats
 
 
@@ -94,6 +101,9 @@ def test_pipelined_keep_alive_requests_split_anywhere() -> None:
     closed = False
     for i in range(0, len(wire), 7):
         out, closed = conn.receive(wire[i : i + 7])
+        while out and not closed:  # each answer written, the next one received is answered
+            sent += out
+            out, closed = conn.answer_next()
         sent += out
     assert closed
     assert _responses(sent) == [(200, b"ready\n"), (404, b"not found\n"), (200, b"ready\n")]
@@ -106,3 +116,64 @@ def test_garbage_gets_400_and_close() -> None:
 
 def test_eof_closes() -> None:
     assert AdminConnection(_app([True])).receive(b"") == (b"", True)
+
+
+# -- bounds: one request at a time, request size, config dump size -----------------------
+
+
+def test_pipelined_requests_are_answered_one_at_a_time() -> None:
+    conn = AdminConnection(_app([True]))
+    out, close = conn.receive(b"GET /ready HTTP/1.1\r\nHost: x\r\n\r\n" * 3)
+    assert _responses(out) == [(200, b"ready\n")] and not close
+    for _ in range(2):
+        out, close = conn.answer_next()
+        assert _responses(out) == [(200, b"ready\n")] and not close
+    assert conn.answer_next() == (b"", False)  # nothing more received: read again
+
+
+@pytest.mark.parametrize(
+    "framing",
+    [b"Content-Length: 1000000000000000", b"Transfer-Encoding: chunked", b"Content-Length: 1"],
+)
+def test_a_request_with_a_body_is_refused_from_its_head(framing: bytes) -> None:
+    conn = AdminConnection(_app([True]))
+    out, close = conn.receive(b"POST /ready HTTP/1.1\r\nHost: x\r\n" + framing + b"\r\n\r\n")
+    assert close
+    assert out.startswith(b"HTTP/1.1 413 ") and b"connection: close" in out.lower()
+
+
+def test_a_head_request_with_a_body_gets_a_bodiless_413() -> None:
+    conn = AdminConnection(_app([True]))
+    out, close = conn.receive(b"HEAD / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n")
+    assert close and out.startswith(b"HTTP/1.1 413 ") and out.endswith(b"\r\n\r\n")
+
+
+def test_an_empty_body_is_fine() -> None:
+    conn = AdminConnection(_app([True]))
+    out, close = conn.receive(b"GET /ready HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+    assert _responses(out) == [(200, b"ready\n")] and not close
+
+
+def test_a_request_head_over_the_limit_gets_431() -> None:
+    conn = AdminConnection(_app([True]))
+    big = b"GET /ready HTTP/1.1\r\nHost: x\r\nX: " + b"y" * MAX_REQUEST_HEAD
+    out, close = conn.receive(big)
+    assert close and out.startswith(b"HTTP/1.1 431 ")
+
+
+def test_config_dump_of_a_huge_config_is_refused() -> None:
+    raw: dict[str, object] = {"listeners": [{"name": "x" * 1000, "n": i} for i in range(5000)]}
+    app = AdminApp(ready=lambda: True, snapshot=lambda: _stats().snapshot(), config_raw=lambda: raw)
+    status, _, body = app.respond("GET", "/config_dump")
+    assert status == 503 and b"too large" in body
+    raw["listeners"] = raw["listeners"][:100]  # type: ignore[index]
+    status, _, body = app.respond("GET", "/config_dump")
+    assert status == 200 and len(json.loads(body)["listeners"]) == 100
+
+
+def test_admission_gate_caps_open_connections() -> None:
+    gate = AdmissionGate(2)
+    assert gate.admit() and gate.admit()
+    assert not gate.admit()
+    gate.release()
+    assert gate.admit()

@@ -48,8 +48,8 @@ from metaprotocol.adapters.dispatch import (
     global_ratelimit_redis,
     resolve_config,
 )
-from metaprotocol.admin import AdminApp, AdminConnection
-from metaprotocol.core.config import ClusterTls, Config
+from metaprotocol.admin import AdminApp, AdminConnection, AdmissionGate
+from metaprotocol.core.config import AdminConfig, ClusterTls, Config
 from metaprotocol.core.events import (
     Accepted,
     Closed,
@@ -412,22 +412,38 @@ async def _close(stream: anyio.abc.AsyncResource) -> None:
             await stream.aclose()
 
 
-async def _serve_admin(app: AdminApp, stream: anyio.abc.SocketStream) -> None:
+async def _serve_admin(
+    app: AdminApp, config: AdminConfig, gate: AdmissionGate, stream: anyio.abc.SocketStream
+) -> None:
+    """One admin connection (see metaprotocol.admin for the bounds): each answer is sent
+    before the next read, and a connection making no progress for ``admin.idle_timeout``
+    (not sending, or not reading its answers) is closed."""
+    if not gate.admit():
+        await _close(stream)
+        return
     http = AdminConnection(app)
     try:
         while True:
-            try:
-                data = await stream.receive()
-            except anyio.EndOfStream:
-                data = b""
+            with anyio.move_on_after(config.idle_timeout) as idle:
+                try:
+                    data = await stream.receive()
+                except anyio.EndOfStream:
+                    data = b""
+            if idle.cancelled_caught:
+                return
             out, close = http.receive(data)
-            if out:
-                await stream.send(out)
+            while out:
+                with anyio.move_on_after(config.idle_timeout) as idle:
+                    await stream.send(out)
+                if idle.cancelled_caught or close:
+                    return
+                out, close = http.answer_next()
             if close:
                 return
     except _GONE:
         pass
     finally:
+        gate.release()
         await _close(stream)
 
 
@@ -617,8 +633,11 @@ async def serve(
                     admin_listener.extra(SocketAttribute.local_address)
                 )
 
+                gate = AdmissionGate(cfg.admin.max_connections)
+
                 def on_admin(stream: anyio.abc.SocketStream) -> None:
-                    tg.start_soon(_serve_admin, app, stream)
+                    assert cfg.admin is not None
+                    tg.start_soon(_serve_admin, app, cfg.admin, gate, stream)
 
                 handle._admin_listener = admin_listener
                 handle._background.append(scope := anyio.CancelScope())

@@ -38,8 +38,8 @@ from metaprotocol.adapters.dispatch import (
     global_ratelimit_redis,
     resolve_config,
 )
-from metaprotocol.admin import AdminApp, AdminConnection
-from metaprotocol.core.config import ClusterTls, Config
+from metaprotocol.admin import AdminApp, AdminConnection, AdmissionGate
+from metaprotocol.core.config import AdminConfig, ClusterTls, Config
 from metaprotocol.core.events import (
     Accepted,
     Closed,
@@ -204,27 +204,75 @@ class _TlsListener:
 
 
 class _AdminProtocol(asyncio.Protocol):
-    def __init__(self, app: AdminApp) -> None:
+    """One admin connection (see metaprotocol.admin for the bounds): it is read only while
+    its answers are written (write buffer limit 0: any unsent byte pauses reading), closed
+    when idle for ``admin.idle_timeout``, and refused beyond ``admin.max_connections``."""
+
+    def __init__(self, app: AdminApp, config: AdminConfig, gate: AdmissionGate) -> None:
         self.http = AdminConnection(app)
+        self.config = config
+        self.gate = gate
+        self.admitted = False
+        self.paused = False
+        self.idle: asyncio.TimerHandle | None = None
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport = cast(asyncio.Transport, transport)  # uvloop: no subclass
+        if not self.gate.admit():
+            transport.abort()
+            return
+        self.admitted = True
+        transport.set_write_buffer_limits(high=0)
+        self._touch()
 
-    def _answer(self, data: bytes) -> None:
+    def _touch(self) -> None:
+        if self.idle is not None:
+            self.idle.cancel()
         assert self.transport is not None
-        out, close = self.http.receive(data)
-        if out:
-            self.transport.write(out)
-        if close:
-            self.transport.close()
+        loop = asyncio.get_running_loop()
+        self.idle = loop.call_later(self.config.idle_timeout, self.transport.abort)
+
+    def _answer(self, out: bytes, close: bool) -> None:
+        transport = self.transport
+        assert transport is not None
+        while True:
+            if out:
+                transport.write(out)  # may call pause_writing at once
+            if close:
+                transport.close()
+                return
+            if not out or self.paused:
+                return
+            out, close = self.http.answer_next()
 
     def data_received(self, data: bytes) -> None:
-        self._answer(data)
+        self._touch()
+        self._answer(*self.http.receive(data))
 
     def eof_received(self) -> bool:
-        self._answer(b"")
-        return False
+        self._answer(*self.http.receive(b""))
+        return True  # answers to requests already received may still be written
+
+    def pause_writing(self) -> None:
+        self.paused = True
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        if self.transport is None or self.transport.is_closing():
+            return
+        self._touch()
+        self.transport.resume_reading()
+        self._answer(*self.http.answer_next())
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.idle is not None:
+            self.idle.cancel()
+        if self.admitted:
+            self.admitted = False
+            self.gate.release()
 
 
 class _Server:
@@ -520,8 +568,12 @@ async def serve(
             handle.addresses[name] = bound_address(srv.sockets[0].getsockname())
         if admin and cfg.admin is not None:
             app = server.dispatcher.admin_app()
+            admin_config, gate = cfg.admin, AdmissionGate(cfg.admin.max_connections)
             handle._admin = await loop.create_server(
-                lambda: _AdminProtocol(app), cfg.admin.host, cfg.admin.port, reuse_port=None
+                lambda: _AdminProtocol(app, admin_config, gate),
+                cfg.admin.host,
+                cfg.admin.port,
+                reuse_port=None,
             )
             handle.admin_address = bound_address(handle._admin.sockets[0].getsockname())
     except BaseException:

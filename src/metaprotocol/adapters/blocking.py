@@ -56,7 +56,7 @@ from metaprotocol.adapters.dispatch import (
     resolve_config,
 )
 from metaprotocol.admin import AdminApp, AdminConnection
-from metaprotocol.core.config import ClusterTls, Config
+from metaprotocol.core.config import AdminConfig, ClusterTls, Config
 from metaprotocol.core.events import (
     Accepted,
     Closed,
@@ -114,12 +114,13 @@ class _Connection:
 
 
 class _AdminConn:
-    def __init__(self, sock: socket.socket, app: AdminApp) -> None:
+    def __init__(self, sock: socket.socket, app: AdminApp, idle_at: float) -> None:
         self.sock = sock
         self.http = AdminConnection(app)
         self.out = bytearray()
         self.close_after = False
         self.mask = 0
+        self.idle_at = idle_at  # closed at this time unless it makes progress first
 
 
 class _Listener:
@@ -202,6 +203,8 @@ class _Loop:
         self.limiter_thread = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="metaprotocol-ratelimit"
         )
+        self.admin_config = config.admin or AdminConfig()
+        self.admins: set[_AdminConn] = set()
         self.dispatcher = Dispatcher(
             core,
             clock=time.monotonic,
@@ -452,8 +455,14 @@ class _Loop:
                 return  # e.g. EMFILE: try again on the next readiness
             sock.setblocking(False)
             if listener.name is None:
-                admin = _AdminConn(sock, self.admin_app)
+                if len(self.admins) >= self.admin_config.max_connections:
+                    sock.close()  # over admin.max_connections
+                    continue
+                admin = _AdminConn(
+                    sock, self.admin_app, time.monotonic() + self.admin_config.idle_timeout
+                )
                 admin.mask = _R
+                self.admins.add(admin)
                 self.sel.register(sock, _R, admin)
                 continue
             _nodelay(sock)
@@ -470,7 +479,9 @@ class _Loop:
             self.start_handshake(c, ctx, None)
 
     def on_admin(self, a: _AdminConn, mask: int) -> None:
-        if mask & _R:
+        """One admin connection (see metaprotocol.admin): read only while no answer is
+        unwritten; each answer written, the next request already received is answered."""
+        if mask & _R and not a.out:
             try:
                 data = a.sock.recv(READ_CHUNK)
             except (BlockingIOError, InterruptedError):
@@ -478,25 +489,36 @@ class _Loop:
             except OSError:
                 data = b""
             if data is not None:
+                a.idle_at = time.monotonic() + self.admin_config.idle_timeout
                 out, close = a.http.receive(data)
                 a.out += out
                 a.close_after = a.close_after or close
-        if a.out:
+        while a.out:
             try:
                 del a.out[: a.sock.send(a.out)]
             except (BlockingIOError, InterruptedError):
-                pass
+                break
             except OSError:
                 a.out.clear()
                 a.close_after = True
+                break
+            a.idle_at = time.monotonic() + self.admin_config.idle_timeout
+            if not a.out and not a.close_after:
+                out, close = a.http.answer_next()
+                a.out += out
+                a.close_after = close
         if a.close_after and not a.out:
-            self.sel.unregister(a.sock)
-            a.sock.close()
+            self.drop_admin(a)
             return
         want = _W if a.out else _R
         if want != a.mask:
             self.sel.modify(a.sock, want, a)
             a.mask = want
+
+    def drop_admin(self, a: _AdminConn) -> None:
+        self.sel.unregister(a.sock)
+        a.sock.close()
+        self.admins.discard(a)
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -545,6 +567,9 @@ class _Loop:
             if self.handshakes:
                 first = min(c.handshake_until for c in self.handshakes)
                 wake = first if wake is None else min(wake, first)
+            if self.admins:
+                idle = min(a.idle_at for a in self.admins)
+                wake = idle if wake is None else min(wake, idle)
             for key, mask in self.sel.select(None if wake is None else max(0.0, wake - now)):
                 data = key.data
                 if isinstance(data, _Connection):
@@ -567,6 +592,8 @@ class _Loop:
                 self.drop(c)
             for c in [c for c in self.handshakes if c.handshake_until <= now]:
                 self.handshake_failed(c, "handshake timed out")
+            for a in [a for a in self.admins if a.idle_at <= now]:
+                self.drop_admin(a)  # idle for admin.idle_timeout
             if self.stop_at is not None and (dispatcher.drained or now >= self.stop_at):
                 self.stopped = True
 

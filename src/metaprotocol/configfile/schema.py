@@ -142,12 +142,14 @@ class Checker(RoutingReader):
                 )
 
     def admin(self, value: object, path: str) -> AdminConfig | None:
-        m = self.mapping(value, path, ("address",))
+        m = self.mapping(value, path, ("address", "idle_timeout", "max_connections"))
         if m is None:
             return None
         d = AdminConfig()
         host, port = self.field(m, "address", path, self.listen_address, (d.host, d.port))
-        return AdminConfig(host, port)
+        idle = self.field(m, "idle_timeout", path, self.positive_duration, d.idle_timeout)
+        most = self.field(m, "max_connections", path, self.positive, d.max_connections)
+        return AdminConfig(host, port, idle, most)
 
     def access_log(self, value: object, path: str) -> str | None:
         if isinstance(value, Mapping):

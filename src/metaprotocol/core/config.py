@@ -320,6 +320,8 @@ class ClusterConfig:
 class AdminConfig:
     host: str = "127.0.0.1"
     port: int = 9901
+    idle_timeout: float = 60.0  # an admin connection idle this long is closed
+    max_connections: int = 64  # admin connections open at once; more are closed at accept
 
 
 @dataclass(frozen=True, slots=True)
