@@ -95,7 +95,7 @@ def test_yaml_nested_600_levels_is_refused_with_its_path(tmp_path: Path) -> None
     with pytest.raises(ConfigError) as info:
         load_config(_write(tmp_path, "deep.yaml", _nested_yaml(600)))
     (error,) = info.value.errors
-    assert f"nested deeper than {MAX_NESTING} levels" in error
+    assert f"nested too deeply (more than {MAX_NESTING} levels)" in error
     assert f": x{'[0]' * (MAX_NESTING - 1)}: " in error
 
 
@@ -103,8 +103,8 @@ def test_yaml_nesting_up_to_the_limit_passes_the_shape_check(tmp_path: Path) -> 
     # The mapping "x:" is one level, so the list may nest MAX_NESTING - 1 deep.
     with pytest.raises(ConfigError) as info:
         load_config(_write(tmp_path, "ok.yaml", _nested_yaml(MAX_NESTING - 1)))
-    assert "nested deeper" not in str(info.value)
-    with pytest.raises(ConfigError, match="nested deeper"):
+    assert "nested too deeply" not in str(info.value)
+    with pytest.raises(ConfigError, match="nested too deeply"):
         load_config(_write(tmp_path, "over.yaml", _nested_yaml(MAX_NESTING)))
 
 
@@ -113,7 +113,7 @@ def test_json_nested_600_levels_is_refused_with_its_path(tmp_path: Path) -> None
     with pytest.raises(ConfigError) as info:
         load_config(_write(tmp_path, "deep.json", text))
     (error,) = info.value.errors
-    assert f"nested deeper than {MAX_NESTING} levels" in error
+    assert f"nested too deeply (more than {MAX_NESTING} levels)" in error
     assert f": listeners[0]{'.a' * (MAX_NESTING - 2)}: " in error
 
 
@@ -122,7 +122,7 @@ def test_json_strings_holding_brackets_do_not_count(tmp_path: Path) -> None:
     path = _write(tmp_path, "strings.json", json.dumps(data))
     with pytest.raises(ConfigError) as info:
         load_config(path)
-    assert "nested deeper" not in str(info.value)
+    assert "nested too deeply" not in str(info.value)
 
 
 @pytest.mark.parametrize(

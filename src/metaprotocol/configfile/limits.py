@@ -80,7 +80,7 @@ def check_yaml_shape(text: str, source: str, loader: type[Any]) -> None:
                 if len(stack) >= MAX_NESTING:
                     raise _refuse(
                         source, text, _offset(event), parts,
-                        f"nested deeper than {MAX_NESTING} levels",
+                        f"nested too deeply (more than {MAX_NESTING} levels)",
                     )  # fmt: skip
                 stack.append(_Open(isinstance(event, yaml.MappingStartEvent), event.anchor))
                 continue
@@ -131,7 +131,11 @@ def check_json_shape(text: str, source: str) -> None:
                 parts.append(f".{at}" if kind == "{" else f"[{at}]")
             if len(stack) >= MAX_NESTING:
                 raise _refuse(
-                    source, text, match.start(), parts, f"nested deeper than {MAX_NESTING} levels"
+                    source,
+                    text,
+                    match.start(),
+                    parts,
+                    f"nested too deeply (more than {MAX_NESTING} levels)",
                 )
             stack.append([token, "?" if token == "{" else 0])
         elif token in ("}", "]"):
