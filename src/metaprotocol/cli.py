@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 
 from metaprotocol import __version__
 from metaprotocol.configfile import ConfigError, load_config
 from metaprotocol.core.config import Config
+from metaprotocol.logs import LOG_FORMATS, configure
 
 __all__ = ["ADAPTERS", "build_parser", "main", "summary"]
 
@@ -41,6 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--log-level", type=str.lower, choices=LOG_LEVELS, default="info", help="(default: info)"
     )
+    run.add_argument(
+        "--log-format",
+        type=str.lower,
+        choices=LOG_FORMATS,
+        default="text",
+        help="text lines, or one JSON object per line (default: text)",
+    )
 
     check = commands.add_parser(
         "check", help="validate a config file; print every error with its path"
@@ -62,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "check":
             return _check(args.config)
         if args.command == "run":
-            return _run(args.config, args.adapter, args.workers, args.log_level)
+            return _run(args.config, args.adapter, args.workers, args.log_level, args.log_format)
         if args.command == "demo":
             from metaprotocol.demo import main as demo_main
 
@@ -99,16 +106,14 @@ def _check(path: str) -> int:
     return 0
 
 
-def _run(path: str, adapter: str, workers: int, log_level: str) -> int:
+def _run(path: str, adapter: str, workers: int, log_level: str, log_format: str) -> int:
     # Validate first so a bad config reads the same as under `check`, before any IO starts.
     try:
         load_config(path)
     except ConfigError as exc:
         _print_errors(path, exc)
         return 1
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure(log_level, log_format)
     from metaprotocol.runner import run
 
     return run(path, adapter, workers)

@@ -21,6 +21,8 @@ from dataclasses import replace
 from typing import Any
 
 from metaprotocol.core.config import AdminConfig, Config
+from metaprotocol.logs import problem
+from metaprotocol.startup import bind_problems, describe, missing_dependency
 from metaprotocol.supervisor import WorkerLink, run_workers
 
 __all__ = ["ADAPTER_NAMES", "DEFAULT_DRAIN_TIMEOUT", "run"]
@@ -43,12 +45,12 @@ def _reload(path: str, handle: Any, current: Config) -> Config:
     try:
         config = _load(path)
     except Exception as exc:
-        log.error("reload of %s rejected, keeping the running config: %s", path, exc)
+        log.warning("reload of %s rejected, keeping the running config: %s", path, exc)
         return current
     try:
         handle.reload(config)
     except Exception as exc:
-        log.error("reload of %s failed, keeping the running config: %s", path, exc)
+        log.warning("reload of %s failed, keeping the running config: %s", path, exc)
         return current
     before = {lst.name: (lst.host, lst.port) for lst in current.listeners}
     after = {lst.name: (lst.host, lst.port) for lst in config.listeners}
@@ -210,10 +212,29 @@ def run(
     *,
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
 ) -> int:
-    """Serve ``config_path`` until SIGTERM/SIGINT; the process exit code."""
+    """Serve ``config_path`` until SIGTERM/SIGINT; the process exit code.
+
+    What keeps the proxy from starting (the adapter's package missing, a listener or the
+    admin address that cannot be bound, any other failure) is reported one line per problem
+    (``metaprotocol.logs.problem``) with exit code 1; the traceback only at debug level."""
     if adapter not in ADAPTER_NAMES:
         log.error("unknown adapter %r; expected one of %s", adapter, ", ".join(ADAPTER_NAMES))
         return 2
-    if workers > 1:
-        return _run_workers(config_path, adapter, workers, drain_timeout)
-    return _serve(config_path, adapter, reuse_port=False, admin=True, drain=drain_timeout)
+    missing = missing_dependency(adapter)
+    if missing is not None:
+        problem(missing)
+        return 1
+    try:
+        problems = bind_problems(_load(config_path), reuse_port=workers > 1)
+        for line in problems:
+            problem(line)
+        if problems:
+            return 1
+        if workers > 1:
+            return _run_workers(config_path, adapter, workers, drain_timeout)
+        return _serve(config_path, adapter, reuse_port=False, admin=True, drain=drain_timeout)
+    except Exception as exc:
+        for line in describe(exc):
+            problem(line)
+        log.debug("what failed, in full", exc_info=True)
+        return 1

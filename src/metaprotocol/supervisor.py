@@ -45,7 +45,9 @@ from metaprotocol.admin import AdminApp
 from metaprotocol.core.config import Config
 from metaprotocol.core.stats import EndpointStatus, StatsSnapshot
 from metaprotocol.endpoints import merge_statuses, statuses_from_json
+from metaprotocol.logs import problem
 from metaprotocol.snapshots import merge_snapshots, snapshot_from_json
+from metaprotocol.startup import describe, reason
 
 __all__ = [
     "RESPAWN_DELAY",
@@ -269,7 +271,9 @@ def run_workers(config: Config, workers: int, serve: Serve) -> int:
         try:
             server = _AdminServer((config.admin.host, config.admin.port), app)
         except OSError as exc:
-            log.error("admin address %s:%d: %s", config.admin.host, config.admin.port, exc)
+            problem(
+                f"admin cannot listen on {config.admin.host}:{config.admin.port}: {reason(exc)}"
+            )
             return 1
     # The supervisor keeps the write end open: workers started later report through it too.
     read_fd, write_fd = os.pipe()
@@ -288,8 +292,10 @@ def run_workers(config: Config, workers: int, serve: Serve) -> int:
                 if server is not None:
                     server.socket.close()
                 code = serve(index, WorkerLink(index, write_fd))
-            except BaseException:
-                log.exception("worker %d failed", index)
+            except BaseException as exc:
+                for line in describe(exc):
+                    problem(f"worker {index}: {line}")
+                log.debug("worker %d failed", index, exc_info=True)
             finally:
                 sys.stdout.flush()
                 sys.stderr.flush()

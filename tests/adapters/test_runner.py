@@ -243,7 +243,7 @@ def test_workers_refuse_a_busy_admin_address(tmp_path: Path, proc_factory: list[
         proc = Proc([str(config), "--workers", "2"])
         proc_factory.append(proc)
         assert proc.popen.wait(TIMEOUT) == 1
-        proc.wait_for("admin address 127.0.0.1:")
+        proc.wait_for("error: admin cannot listen on 127.0.0.1:")
 
 
 def test_blocking_sighup_reloads_on_the_loop_not_inside_the_interrupted_code(

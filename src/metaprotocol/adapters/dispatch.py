@@ -30,6 +30,7 @@ from metaprotocol.core.outputs import (
     Write,
 )
 from metaprotocol.core.stats import EndpointStatus, Stats
+from metaprotocol.logs import OperationsLog
 from metaprotocol.metrics import with_endpoints
 
 __all__ = [
@@ -264,7 +265,8 @@ class Dispatcher:
         self._write = write
         self.config = config
         self.access_log = access_log
-        self.observers: list[Callable[[Output], None]] = []
+        # The operator log of connect failures and ejections (rate limited) comes first.
+        self.observers: list[Callable[[Output], None]] = [OperationsLog().observe]
         self.crashes: list[BaseException] = []
         self.draining = False
         self.on_drained: Callable[[], None] | None = None
