@@ -82,6 +82,23 @@ def test_demo_without_redis_server_skips_redis(monkeypatch: pytest.MonkeyPatch) 
     assert "6 sample upstreams stopped" in report
 
 
+def test_demo_without_the_demo_extra_skips_thrift_and_redis_and_says_how(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    missing = {"thriftpy2", "redis"}  # as in a plain `pip install metaprotocol`
+    monkeypatch.setattr(upstreams, "missing_packages", lambda *names: [*missing & set(names)])
+    code, report = run_in_process()
+    assert code == 0, report
+    assert "thriftpy2 not installed: skipping Thrift (pip install 'metaprotocol[demo]')" in report
+    assert "redis-py not installed: skipping Redis (pip install 'metaprotocol[demo]')" in report
+    assert "thrift\n  skipped" in report and "redis\n  skipped" in report
+    assert "ok: every check passed (2 codecs)" in report
+    assert report.rstrip().splitlines()[-1] == (
+        "skipped: thrift, redis (see why above; pip install 'metaprotocol[demo]' brings the "
+        "clients)"
+    )
+
+
 def test_demo_exits_1_and_says_why_when_a_check_fails(monkeypatch: pytest.MonkeyPatch) -> None:
     # The client now expects one more request through than the proxy's bucket holds.
     monkeypatch.setattr(upstreams, "find_redis_server", lambda: None)

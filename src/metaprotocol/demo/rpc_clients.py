@@ -11,11 +11,7 @@ import asyncio
 import contextlib
 import threading
 import time
-from typing import Any
-
-from thriftpy2.protocol import TBinaryProtocolFactory
-from thriftpy2.rpc import make_client
-from thriftpy2.transport import TFramedTransportFactory
+from typing import TYPE_CHECKING, Any
 
 from metaprotocol.codecs.dubbo import DubboCodec
 from metaprotocol.codecs.dubbo.header import (
@@ -42,10 +38,9 @@ from metaprotocol.core.codec import Side
 from metaprotocol.core.message import NEED_DATA, Message
 from metaprotocol.demo.report import CodecResult
 from metaprotocol.samples.dubbo_provider import ECHO, GREETINGS
-from metaprotocol.samples.thrift_server import ThriftServer, calculator
 
-_BinaryProtocol: Any = TBinaryProtocolFactory  # thriftpy2 is untyped
-_FramedTransport: Any = TFramedTransportFactory
+if TYPE_CHECKING:
+    from metaprotocol.samples.thrift_server import ThriftServer
 
 __all__ = ["DubboClient", "DubboReply", "drive_dubbo", "drive_thrift"]
 
@@ -184,13 +179,22 @@ async def drive_dubbo(result: CodecResult, host: str, port: int) -> None:
 
 def drive_thrift(result: CodecResult, host: str, port: int, server_a: ThriftServer) -> None:
     """Calculator calls routed by method (``whoami`` to thrift-b, the rest to thrift-a),
-    a declared exception, and a oneway call (blocking: run it in a thread)."""
+    a declared exception, and a oneway call (blocking: run it in a thread). Needs
+    thriftpy2 (the ``demo`` extra)."""
+    from thriftpy2.protocol import TBinaryProtocolFactory
+    from thriftpy2.rpc import make_client
+    from thriftpy2.transport import TFramedTransportFactory
+
+    from metaprotocol.samples.thrift_server import calculator
+
+    binary: Any = TBinaryProtocolFactory  # thriftpy2 is untyped
+    framed: Any = TFramedTransportFactory
     client: Any = make_client(
         calculator.Calculator,
         host,
         port,
-        proto_factory=_BinaryProtocol(),
-        trans_factory=_FramedTransport(),
+        proto_factory=binary(),
+        trans_factory=framed(),
         timeout=int(TIMEOUT * 1000),
     )
     try:

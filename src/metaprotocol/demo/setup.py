@@ -38,16 +38,6 @@ listeners:
         match: {{metadata: {{interface: {{exact: {echo}}}}}}}
         route: {{cluster: dubbo-v1}}
       # no default route: any other interface gets status 60 SERVICE_NOT_FOUND from the proxy
-  - name: thrift
-    address: {host}:0
-    codec: thrift
-    codec_options: {{transport: framed, protocol: binary}}
-    routes:
-      - name: whoami
-        match: {{metadata: {{method: {{exact: whoami}}}}}}
-        route: {{cluster: thrift-b}}
-      - name: default
-        route: {{cluster: thrift-a}}
   - name: http
     address: {host}:0
     codec: http1
@@ -68,6 +58,19 @@ listeners:
       # no default route: any other path gets 404 from the proxy
 """
 
+_THRIFT_LISTENER = """
+  - name: thrift
+    address: {host}:0
+    codec: thrift
+    codec_options: {{transport: framed, protocol: binary}}
+    routes:
+      - name: whoami
+        match: {{metadata: {{method: {{exact: whoami}}}}}}
+        route: {{cluster: thrift-b}}
+      - name: default
+        route: {{cluster: thrift-a}}
+"""
+
 _REDIS_LISTENER = """
   - name: redis
     address: {host}:0
@@ -84,10 +87,13 @@ _CLUSTERS = """
 clusters:
   - {{name: dubbo-v1, endpoints: ["{dubbo_v1}"]}}
   - {{name: dubbo-v2, endpoints: ["{dubbo_v2}"]}}
-  - {{name: thrift-a, endpoints: ["{thrift_a}"]}}
-  - {{name: thrift-b, endpoints: ["{thrift_b}"]}}
   - {{name: web, endpoints: ["{web}"]}}
   - {{name: web-canary, endpoints: ["{web_canary}"]}}
+"""
+
+_THRIFT_CLUSTERS = """
+  - {{name: thrift-a, endpoints: ["{thrift_a}"]}}
+  - {{name: thrift-b, endpoints: ["{thrift_b}"]}}
 """
 
 _REDIS_CLUSTERS = """
@@ -109,17 +115,22 @@ def config_text(upstreams: Upstreams) -> str:
         "burst": RATE_LIMIT_BURST,
         "dubbo_v1": _hostport(upstreams.dubbo_address("v1")),
         "dubbo_v2": _hostport(upstreams.dubbo_address("v2")),
-        "thrift_a": _hostport(upstreams.thrift["thrift-a"].address),
-        "thrift_b": _hostport(upstreams.thrift["thrift-b"].address),
         "web": _hostport(upstreams.http["web"].address),
         "web_canary": _hostport(upstreams.http["web-canary"].address),
     }
+    # Thrift and Redis only when their sample servers run (see Upstreams.*_skipped).
     parts = [_LISTENERS]
+    if upstreams.thrift:
+        parts.append(_THRIFT_LISTENER)
+        values["thrift_a"] = _hostport(upstreams.thrift["thrift-a"].address)
+        values["thrift_b"] = _hostport(upstreams.thrift["thrift-b"].address)
     if upstreams.redis:
         parts.append(_REDIS_LISTENER)
         values["redis_main"] = _hostport(upstreams.redis["main"].address)
         values["redis_sessions"] = _hostport(upstreams.redis["sessions"].address)
     parts.append(_CLUSTERS)
+    if upstreams.thrift:
+        parts.append(_THRIFT_CLUSTERS)
     if upstreams.redis:
         parts.append(_REDIS_CLUSTERS)
     return "".join(parts).format(**values)

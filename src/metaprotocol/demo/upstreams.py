@@ -17,14 +17,27 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib.util import find_spec
+from typing import TYPE_CHECKING
 
 from metaprotocol.samples import dubbo_provider
 from metaprotocol.samples.http_server import HttpServer
-from metaprotocol.samples.thrift_server import ThriftServer
 
-__all__ = ["HOST", "RedisServer", "Upstreams", "find_redis_server", "start_upstreams"]
+if TYPE_CHECKING:
+    from metaprotocol.samples.thrift_server import ThriftServer
+
+__all__ = [
+    "DEMO_EXTRA",
+    "HOST",
+    "RedisServer",
+    "Upstreams",
+    "find_redis_server",
+    "missing_packages",
+    "start_upstreams",
+]
 
 HOST = "127.0.0.1"
+DEMO_EXTRA = "pip install 'metaprotocol[demo]'"  # the sample clients' Python packages
 READY_TIMEOUT = 5.0  # seconds a redis-server may take to accept connections
 STOP_TIMEOUT = 5.0
 
@@ -127,6 +140,7 @@ class Upstreams:
     thrift: dict[str, ThriftServer] = field(default_factory=dict)  # server name -> server
     http: dict[str, HttpServer] = field(default_factory=dict)  # server name -> server
     redis: dict[str, RedisServer] = field(default_factory=dict)  # "main"/"sessions" -> server
+    thrift_skipped: str | None = None  # why there is no Thrift part (thriftpy2 not installed)
     redis_skipped: str | None = None  # why there is no Redis part (not installed)
     redis_failed: str | None = None  # installed, but it would not start: a failure
 
@@ -151,18 +165,35 @@ class Upstreams:
         self.redis.clear()
 
 
+def missing_packages(*names: str) -> list[str]:
+    """Which of the Python packages ``names`` cannot be imported here."""
+    return [name for name in names if find_spec(name) is None]
+
+
 async def start_upstreams(upstreams: Upstreams) -> None:
     """Start every sample server into ``upstreams`` (filled as they start, so a failure
     half-way still leaves ``aclose()`` able to stop what did start)."""
     for version in ("v1", "v2"):
         upstreams.dubbo[version] = await dubbo_provider.serve(HOST, 0)
-    for name in ("thrift-a", "thrift-b"):
-        upstreams.thrift[name] = ThriftServer(HOST, 0, transport="framed", name=name).start()
+    if missing_packages("thriftpy2"):
+        upstreams.thrift_skipped = f"thriftpy2 not installed: skipping Thrift ({DEMO_EXTRA})"
+    else:
+        from metaprotocol.samples.thrift_server import ThriftServer
+
+        for name in ("thrift-a", "thrift-b"):
+            thrift_server = ThriftServer(HOST, 0, transport="framed", name=name)
+            upstreams.thrift[name] = thrift_server.start()
     for name in ("web", "web-canary"):
         upstreams.http[name] = HttpServer(HOST, 0, name=name).start()
     binary = find_redis_server()
+    if missing_packages("redis"):
+        upstreams.redis_skipped = f"redis-py not installed: skipping Redis ({DEMO_EXTRA})"
+        return
     if binary is None:
-        upstreams.redis_skipped = "redis-server not installed: skipping Redis"
+        upstreams.redis_skipped = (
+            "redis-server not installed: skipping Redis (install Redis, e.g. "
+            "apt-get install redis-server, and put redis-server on the PATH)"
+        )
         return
     try:
         for name in ("main", "sessions"):
