@@ -125,7 +125,7 @@ class OperationsLog:
             self._limiter.log(
                 logging.WARNING,
                 ("connect", output.cluster, output.endpoint),
-                "upstream connect to %s (cluster %s) failed: %s",
+                "upstream %s of cluster %s: connect failure: %s",
                 output.endpoint,
                 output.cluster,
                 output.error,

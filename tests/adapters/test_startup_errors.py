@@ -139,7 +139,7 @@ def test_json_logs_one_object_per_line(
         with socket.create_connection(("127.0.0.1", int(port)), TIMEOUT) as client:
             client.sendall(b"*1\r\n$4\r\nPING\r\n")
             assert client.recv(100).startswith(b"-")
-    connect = json.loads(proc.wait_for("upstream connect to"))
+    connect = json.loads(proc.wait_for("connect failure:"))
     assert connect["level"] == "warning" and f"127.0.0.1:{dead}" in connect["message"]
     ejected = json.loads(proc.wait_for("ejected for"))
     assert ejected["level"] == "warning"
@@ -155,4 +155,4 @@ def test_json_logs_one_object_per_line(
         record = json.loads(line)
         assert {"time", "level", "logger", "message"} <= record.keys()
     # Two more connect failures within seconds: rate limited, not a line each.
-    assert not [line for line in lines if "upstream connect to" in line]
+    assert not [line for line in lines if "connect failure:" in line]

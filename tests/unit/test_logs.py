@@ -50,7 +50,7 @@ def test_operations_log_lines(caplog: pytest.LogCaptureFixture) -> None:
         ops.observe(EndpointConnectFailed("db", "10.0.0.1:6379", "connection refused"))
         ops.observe(EndpointEjected("db", "10.0.0.1:6379", 30.0, 1))
     assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
-        ("WARNING", "upstream connect to 10.0.0.1:6379 (cluster db) failed: connection refused"),
+        ("WARNING", "upstream 10.0.0.1:6379 of cluster db: connect failure: connection refused"),
         ("WARNING", "endpoint 10.0.0.1:6379 of cluster db ejected for 30s (ejection 1)"),
     ]
 

@@ -18,7 +18,6 @@ from metaprotocol.core.config import Config, RateLimitRedisConfig
 from metaprotocol.core.events import Event, ExternalCallCompleted, TimePassed
 from metaprotocol.core.outputs import (
     CloseConnection,
-    EndpointConnectFailed,
     ExternalCall,
     FilterFailed,
     Instruction,
@@ -61,7 +60,7 @@ READ_CHUNK = 64 * 1024
 CLOSE_LINGER = 30.0  # seconds a flushing close may wait for a peer that does not read
 
 _INSTRUCTIONS = (Write, OpenUpstream, CloseConnection, ReadDisable, ReadEnable, ExternalCall)
-_LOGGED = (FilterFailed, EndpointConnectFailed)
+_LOGGED = (FilterFailed,)
 
 
 def _described(item: object) -> str:
@@ -121,7 +120,8 @@ def global_ratelimit_redis(config: Config | None) -> RateLimitRedisConfig | None
 
 def log_event(event: Output) -> None:
     """Log what the core reports for the log (the adapters' job: the core does no IO): a
-    filter that raised, an upstream connection that failed. Requests are never logged."""
+    filter that raised. Requests are never logged. (Upstream connect failures and ejections
+    go to the rate-limited ``OperationsLog``, one of the dispatcher's observers.)"""
     if isinstance(event, FilterFailed):
         log.error(
             "filter %s raised on listener %s (route %s); the request got an internal error",
@@ -129,13 +129,6 @@ def log_event(event: Output) -> None:
             event.listener,
             event.route or "-",
             exc_info=event.exception,
-        )
-    elif isinstance(event, EndpointConnectFailed):
-        log.warning(
-            "upstream %s of cluster %s: connect failure: %s",
-            event.endpoint,
-            event.cluster,
-            event.error,
         )
 
 
