@@ -4,6 +4,7 @@
     python -m fuzz.run --runs 1000000 dubbo-request --corpus .fuzz/corpus
     python -m fuzz.run --replay dubbo-request crash-1a2b...   # re-run saved inputs
     python -m fuzz.run --list
+    python -m fuzz.run --report .fuzz/logs         # a table of the runs kept by --log-dir
     python -m fuzz.run --seconds 60 mypackage.fuzzing:harness:seeds   # a harness of your own
 
 A target that crashes (an exception other than the typed error it may raise, a broken
@@ -118,6 +119,34 @@ def _summary(log: str) -> str:
     return last or "(no libFuzzer status line)"
 
 
+_FIELD = re.compile(r"(cov|ft|corp|exec/s|rss): (\S+)")
+_STAT = re.compile(r"stat::(\w+): +(\S+)")
+
+
+def _report(log_dir: Path) -> str:
+    """A markdown table of the runs whose libFuzzer output ``--log-dir`` kept."""
+    rows = [
+        "| target | inputs | cov | ft | corpus | exec/s | slowest input | peak RSS | result |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for path in sorted(log_dir.glob("*.log")):
+        log = path.read_text(errors="replace")
+        fields: dict[str, str] = {}
+        for line in log.splitlines():
+            if _STATUS.search(line):
+                fields.update(_FIELD.findall(line))
+        stats = dict(_STAT.findall(log))
+        inputs = int(stats.get("number_of_executed_units", "0"))
+        found = "=== Uncaught Python exception" in log or "ERROR: libFuzzer" in log
+        rows.append(
+            f"| {path.stem} | {inputs:,} | {fields.get('cov', '?')} | {fields.get('ft', '?')} "
+            f"| {fields.get('corp', '?')} | {stats.get('average_exec_per_sec', '?')} "
+            f"| {stats.get('slowest_unit_time_sec', '?')} s | {stats.get('peak_rss_mb', '?')} MB "
+            f"| {'FINDING' if found else 'clean'} |"
+        )
+    return "\n".join(rows)
+
+
 def _run_target(name: str, args: argparse.Namespace, workdir: Path) -> bool:
     slug = name.replace(":", "-")  # a module:harness:seeds target, as a file name
     corpus = (Path(args.corpus) if args.corpus else workdir / "corpus") / slug
@@ -184,7 +213,11 @@ def main(argv: list[str] | None = None) -> int:
         "--replay", action="store_true", help="run inputs through: files, or hex:HEX"
     )
     parser.add_argument("--list", action="store_true", help="list the targets")
+    parser.add_argument("--report", metavar="LOG_DIR", help="tabulate the runs --log-dir kept")
     args = parser.parse_args(argv)
+    if args.report:
+        print(_report(Path(args.report)))
+        return 0
     if args.list:
         print("\n".join(TARGETS))
         return 0

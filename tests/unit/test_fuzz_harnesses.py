@@ -74,7 +74,18 @@ def test_the_runner_fails_on_a_finding_and_prints_the_reproducer(tmp_path: Path)
     pytest.importorskip("atheris")
     target = "tests.fuzz.broken:harness:seeds"
     proc = subprocess.run(
-        [sys.executable, "-m", "fuzz.run", "--seconds", "30", "--artifacts", str(tmp_path), target],
+        [
+            sys.executable,
+            "-m",
+            "fuzz.run",
+            "--seconds",
+            "30",
+            "--artifacts",
+            str(tmp_path),
+            "--log-dir",
+            str(tmp_path / "logs"),
+            target,
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -83,7 +94,7 @@ def test_the_runner_fails_on_a_finding_and_prints_the_reproducer(tmp_path: Path)
     )
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "FAILED" in proc.stdout and "ValueError: found the needle" in proc.stdout
-    reproducer = next(tmp_path.iterdir())
+    reproducer = next(tmp_path.glob("tests.fuzz.broken-*"))
     assert reproducer.read_bytes()[3] == 0xFF
     assert f"--replay {target} hex:" in proc.stdout
     replay = subprocess.run(
@@ -95,3 +106,5 @@ def test_the_runner_fails_on_a_finding_and_prints_the_reproducer(tmp_path: Path)
         check=False,
     )
     assert replay.returncode == 1 and "found the needle" in replay.stdout + replay.stderr
+    table = run._report(tmp_path / "logs")
+    assert "| tests.fuzz.broken-harness-seeds |" in table and "| FINDING |" in table
