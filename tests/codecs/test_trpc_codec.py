@@ -323,3 +323,30 @@ def test_error_replies_are_trpc_responses_with_the_request_id(error: ErrorType) 
     assert (meta.close_type, meta.msg) == (1, b"gone") and meta.ret != 0
     assert reset == build_close(100, reset=True, ret=meta.ret, msg="gone")
     assert codec(Side.DOWNSTREAM).encode_heartbeat_reply(init) is None
+
+
+def test_header_scan_skips_unknown_fields_and_refuses_bad_ones() -> None:
+    from metaprotocol.codecs.protobuf import WireType, encode_len_field, encode_tag
+
+    func = encode_len_field(7, b"/a.B/C")
+    unknown = (
+        encode_tag(40, WireType.I64) + bytes(8)
+        + encode_tag(41, WireType.SGROUP) + encode_tag(41, WireType.EGROUP)
+        + encode_tag(42, WireType.I32) + bytes(4)
+        + encode_len_field(9, encode_tag(3, WireType.I32) + bytes(4) + encode_len_field(1, b"k"))
+    )  # fmt: skip
+    good = struct.pack(
+        ">HBBIHIH", 0x0930, 0, 0, 16 + len(unknown + func), len(unknown + func), 0, 0
+    )
+    message = decode_one(Side.DOWNSTREAM, good + unknown + func)
+    assert message.properties == {"func": "/a.B/C", "k": ""}
+    for bad_pb in (
+        encode_len_field(7, b"\xff"),  # func is not UTF-8
+        b"\x00\x01",  # field number 0
+        b"\x3e",  # wire type 6
+        encode_len_field(9, b"\x0a\x09k"),  # a map entry running past its end
+    ):
+        frame = struct.pack(">HBBIHIH", 0x0930, 0, 0, 16 + len(bad_pb), len(bad_pb), 0, 0)
+        with pytest.raises(ProtocolError) as caught:
+            codec(Side.DOWNSTREAM).decode(bytearray(frame + bad_pb))
+        assert not caught.value.fatal

@@ -52,6 +52,7 @@ from metaprotocol.codecs.trpc.frame import (
     build_close,
     build_response,
 )
+from metaprotocol.codecs.trpc.scan import scan_header
 from metaprotocol.core.codec import Ordering, Side
 from metaprotocol.core.message import (
     NEED_DATA,
@@ -74,6 +75,8 @@ _U32: Final = 0xFFFF_FFFF
 # Field numbers compared per field while decoding, as plain ints (see frame.py's enums).
 _REQUEST_ID: Final = 3  # RequestField.REQUEST_ID and ResponseField.REQUEST_ID
 _CALL_TYPE: Final = 2  # RequestField.CALL_TYPE
+_REQUEST_TRANS: Final = 9  # RequestField.TRANS_INFO
+_RESPONSE_TRANS: Final = 8  # ResponseField.TRANS_INFO
 _RET: Final = 4  # ResponseField.RET
 _FUNC_RET: Final = 5  # ResponseField.FUNC_RET
 
@@ -93,28 +96,6 @@ _NO_NAMES: Final[dict[str, int]] = {}
 _REQUEST_FIELDS: Final = {number: name for name, number in _REQUEST_NAMES.items()}
 _INIT_FIELDS: Final = {number: name for name, number in _INIT_NAMES.items()}
 _NO_FIELDS: Final[dict[int, str]] = {}
-
-
-def _properties(fields: list[Field], names: Mapping[int, str], trans_info: int) -> dict[str, str]:
-    """Routing properties: every UTF-8 trans_info entry, then the named fields over them."""
-    props: dict[str, str] = {}
-    named: dict[str, str] = {}
-    for field in fields:
-        number = field.number
-        if number == trans_info:
-            key, value = read_map_entry(field)
-            try:
-                text_key = key.decode().lower()
-                text_value = value.decode()
-            except UnicodeDecodeError:
-                continue  # not text: forwarded untouched, just not routable
-            props[text_key] = text_value
-            continue
-        name = names.get(number)
-        if name is not None:
-            named[name] = field.text()
-    props.update(named)
-    return props
 
 
 def _pb_header_size(frame: bytes) -> int:
@@ -212,52 +193,41 @@ class TrpcCodec:
             raise ProtocolError(f"tRPC: {exc}", fatal=False) from None
 
     def _request(self, frame: bytes, pb_size: int) -> Message:
-        fields = read_fields(frame, HEADER_SIZE, HEADER_SIZE + pb_size)
-        request_id = 0
-        id_field: Field | None = None
-        oneway = False
-        for field in fields:
-            number = field.number
-            if number == _REQUEST_ID:
-                request_id = field.int_value & _U32
-                id_field = field
-            elif number == _CALL_TYPE:
-                oneway = field.int_value == 1
-        props = _properties(fields, _REQUEST_FIELDS, 9)  # RequestField.TRANS_INFO
+        end = HEADER_SIZE + pb_size
+        props, varints = scan_header(frame, HEADER_SIZE, end, _REQUEST_FIELDS, _REQUEST_TRANS)
+        id_field = varints.get(_REQUEST_ID)
+        request_id = id_field.int_value & _U32 if id_field is not None else 0
+        call_type = varints.get(_CALL_TYPE)
+        oneway = call_type is not None and call_type.int_value == 1
         mtype = MessageType.ONEWAY if oneway else MessageType.REQUEST
-        header = HEADER_SIZE + pb_size
-        body = len(frame) - header
-        return Message(mtype, frame, request_id, props, _OK, None, header, body, id_field)
+        body = len(frame) - end
+        return Message(mtype, frame, request_id, props, _OK, None, end, body, id_field)
 
     def _response(self, frame: bytes, pb_size: int) -> Message:
-        fields = read_fields(frame, HEADER_SIZE, HEADER_SIZE + pb_size)
-        request_id = 0
-        id_field: Field | None = None
+        end = HEADER_SIZE + pb_size
+        props, varints = scan_header(frame, HEADER_SIZE, end, _NO_FIELDS, _RESPONSE_TRANS)
+        id_field = varints.get(_REQUEST_ID)
+        request_id = id_field.int_value & _U32 if id_field is not None else 0
         failed = False
-        for field in fields:
-            number = field.number
-            if number == _REQUEST_ID:
-                request_id = field.int_value & _U32
-                id_field = field
-            elif number in (_RET, _FUNC_RET):
-                failed = as_int32(field.int_value) != 0 or failed
-        props = _properties(fields, _NO_FIELDS, 8)  # ResponseField.TRANS_INFO
-        header = HEADER_SIZE + pb_size
-        body = len(frame) - header
+        for number in (_RET, _FUNC_RET):
+            code = varints.get(number)
+            if code is not None and as_int32(code.int_value) != 0:
+                failed = True
         status = _ERROR if failed else _OK
+        body = len(frame) - end
         mtype = MessageType.RESPONSE
-        return Message(mtype, frame, request_id, props, status, None, header, body, id_field)
+        return Message(mtype, frame, request_id, props, status, None, end, body, id_field)
 
     def _stream(self, frame: bytes, stream_frame: int, stream_id: int) -> Message:
         props: dict[str, str] = {}
         status = _OK
         downstream = self.side is Side.DOWNSTREAM
         if stream_frame == StreamFrame.INIT:
-            request_meta, failed = _init_meta(frame)
+            props, failed = _init_meta(frame)
             if downstream:
                 mtype = MessageType.STREAM_INIT
-                props = _properties(request_meta, _INIT_FIELDS, InitRequestMeta.TRANS_INFO)
             elif failed:
+                props = {}
                 mtype, status = MessageType.ERROR, _ERROR  # the server refused the stream
             else:
                 mtype = MessageType.STREAM_DATA
@@ -353,18 +323,22 @@ def _set_request_id(frame: bytes, id_field: Field | None, request_id: int) -> by
     return _with_sizes(rewritten, pb_size + delta)
 
 
-def _init_meta(frame: bytes) -> tuple[list[Field], bool]:
-    """The request meta fields of an INIT frame, and whether its response meta is a failure."""
-    request_meta: list[Field] = []
+def _init_meta(frame: bytes) -> tuple[dict[str, str], bool]:
+    """The routing properties of an INIT frame's request meta, and whether its response meta
+    is a failure (both nested messages are checked, whichever side reads the frame)."""
+    props: dict[str, str] = {}
     failed = False
     for field in read_fields(frame, HEADER_SIZE):
         if field.number == InitMeta.REQUEST_META:
-            request_meta.extend(read_fields(field.bytes_value))
+            found, _ = scan_header(
+                frame, field.value_offset, field.end, _INIT_FIELDS, InitRequestMeta.TRANS_INFO
+            )
+            props.update(found)  # repeated embedded messages merge
         elif field.number == InitMeta.RESPONSE_META:
             for inner in read_fields(field.bytes_value):
                 if inner.number == InitResponseMeta.RET:
                     failed = as_int32(inner.int_value) != 0
-    return request_meta, failed
+    return props, failed
 
 
 def _close_meta(frame: bytes) -> tuple[bool, bool]:
