@@ -59,8 +59,16 @@ def servers() -> Iterator[tuple[TrpcEchoServer, TrpcEchoServer]]:
 @pytest.fixture
 def proxy(adapter: str, servers: tuple[TrpcEchoServer, TrpcEchoServer]) -> Iterator[RunningProxy]:
     a, b = servers
+    # Every client's calls may be in flight (and queued for a connection still opening) at
+    # once: the circuit breakers are sized for it.
+    breakers = {"max_pending_requests": 2 * CLIENTS * CALLS, "max_requests": 2 * CLIENTS * CALLS}
     config = proxy_config(
-        "trpc", {"a": [a.port], "b": [b.port]}, ROUTES, listener={"filters": FILTERS}, admin=False
+        "trpc",
+        {"a": [a.port], "b": [b.port]},
+        ROUTES,
+        listener={"filters": FILTERS},
+        cluster_options={"circuit_breakers": breakers},
+        admin=False,
     )
     with start_proxy(config, adapter) as running:
         yield running
