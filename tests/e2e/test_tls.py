@@ -12,6 +12,7 @@ client's own TLS socket; Dubbo frames made by the Dubbo client's encoder over a 
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import ssl
 import struct
@@ -32,6 +33,7 @@ from metaprotocol.samples.dubbo_provider import GREETINGS
 from metaprotocol.samples.thrift_server import Calculator, ThriftServer
 from metaprotocol.testing.serving import RunningProxy, start_proxy
 from metaprotocol.tls import TlsError
+from tests.adapters.test_runner import Proc, proc_factory  # noqa: F401
 from tests.e2e.dubbo_frames import read_frame, request_frame
 from tests.e2e.servers import (
     DEADLINE,
@@ -379,3 +381,53 @@ def test_redis_tls_both_sides_with_logins_both_sides(
         with pytest.raises(redis.AuthenticationError, match="Authentication required"):
             anonymous.get(key)
         anonymous.close()
+
+
+def test_sighup_serves_renewed_certificates(
+    adapter: str,
+    pki: Pki,
+    redis_port: int,
+    tmp_path: Path,
+    proc_factory: list[Proc],  # noqa: F811
+) -> None:
+    """``metaprotocol run``: SIGHUP reads the certificate files again; a file that no longer
+    loads is rejected and the running certificate stays."""
+    cert, key = tmp_path / "server.pem", tmp_path / "server.key"
+    shutil.copy(pki.server_cert, cert)
+    shutil.copy(pki.server_key, key)
+    config = tmp_path / "proxy.yaml"
+    config.write_text(
+        f"""
+listeners:
+  - name: redis
+    address: 127.0.0.1:0
+    codec: redis
+    tls: {{cert_file: {cert}, key_file: {key}}}
+    routes: [{{name: all, route: {{cluster: main}}}}]
+clusters:
+  - {{name: main, endpoints: ["127.0.0.1:{redis_port}"]}}
+""",
+        encoding="utf-8",
+    )
+    proc = Proc([str(config), "--adapter", adapter])
+    proc_factory.append(proc)
+    port = proc.address("listener redis on")[1]
+    before = peer_certificate(port, pki.ca)
+    renewed = pki.authority.issue_cert("localhost", "127.0.0.1")
+    renewed.cert_chain_pems[0].write_to_path(str(cert))
+    renewed.private_key_pem.write_to_path(str(key))
+    proc.popen.send_signal(signal.SIGHUP)
+    proc.wait_for("reloaded")
+    after = peer_certificate(port, pki.ca)
+    assert after != before
+    key.write_text("not a key\n", encoding="utf-8")
+    proc.popen.send_signal(signal.SIGHUP)
+    proc.wait_for("rejected")
+    assert peer_certificate(port, pki.ca) == after
+    client = _tls_client(port, pki)
+    try:
+        assert client.ping() is True
+    finally:
+        client.close()
+    proc.popen.send_signal(signal.SIGTERM)
+    assert proc.popen.wait(DEADLINE) == 0
