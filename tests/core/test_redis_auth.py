@@ -249,3 +249,25 @@ def test_refused_logins_count_towards_outlier_ejection() -> None:
     _feed(proxy, Closed(1))
     _feed(proxy, Closed(opened.conn))
     assert not proxy.upstreams and proxy.request_count() == 0
+
+
+def test_a_reload_logs_new_upstream_connections_in_with_the_new_password() -> None:
+    pb = playbook(config(codec="redis", clusters=(_cluster(UP),)))
+    pb >> Accepted(1, "main")
+    pb >> DataReceived(1, cmd("GET", "a"))
+    pb << OpenUpstream(-1, *UP)
+    pb >> UpstreamConnected(-1)
+    pb << Write(-1, cmd("AUTH", "up-secret") + cmd("GET", "a"))
+    pb >> DataReceived(-1, b"+OK\r\n" + bulk("A"))
+    pb << Write(1, bulk("A"))
+    rotated = Credentials(Secret("rotated-secret"))
+    assert pb.proxy.reload(config(codec="redis", clusters=(_cluster(UP, auth=rotated),)), 0.0) == []
+    pb >> Closed(-1)  # the server closes the old connection; the next one logs in anew
+    pb >> DataReceived(1, cmd("GET", "b"))
+    pb << OpenUpstream(-2, *UP)
+    pb >> UpstreamConnected(-2)
+    pb << Write(-2, cmd("AUTH", "rotated-secret") + cmd("GET", "b"))
+    pb >> DataReceived(-2, b"+OK\r\n" + bulk("B"))
+    pb << Write(1, bulk("B"))
+    pb >> Closed(1) >> Closed(-2)
+    pb.assert_clean()
