@@ -3,7 +3,9 @@
 SIGHUP reloads the file: routes, clusters and filters are swapped atomically; listeners the
 file adds or moves are bound, and those it removes stop accepting while their connections
 drain; an invalid file, or a listener that cannot be bound, is logged and the running
-config keeps serving; the admin address is fixed at start. SIGTERM or SIGINT drains: stop
+config keeps serving; the admin address, the access log path and tracing are fixed at
+start. SIGUSR1 (and SIGHUP too) reopens the access log file, for rotation: ``mv`` it away,
+then signal. SIGTERM or SIGINT drains: stop
 accepting, let in-flight requests finish for up to ``drain_timeout`` seconds, close, exit
 0. With ``workers > 1`` a supervisor process forks N workers that each bind the listeners
 with SO_REUSEPORT (the kernel spreads connections) and serves one admin endpoint whose
@@ -22,7 +24,7 @@ from typing import Any
 
 from metaprotocol.core.config import AdminConfig, Config
 from metaprotocol.logs import problem
-from metaprotocol.startup import bind_problems, describe, missing_dependency
+from metaprotocol.startup import bind_problems, describe, missing_dependency, tracing_problems
 from metaprotocol.supervisor import WorkerLink, run_workers
 
 __all__ = ["ADAPTER_NAMES", "DEFAULT_DRAIN_TIMEOUT", "run"]
@@ -96,9 +98,11 @@ async def _serve_asyncio(
     current = [config]
 
     def on_hup() -> None:
+        handle.dispatcher.reopen_access_log()
         current[0] = _reload(path, handle, current[0])
 
     loop.add_signal_handler(signal.SIGHUP, on_hup)
+    loop.add_signal_handler(signal.SIGUSR1, handle.dispatcher.reopen_access_log)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     announce(handle)  # last: whoever waits for it may signal at once
@@ -108,7 +112,7 @@ async def _serve_asyncio(
         await handle.drain(drain)
     finally:
         await handle.close()
-        for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
 
 
@@ -120,11 +124,15 @@ async def _serve_anyio(
     from metaprotocol.adapters import anyio as adapter
 
     current = config
-    with anyio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
+    watched = (signal.SIGHUP, signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
+    with anyio.open_signal_receiver(*watched) as signals:
         async with adapter.serve(config, reuse_port=reuse_port, admin=admin) as handle:
             announce(handle)
             async for sig in signals:
-                if sig == signal.SIGHUP:
+                if sig == signal.SIGUSR1:
+                    handle.dispatcher.reopen_access_log()
+                elif sig == signal.SIGHUP:
+                    handle.dispatcher.reopen_access_log()
                     current = _reload(path, handle, current)
                 else:
                     break
@@ -141,6 +149,7 @@ def _serve_blocking(
 
     def ready(handle: Handle) -> None:
         def reload() -> None:
+            handle.dispatcher.reopen_access_log()
             current[0] = _reload(path, handle, current[0])
 
         def on_hup(signum: int, frame: object) -> None:
@@ -149,11 +158,15 @@ def _serve_blocking(
             # changing what the interrupted code (the announcement, say) is iterating.
             handle.call(reload)
 
+        def on_usr1(signum: int, frame: object) -> None:
+            handle.call(handle.dispatcher.reopen_access_log)
+
         def on_term(signum: int, frame: object) -> None:
             log.info("draining (up to %.1fs)", drain)
             handle.stop(drain_timeout=drain)
 
         signal.signal(signal.SIGHUP, on_hup)
+        signal.signal(signal.SIGUSR1, on_usr1)
         signal.signal(signal.SIGTERM, on_term)
         signal.signal(signal.SIGINT, on_term)
         announce(handle)  # last: whoever waits for it may signal at once
@@ -170,9 +183,10 @@ def _serve(
     drain: float,
     worker: WorkerLink | None = None,
 ) -> int:
-    # Until the adapter's handlers are in place a SIGHUP must not end the process: the file
-    # is being read now anyway.
+    # Until the adapter's handlers are in place a SIGHUP or SIGUSR1 must not end the process:
+    # the file is being read (and the access log opened) now anyway.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     config = _load(path)
     announce: Announce = _announce
     if worker is not None:  # the supervisor serves the admin address; this worker reports
@@ -225,7 +239,8 @@ def run(
         problem(missing)
         return 1
     try:
-        problems = bind_problems(_load(config_path), reuse_port=workers > 1)
+        config = _load(config_path)
+        problems = [*tracing_problems(config), *bind_problems(config, reuse_port=workers > 1)]
         for line in problems:
             problem(line)
         if problems:

@@ -1,7 +1,8 @@
 """Startup checks of ``metaprotocol run``, each problem one line naming what and where.
 
 Before any adapter starts, the runner checks that the adapter's optional dependency is
-installed (``missing_dependency``) and that every listener and the admin address can be
+installed (``missing_dependency``), that ``tracing`` has the OpenTelemetry SDK it needs
+(``tracing_problems``), and that every listener and the admin address can be
 bound (``bind_problems``: each is bound and closed again, with the options the adapter will
 use). A failure the checks could not foresee is still turned into lines, not a traceback,
 by ``describe`` (an ExceptionGroup from trio becomes one line per exception inside it).
@@ -18,7 +19,14 @@ from metaprotocol.core.config import Config
 
 _ERRNO_PREFIX = re.compile(r"^\[Errno -?\d+\] ")
 
-__all__ = ["ADAPTER_EXTRAS", "bind_problems", "describe", "missing_dependency", "reason"]
+__all__ = [
+    "ADAPTER_EXTRAS",
+    "bind_problems",
+    "describe",
+    "missing_dependency",
+    "reason",
+    "tracing_problems",
+]
 
 # adapter -> (module it needs, the extra that installs it)
 ADAPTER_EXTRAS: dict[str, tuple[str, str]] = {
@@ -41,6 +49,20 @@ def missing_dependency(adapter: str) -> str | None:
             f"pip install 'metaprotocol[{extra}]'"
         )
     return None
+
+
+def tracing_problems(config: Config) -> list[str]:
+    """One line if the config's ``tracing`` needs the OpenTelemetry SDK and it is missing."""
+    if config.tracing is None:
+        return []
+    from metaprotocol.tracing import OTEL_EXTRA_HINT
+
+    try:
+        importlib.import_module("opentelemetry.sdk.trace")
+        importlib.import_module("opentelemetry.exporter.otlp.proto.http.trace_exporter")
+    except ImportError:
+        return [OTEL_EXTRA_HINT]
+    return []
 
 
 def _address(host: str, port: int) -> str:

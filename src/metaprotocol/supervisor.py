@@ -21,8 +21,8 @@ supervisor keeps the last stats it fetched from each worker and, when one dies, 
 retired total, so a sum never goes backwards. A worker of the first start that exits before
 it reported (a listener it cannot bind, say) stops the supervisor with exit code 1 instead.
 
-SIGHUP, SIGTERM and SIGINT are forwarded to the workers; after SIGTERM or SIGINT nothing is
-restarted and the supervisor exits when every worker has, with 1 if any failed.
+SIGHUP, SIGUSR1, SIGTERM and SIGINT are forwarded to the workers; after SIGTERM or SIGINT
+nothing is restarted and the supervisor exits when every worker has, with 1 if any failed.
 """
 
 from __future__ import annotations
@@ -284,7 +284,9 @@ def run_workers(config: Config, workers: int, serve: Serve) -> int:
         if pid == 0:  # the worker
             code = 1
             try:
-                signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until its handlers are in place
+                # Until its handlers are in place, as in a single process.
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)
+                signal.signal(signal.SIGUSR1, signal.SIG_IGN)
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     signal.signal(sig, signal.SIG_DFL)
                 os.close(read_fd)
@@ -308,13 +310,13 @@ def run_workers(config: Config, workers: int, serve: Serve) -> int:
 
     def forward(signum: int, frame: object) -> None:
         nonlocal stopping
-        if signum != signal.SIGHUP:
+        if signum in (signal.SIGTERM, signal.SIGINT):
             stopping = True
         for pid in list(children):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
 
-    for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, forward)
     for index in range(workers):
         spawn(index)

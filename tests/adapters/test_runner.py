@@ -265,9 +265,16 @@ def test_blocking_sighup_reloads_on_the_loop_not_inside_the_interrupted_code(
     handed: list[Any] = []
     reloaded: list[Any] = []
 
+    reopened: list[bool] = []
+
+    class FakeDispatcher:
+        def reopen_access_log(self) -> None:
+            reopened.append(True)
+
     class FakeHandle:
         addresses = {"redis": ("127.0.0.1", 1)}
         admin_address = None
+        dispatcher = FakeDispatcher()
 
         def call(self, fn: Any) -> None:
             handed.append(fn)
@@ -280,10 +287,15 @@ def test_blocking_sighup_reloads_on_the_loop_not_inside_the_interrupted_code(
         os.kill(os.getpid(), signal.SIGHUP)  # the handler runs before the next line
         assert len(handed) == 1 and reloaded == []
         handed[0]()  # the loop's next turn
-        assert len(reloaded) == 1
+        assert len(reloaded) == 1 and reopened == [True]  # SIGHUP reopens the access log too
+        os.kill(os.getpid(), signal.SIGUSR1)  # only reopens, on the loop's next turn as well
+        assert len(handed) == 2 and reopened == [True]
+        handed[1]()
+        assert len(reloaded) == 1 and reopened == [True, True]
 
     monkeypatch.setattr(blocking, "serve_forever", fake_serve_forever)
-    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)}
+    signals = (signal.SIGHUP, signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
+    saved = {sig: signal.getsignal(sig) for sig in signals}
     try:
         runner._serve_blocking(str(config_path), config, False, True, 1.0, lambda handle: None)
     finally:

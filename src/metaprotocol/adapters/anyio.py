@@ -532,8 +532,7 @@ class Handle(ServerInfo):
         server.conns.clear()
         if server.limiter is not None:
             await server.limiter.aclose()
-        if server.dispatcher.access_log is not None:
-            server.dispatcher.access_log.close()
+        server.dispatcher.close_logs()
         await self._stop_accepting()
         if self._admin_listener is not None:
             await _close(self._admin_listener)

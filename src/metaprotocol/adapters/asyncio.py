@@ -526,8 +526,7 @@ class Handle(ServerInfo):
             await listener.wait_closed()
         if self._admin is not None:
             await self._admin.wait_closed()
-        if server.dispatcher.access_log is not None:
-            server.dispatcher.access_log.close()
+        server.dispatcher.close_logs()
         await asyncio.sleep(0)  # let aborted transports run connection_lost
 
 

@@ -609,8 +609,7 @@ class _Loop:
         self.wake_w.close()
         if self.limiter is not None:
             self.limiter.close()
-        if self.dispatcher.access_log is not None:
-            self.dispatcher.access_log.close()
+        self.dispatcher.close_logs()
 
     @property
     def admin_app(self) -> AdminApp:

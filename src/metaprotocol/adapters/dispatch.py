@@ -7,9 +7,10 @@ import logging
 import os
 import random
 import socket
+import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from metaprotocol.accesslog import AccessLog
@@ -31,6 +32,7 @@ from metaprotocol.core.outputs import (
 from metaprotocol.core.stats import EndpointStatus, Stats
 from metaprotocol.logs import OperationsLog
 from metaprotocol.metrics import with_endpoints
+from metaprotocol.tracing import SpanExporter
 
 __all__ = [
     "CLOSE_LINGER",
@@ -104,11 +106,10 @@ def build_core(config: Config, now: float) -> Core:
     from metaprotocol.core.proxy import Proxy
 
     # The core takes randomness as an argument (weighted clusters, mirror fractions, faults).
-    # Observer events cost about a fifth of the per-request CPU: only the access log needs
-    # them here (an embedding program that watches events passes its own Proxy).
-    proxy: Core = Proxy(
-        config, now=now, random=random.Random().random, observe=config.access_log is not None
-    )
+    # Observer events cost about a fifth of the per-request CPU: only the access log and
+    # tracing need them here (an embedding program that watches events passes its own Proxy).
+    observe = config.access_log is not None or config.tracing is not None
+    proxy: Core = Proxy(config, now=now, random=random.Random().random, observe=observe)
     return proxy
 
 
@@ -234,10 +235,12 @@ class _Batch:
 class Dispatcher:
     """Feeds events to the core one at a time and routes its outputs.
 
-    Instructions go to the adapter's ``execute``; ``RequestCompleted`` goes to the access log;
-    every observer event goes to ``observers``. An event fed while outputs are being executed
-    (a socket callback fired synchronously by a write, say) is queued and handled after them,
-    so instructions always run in the order the core gave them. After each burst the single
+    Instructions go to the adapter's ``execute``; ``RequestCompleted`` goes to the access log
+    and, when ``config.tracing`` is set, to the span exporter (``tracer``, made here: the
+    ``tracing`` section is read once, at start); every observer event goes to
+    ``observers``. An event fed while outputs are being executed (a socket callback fired
+    synchronously by a write, say) is queued and handled after them, so instructions always
+    run in the order the core gave them. After each burst the single
     timer is re-armed through ``arm_timer`` only when ``next_deadline()`` changed.
     """
 
@@ -258,6 +261,8 @@ class Dispatcher:
         self._write = write
         self.config = config
         self.access_log = access_log
+        tracing = None if config is None else config.tracing
+        self.tracer = None if tracing is None else SpanExporter(tracing)
         # The operator log of connect failures and ejections (rate limited) comes first.
         self.observers: list[Callable[[Output], None]] = [OperationsLog().observe]
         self.crashes: list[BaseException] = []
@@ -309,6 +314,10 @@ class Dispatcher:
             self.apply(self.core.drain(self.now()))
 
     def reload(self, config: Config) -> None:
+        started = None if self.config is None else self.config.tracing
+        if config.tracing != started:
+            log.warning("tracing settings change only on restart; keeping those of the start")
+            config = replace(config, tracing=started)
         outputs = self.core.reload(config, self.now())
         self.config = config
         self.apply(outputs)
@@ -348,8 +357,7 @@ class Dispatcher:
                             self.crashes.append(exc)
                     else:
                         if isinstance(out, RequestCompleted):
-                            if self.access_log is not None:
-                                self.access_log.log(out)
+                            self._completed(out)
                         elif isinstance(out, _LOGGED):
                             log_event(out)
                         for observer in self.observers:
@@ -366,6 +374,32 @@ class Dispatcher:
             self._drained_reported = True
             if self.on_drained is not None:
                 self.on_drained()
+
+    def _completed(self, event: RequestCompleted) -> None:
+        wall = time.time()
+        if self.access_log is not None:
+            self.access_log.log(event, wall)
+        if self.tracer is not None and event.span is not None:
+            self.tracer.record(event, wall)
+
+    def reopen_access_log(self) -> None:
+        """Reopen the access log file (after a rotation); a failure is logged and the old
+        file kept."""
+        if self.access_log is None:
+            return
+        try:
+            self.access_log.reopen()
+        except OSError as exc:
+            log.error("cannot reopen the access log %s: %s", self.access_log.path, exc)
+            return
+        log.info("access log %s reopened", self.access_log.path)
+
+    def close_logs(self) -> None:
+        """Write out and close the access log; export the spans still queued."""
+        if self.access_log is not None:
+            self.access_log.close()
+        if self.tracer is not None:
+            self.tracer.close()
 
     def admin_app(self) -> AdminApp:
         empty: Mapping[str, Any] = {}

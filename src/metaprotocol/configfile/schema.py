@@ -31,6 +31,7 @@ from metaprotocol.core.config import (
     ListenerConfig,
     OutlierDetection,
     RateLimitRedisConfig,
+    TracingConfig,
 )
 from metaprotocol.core.secrets import Credentials
 
@@ -43,7 +44,15 @@ LB_POLICIES: tuple[LbPolicy, ...] = (
     "ring_hash",
     "maglev",
 )
-_TOP_KEYS = ("admin", "listeners", "clusters", "access_log", "global_ratelimit_redis")
+_TOP_KEYS = (
+    "admin",
+    "listeners",
+    "clusters",
+    "access_log",
+    "global_ratelimit_redis",
+    "tracing",
+)
+_TRACING_KEYS = ("otlp_endpoint", "service_name", "sampling")
 _LISTENER_KEYS = (
     "name",
     "address",
@@ -115,7 +124,8 @@ class Checker(RoutingReader):
         if complete:
             self.check_upstream_logins(listeners, clusters)
         raw = redacted(copy.deepcopy(dict(top)))  # what /config_dump shows: no secrets
-        return Config(listeners, clusters, admin, access_log, log_metadata, raw, redis)
+        tracing = self.optional(top, "tracing", "", self.tracing)
+        return Config(listeners, clusters, admin, access_log, log_metadata, raw, redis, tracing)
 
     def check_upstream_logins(
         self, listeners: tuple[ListenerConfig, ...], clusters: tuple[ClusterConfig, ...]
@@ -156,6 +166,23 @@ class Checker(RoutingReader):
             m = self.mapping(value, path, ("path", "metadata"), ("path",))
             return None if m is None else self.optional(m, "path", path, self.string)
         return self.string(value, path)
+
+    def tracing(self, value: object, path: str) -> TracingConfig | None:
+        m = self.mapping(value, path, _TRACING_KEYS, ("otlp_endpoint",))
+        if m is None:
+            return None
+        endpoint = self.optional(m, "otlp_endpoint", path, self.otlp_endpoint)
+        d = TracingConfig("")
+        service = self.field(m, "service_name", path, self.string, d.service_name)
+        sampling = self.field(m, "sampling", path, self.fraction, d.sampling)
+        return None if endpoint is None else TracingConfig(endpoint, service, sampling)
+
+    def otlp_endpoint(self, value: object, path: str) -> str | None:
+        text = self.string(value, path)
+        if text is not None and not text.startswith(("http://", "https://")):
+            self.error(path, f"expected an http:// or https:// URL, got {text!r}")
+            return None
+        return text
 
     def redis_settings(self, value: object, path: str) -> RateLimitRedisConfig | None:
         m = self.mapping(value, path, _RATELIMIT_REDIS_KEYS, ("address",))

@@ -13,7 +13,15 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from metaprotocol.core.message import ErrorType, Message, Mutation, NeedData, ProtocolError
 
-__all__ = ["Codec", "CodecFactory", "DeclaresAlpn", "Ordering", "Side", "codec_failure"]
+__all__ = [
+    "Codec",
+    "CodecFactory",
+    "DeclaresAlpn",
+    "Ordering",
+    "ReportsReplyStatus",
+    "Side",
+    "codec_failure",
+]
 
 
 class Side(enum.Enum):
@@ -49,7 +57,8 @@ class Codec(Protocol):
 
     Optional hooks the core finds with ``getattr`` (docs/writing-a-codec.md): ``decode_eof``,
     ``interim_reply``, ``preamble`` with ``variant``, and ``decode_many``, which returns a
-    pipelined run of messages as one merged message (``Message.count`` of them).
+    pipelined run of messages as one merged message (``Message.count`` of them); and
+    ``reply_status`` (``ReportsReplyStatus``), looked up once per listener.
     """
 
     name: ClassVar[str]
@@ -71,6 +80,20 @@ class Codec(Protocol):
     ) -> bytes | None: ...
 
     def encode_heartbeat_reply(self, heartbeat: Message) -> bytes | None: ...
+
+
+@runtime_checkable
+class ReportsReplyStatus(Protocol):
+    """Optional codec hook: the status an answer carries, in the protocol's own words, for
+    the access log and tracing (only called while someone observes requests).
+
+    ``reply`` is what the proxy sent the client for one request (the upstream's response
+    or the codec's own error reply). The result is short and stable: an HTTP status code
+    ("503"), a Dubbo status byte ("20"), a RESP error prefix ("ERR", "WRONGTYPE") or "OK",
+    a Thrift exception type ("UNKNOWN_METHOD") or "OK"; "" when it cannot tell.
+    """
+
+    def reply_status(self, reply: bytes) -> str: ...
 
 
 class CodecFactory(Protocol):

@@ -47,6 +47,7 @@ __all__ = [
     "StringMatcher",
     "TlsVersion",
     "TokenBucket",
+    "TracingConfig",
     "WeightedCluster",
 ]
 
@@ -338,6 +339,16 @@ class RateLimitRedisConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TracingConfig:
+    """OpenTelemetry tracing (docs/configuration.md): spans go to ``otlp_endpoint`` over
+    OTLP/HTTP; ``sampling`` is the fraction of requests without a sampled parent traced."""
+
+    otlp_endpoint: str
+    service_name: str = "metaprotocol"
+    sampling: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     listeners: tuple[ListenerConfig, ...]
     clusters: tuple[ClusterConfig, ...]
@@ -347,3 +358,4 @@ class Config:
     # The config as written (secrets redacted): what the admin's /config_dump shows.
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
     global_ratelimit_redis: RateLimitRedisConfig | None = None
+    tracing: TracingConfig | None = None  # None: no spans, no trace context handling

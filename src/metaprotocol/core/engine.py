@@ -8,9 +8,9 @@ read them as one class.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
-from metaprotocol.core.codec import Codec, Ordering
+from metaprotocol.core.codec import Codec, Ordering, ReportsReplyStatus
 from metaprotocol.core.filters import Abort
 from metaprotocol.core.flow import Reason
 from metaprotocol.core.message import ErrorType, Message, MessageType
@@ -136,7 +136,7 @@ class EngineBase:
         """Hand ``data`` to the request's client, in order for ordered protocols; the client
         connection closes after it when the request asked for that (``connection: close``)."""
         ds = req.downstream
-        completed = self._finish(req, status, error, now, emit=False)
+        completed = self._finish(req, status, error, now, emit=False, reply=data)
         if ds is None or self.downstreams.get(ds.id) is not ds:
             return
         slot = req.slot
@@ -198,9 +198,11 @@ class EngineBase:
         error: ErrorType | None,
         now: float,
         emit: bool = True,
+        reply: bytes | None = None,
     ) -> RequestCompleted | None:
         """Mark ``req`` done and remove every trace of it from the tables. Returns the
-        observer event (appended to the outputs unless ``emit`` is False)."""
+        observer event (appended to the outputs unless ``emit`` is False); ``reply`` is what
+        the client gets for it, if anything."""
         if req.done:
             return None
         req.done = True
@@ -267,10 +269,27 @@ class EngineBase:
             error,
             duration,
             req.message.properties,
+            ds.peer,
+            ds.codec.name,
+            self._wire_status(ds, reply),
+            len(req.message.frame),
+            0 if reply is None else len(reply),
+            req.attempts + 1 if pool is not None else req.attempts,
+            req.span,
         )
         if emit:
             self._out.append(completed)
         return completed
+
+    def _wire_status(self, ds: Downstream, reply: bytes | None) -> str:
+        """The status ``reply`` carries in the codec's words ("" if it cannot say)."""
+        if reply is None or not ds.listener.reports_status:
+            return ""
+        try:
+            return cast(ReportsReplyStatus, ds.codec).reply_status(reply)
+        except Exception:  # a codec bug: the answer went out anyway
+            self.stats.inc("codec_error")
+            return ""
 
     def _stop_waiting(self, req: ActiveRequest) -> None:
         """Forget a filter's pause (timer or external call) for a finished request."""

@@ -8,6 +8,7 @@ from typing import Any
 
 from metaprotocol.core.config import ClusterTls
 from metaprotocol.core.message import ErrorType
+from metaprotocol.core.tracing import TraceSpan
 
 __all__ = [
     "CloseConnection",
@@ -117,18 +118,35 @@ class LocalReplied:
 
 @dataclass(frozen=True, slots=True)
 class RequestCompleted:
-    """One request finished (answered, failed, or abandoned); the access log's line."""
+    """One request finished (answered, failed, abandoned, or refused by the codec); the
+    access log's line and the tracing span.
+
+    ``status`` is the outcome: "ok", "error" (an upstream error response), "local_error"
+    (the proxy answered), "oneway", "abandoned" (the client went away), "reset" (a stream
+    the client reset). ``wire_status`` is
+    the status the client saw, in the codec's words (HTTP code, Dubbo status byte, RESP
+    error prefix, Thrift exception type; "" when the codec does not say or nothing was
+    sent). ``endpoint`` is the upstream host:port of the last attempt ("" if none);
+    ``attempts`` how many times the request was sent upstream; ``bytes_received`` and
+    ``bytes_sent`` the request's and its answer's sizes on the client connection.
+    """
 
     conn: int
     listener: str
     route: str
     cluster: str
     endpoint: str
-    status: str  # "ok", "error" (upstream error response), "local_error", "oneway", "abandoned",
-    # "reset" (a stream the client reset)
+    status: str
     error: ErrorType | None
     duration: float
     properties: dict[str, str] = field(hash=False)
+    peer: str = ""  # the client's address, as the adapter reported it on accept
+    codec: str = ""
+    wire_status: str = ""
+    bytes_received: int = 0
+    bytes_sent: int = 0
+    attempts: int = 0
+    span: TraceSpan | None = None  # set when tracing is on and the request was sampled
 
 
 @dataclass(frozen=True, slots=True)

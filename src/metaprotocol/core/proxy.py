@@ -20,7 +20,7 @@ from typing import Any, Final
 
 from metaprotocol.core import events as ev
 from metaprotocol.core.codec import CodecFactory, Side, codec_failure
-from metaprotocol.core.config import Config
+from metaprotocol.core.config import Config, TracingConfig
 from metaprotocol.core.filters import CONTINUE, Abort, Call, Delay
 from metaprotocol.core.flow import Reason
 from metaprotocol.core.message import (
@@ -40,6 +40,7 @@ from metaprotocol.core.outputs import (
     LocalReplied,
     NoRouteMatched,
     Output,
+    RequestCompleted,
     Write,
 )
 from metaprotocol.core.routing import MergeRun, match_route, pick_cluster
@@ -54,6 +55,7 @@ from metaprotocol.core.state import (
 )
 from metaprotocol.core.stats import EndpointStatus, Stats
 from metaprotocol.core.timers import DeadlineQueue, Timers
+from metaprotocol.core.tracing import start_span
 from metaprotocol.core.upstream_side import UpstreamSide
 
 __all__ = ["Proxy"]
@@ -95,6 +97,7 @@ class Proxy(UpstreamSide):
         self.now = now
         self._merge = MergeRun()  # what a codec's decode_many asks before merging a request
         self.runtime = Runtime(config, self.stats, self.random, self.codec_factory, now)
+        self.tracing: TracingConfig | None = config.tracing
 
     # -- public API ------------------------------------------------------------------------
 
@@ -135,8 +138,8 @@ class Proxy(UpstreamSide):
             self._out = []
             return out
         match event:
-            case ev.Accepted(conn, listener):
-                self._accepted(conn, listener, now)
+            case ev.Accepted(conn, listener, peer):
+                self._accepted(conn, listener, peer, now)
             case ev.UpstreamConnected(conn):
                 self._upstream_connected(conn, now)
             case ev.UpstreamConnectFailed(conn, error):
@@ -175,6 +178,7 @@ class Proxy(UpstreamSide):
         new = Runtime(config, self.stats, self.random, self.codec_factory, now)
         old = self.runtime
         self.runtime = new
+        self.tracing = config.tracing
         for ds in list(self.downstreams.values()):
             listener = new.listeners.get(ds.listener.config.name)
             if listener is None:  # the listener is gone: its connections drain, as on SIGTERM
@@ -247,14 +251,14 @@ class Proxy(UpstreamSide):
 
     # -- downstream side ---------------------------------------------------------------------
 
-    def _accepted(self, conn: int, listener_name: str, now: float) -> None:
+    def _accepted(self, conn: int, listener_name: str, peer: str, now: float) -> None:
         listener = self.runtime.listeners.get(listener_name)
         if listener is None or self.draining:
             self._out.append(CloseConnection(conn, flush=False))
             return
         lc = listener.config
         codec = listener.codec_factory(Side.DOWNSTREAM, lc.codec_options, lc.max_message_size)
-        ds = Downstream(conn, listener, codec, now)
+        ds = Downstream(conn, listener, codec, now, peer)
         self.downstreams[conn] = ds
         listener.counters.downstream_cx_total += 1
         listener.counters.downstream_cx_active += 1
@@ -282,7 +286,9 @@ class Proxy(UpstreamSide):
         # Pipelined requests taking the same route may be merged into one message (fewer
         # objects, one upstream write); not while observers want to see each request.
         many = None
-        if listener.batchable and not self.observe:
+        observe = self.observe
+        before = 0  # the buffer's size before a decode (observed only: for the access log)
+        if listener.batchable and not observe:
             many = getattr(codec, "decode_many", None)
             if many is not None:  # a new pass: same_route questions are about this listener
                 merge = self._merge
@@ -297,15 +303,18 @@ class Proxy(UpstreamSide):
             if room <= 0:
                 self._disable(ds, Reason.TOO_MANY_PENDING)
                 return
+            if observe:
+                before = len(buffer)
             try:
                 msg = codec.decode(buffer) if many is None else many(buffer, room, self._merge)
             except ProtocolError as exc:
-                self._decode_failed(ds, exc)
+                self._decode_failed(ds, exc, now, before)
                 continue
             except Exception as bug:  # a codec bug: answered and closed, never stuck
                 # (its own name: mypyc gives ``exc`` the first clause's type)
                 self.stats.inc("codec_error")
-                self._decode_failed(ds, codec_failure(codec, "decode", bug))
+                failure = codec_failure(codec, "decode", bug)
+                self._decode_failed(ds, failure, now, before)
                 continue
             if msg is NEED_DATA:
                 interim = getattr(codec, "interim_reply", None) if listener.has_interim else None
@@ -319,16 +328,22 @@ class Proxy(UpstreamSide):
                         self._out.append(Write(ds.id, early))
                 if len(buffer) > lc.max_message_size:
                     too_large = ProtocolError("message too large", ErrorType.MESSAGE_TOO_LARGE)
-                    self._decode_failed(ds, too_large)
+                    self._decode_failed(ds, too_large, now, len(buffer))
                 return
             self._on_request(ds, msg, now)
 
-    def _decode_failed(self, ds: Downstream, exc: ProtocolError) -> None:
+    def _decode_failed(
+        self, ds: Downstream, exc: ProtocolError, now: float, before: int = 0
+    ) -> None:
+        """Answer what the codec refused or could not read. ``before``: the receive buffer's
+        size before the failed decode (what the codec consumed of it is the request's size;
+        a fatal error discards all of it)."""
         ds.listener.counters.request_decoding_error += 1
         if isinstance(exc, AuthenticationFailed):
             ds.listener.counters.downstream_auth_failed += 1
         reply = self._error_reply(ds.codec, None, exc.error_type, str(exc))
         fatal = exc.fatal or reply is None
+        received = before if fatal else max(before - len(ds.buffer), 0)
         if fatal:
             ds.buffer.clear()
             ds.closing = True  # nothing more is read; close once the replies are written
@@ -336,6 +351,7 @@ class Proxy(UpstreamSide):
             ds.listener.counters.local_response_error += 1
             if self.observe:
                 self._out.append(LocalReplied(ds.id, exc.error_type, str(exc)))
+                self._out.append(self._refused(ds, exc.error_type, reply, now, received))
             if ds.listener.ordered:
                 slot = ReplySlot()
                 slot.data = reply
@@ -349,6 +365,28 @@ class Proxy(UpstreamSide):
             self._maybe_finish_close(ds)
             if self.downstreams.get(ds.id) is ds:  # earlier answers are still on their way
                 self._disable(ds, Reason.CLOSING)
+
+    def _refused(
+        self, ds: Downstream, error: ErrorType, reply: bytes, now: float, received: int
+    ) -> RequestCompleted:
+        """The access log's line for a request answered before it became one (the codec
+        refused or could not decode it): no route, no upstream, no time spent."""
+        return RequestCompleted(
+            ds.id,
+            ds.listener.config.name,
+            "",
+            "",
+            "",
+            "local_error",
+            error,
+            0.0,
+            {},
+            ds.peer,
+            ds.codec.name,
+            self._wire_status(ds, reply),
+            received,
+            len(reply),
+        )
 
     def _on_request(self, ds: Downstream, msg: Message, now: float) -> None:
         mtype = msg.type
@@ -374,7 +412,7 @@ class Proxy(UpstreamSide):
         if mtype is MessageType.STREAM_DATA or mtype is MessageType.STREAM_CLOSE:
             self._stream_frame(ds, msg, now)
             return
-        self._decode_failed(ds, ProtocolError(f"unexpected {mtype.value} from client"))
+        self._decode_failed(ds, ProtocolError(f"unexpected {mtype.value} from client"), now)
 
     def _new_request(
         self,
@@ -393,6 +431,9 @@ class Proxy(UpstreamSide):
         if self.observe:
             self._out.append(Decoded(ds.id, msg.request_id, mtype.value, msg.properties))
         req = ActiveRequest(ds, listener, msg, now)
+        tracing = self.tracing
+        if tracing is not None:
+            req.span = start_span(msg.properties, tracing.sampling, self.random)
         if mtype is _ONEWAY:
             counters.request_oneway += n
         else:
@@ -526,7 +567,7 @@ class Proxy(UpstreamSide):
         if init is None or init.upstream is None or init.upstream_id is None:
             if msg.type is MessageType.STREAM_CLOSE:
                 return  # the stream already ended (the server closed it first): nothing to do
-            self._decode_failed(ds, ProtocolError("frame for unknown stream", fatal=False))
+            self._decode_failed(ds, ProtocolError("frame for unknown stream", fatal=False), now)
             return
         up = init.upstream
         new_id = init.upstream_id if init.upstream_id != sid else None

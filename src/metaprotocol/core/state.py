@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from metaprotocol.core.filters import Filter
     from metaprotocol.core.stats import Labels
     from metaprotocol.core.timers import DeadlineQueue, Timer
+    from metaprotocol.core.tracing import TraceSpan
 
 __all__ = [
     "ActiveRequest",
@@ -42,6 +43,7 @@ class ListenerRuntime:
         "has_variants",
         "labels",
         "ordered",
+        "reports_status",
         "route_counters",
         "routes",
     )
@@ -68,6 +70,7 @@ class ListenerRuntime:
         # Optional codec hooks, looked up once here rather than per message.
         self.has_interim = hasattr(codec_factory, "interim_reply")
         self.has_variants = hasattr(codec_factory, "preamble")
+        self.reports_status = hasattr(codec_factory, "reply_status")  # ReportsReplyStatus
         # Whether pipelined requests that take the same route may travel as one merged
         # message (the codec's ``decode_many``): only when nothing on the way needs to see
         # each request on its own (filters count them, mirrors and mutations copy or change
@@ -158,6 +161,7 @@ class ActiveRequest:
         "resent",
         "route",
         "slot",
+        "span",
         "start",
         "timer",
         "tried",
@@ -193,6 +197,7 @@ class ActiveRequest:
         self.tried: frozenset[str] = frozenset()
         self.filter_index = 0
         self.slot: ReplySlot | None = None
+        self.span: TraceSpan | None = None  # tracing on and the request sampled
         self.done = False
         # A merged message (``message.count`` > 1): answers still owed, and the ones that
         # came already (kept until the last, so the client gets them in one piece).
@@ -214,16 +219,20 @@ class Downstream:
         "idle_timer",
         "last_activity",
         "listener",
+        "peer",
         "pending",
         "pinned",
         "slots",
         "streams",
     )
 
-    def __init__(self, conn: int, listener: ListenerRuntime, codec: Codec, now: float) -> None:
+    def __init__(
+        self, conn: int, listener: ListenerRuntime, codec: Codec, now: float, peer: str = ""
+    ) -> None:
         self.id = conn
         self.listener = listener
         self.codec = codec
+        self.peer = peer  # the client's address, for the access log
         self.buffer = bytearray()
         self.gate = ReadGate()
         # Requests waiting for their answer (a dict as an ordered set: smaller than a set).

@@ -13,6 +13,7 @@ from metaprotocol.core.message import (
     ErrorType,
     Message,
     MessageType,
+    Mutation,
     ProtocolError,
     ResponseStatus,
 )
@@ -27,6 +28,7 @@ from metaprotocol.core.outputs import (
 from metaprotocol.core.routing import hash_key
 from metaprotocol.core.state import ActiveRequest, ClusterRuntime, ListenerRuntime, Pool, Upstream
 from metaprotocol.core.timers import DeadlineQueue
+from metaprotocol.core.tracing import TraceSpan, with_traceparent
 
 __all__ = ["ID_SPACE", "SHARE_THRESHOLD", "UpstreamSide"]
 
@@ -264,7 +266,10 @@ class UpstreamSide(EngineBase):
                 up_id = self._free_id(up)
                 new_id = up_id
         try:
-            data = up.codec.encode(msg, request_id=new_id, mutation=mutation)
+            if req.span is not None and pool.codec_factory.supports_mutation:
+                data = self._encode_traced(up.codec, msg, new_id, mutation, req.span)
+            else:
+                data = up.codec.encode(msg, request_id=new_id, mutation=mutation)
         except ProtocolError as exc:
             self._local_reply(req, exc.error_type, str(exc), now)
             return
@@ -293,6 +298,21 @@ class UpstreamSide(EngineBase):
             self._resume_upstream(up)
         if up.write_high and req.downstream is not None:
             self._hold_feeder(up, req.downstream)
+
+    def _encode_traced(
+        self,
+        codec: Codec,
+        msg: Message,
+        new_id: int | None,
+        mutation: Mutation | None,
+        span: TraceSpan,
+    ) -> bytes:
+        """The request carrying the proxy's span as its trace context; as it would go without
+        tracing if the codec cannot add it to this message (a non-Hessian2 Dubbo body, say)."""
+        try:
+            return codec.encode(msg, request_id=new_id, mutation=with_traceparent(mutation, span))
+        except ProtocolError:
+            return codec.encode(msg, request_id=new_id, mutation=mutation)
 
     def _free_id(self, up: Upstream) -> int:
         while True:

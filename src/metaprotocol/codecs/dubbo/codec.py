@@ -327,6 +327,10 @@ class DubboCodec:
         body = write_string(text)
         return build_header(SERIALIZATION_HESSIAN2, status, request_id, len(body)) + body
 
+    def reply_status(self, reply: bytes) -> str:
+        """The status byte of a response this side sent ("20" OK), for the access log."""
+        return str(reply[3]) if len(reply) >= HEADER_SIZE else ""
+
     def encode_heartbeat_reply(self, heartbeat: Message) -> bytes | None:
         frame = heartbeat.frame
         if len(frame) < HEADER_SIZE:

@@ -388,6 +388,11 @@ class Http1Codec:
         # A reply to HEAD announces the body's length but carries none (RFC 9110 9.3.2).
         return head + b"\r\n" + (b"" if head_only else body)
 
+    def reply_status(self, reply: bytes) -> str:
+        """The status code of a response this side sent ("503"), for the access log."""
+        code = reply[9:12]
+        return code.decode("ascii") if reply[:5] == b"HTTP/" and code.isdigit() else ""
+
     def encode_heartbeat_reply(self, heartbeat: Message) -> bytes | None:
         return None  # HTTP/1.1 has no heartbeats
 

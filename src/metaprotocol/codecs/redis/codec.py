@@ -291,6 +291,19 @@ class RedisCodec:
         text = _clean(text)[:_MAX_ERROR_TEXT]
         return b"-ERR " + text.encode("utf-8", "replace") + b"\r\n"
 
+    def reply_status(self, reply: bytes) -> str:
+        """``OK``, or the error prefix (``ERR``, ``WRONGTYPE``, ``MOVED``...) of a simple or
+        blob error reply this side sent, for the access log."""
+        first = reply[:1]
+        if first == b"-":
+            text = reply[1:]
+        elif first == b"!":  # RESP3 blob error: !<length>\r\n<text>\r\n
+            text = reply.partition(b"\r\n")[2]
+        else:
+            return "OK"
+        prefix = text.split(b" ", 1)[0].split(b"\r", 1)[0]
+        return prefix.decode("ascii", "replace")
+
     def encode_heartbeat_reply(self, heartbeat: Message) -> bytes | None:
         """The proxy's answers to HELLO and CLIENT SETINFO (decoded as heartbeats); PING is
         forwarded like any command."""

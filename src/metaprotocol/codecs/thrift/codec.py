@@ -45,6 +45,7 @@ from .compact import (
     reply_is_declared_exception_compact,
     write_compact_exception,
 )
+from .status import reply_status_of
 from .transport import (
     HeaderInfo,
     Transport,
@@ -494,6 +495,19 @@ class ThriftCodec:
         if transport is _HEADER:
             return new_header_frame(protocol, seqid, payload)
         return payload
+
+    def reply_status(self, reply: bytes) -> str:
+        """The access log's status of a reply this side sent (see thrift/status.py)."""
+        reader = ThriftCodec(Side.UPSTREAM, {}, max(self._max, len(reply)))
+        try:
+            message = reader.decode(bytearray(reply))
+        except ProtocolError:
+            return ""
+        if not isinstance(message, Message):
+            return ""
+        info: ThriftFrameInfo = message.codec_data
+        payload = message.frame if info[4] is None else info[4].payload
+        return reply_status_of(message, payload, info[1])
 
     def encode_heartbeat_reply(self, heartbeat: Message) -> bytes | None:
         """Thrift has no heartbeats."""
