@@ -19,6 +19,7 @@ from metaprotocol.codecs.dubbo.hessian2 import (
     read_string,
     read_value,
     skip_value,
+    write_int,
     write_long,
     write_string,
     write_value,
@@ -248,3 +249,18 @@ def test_fuzz_mutated_frames_only_protocol_errors(frame: bytes, data: st.DataObj
     if data.draw(st.booleans()):  # keep the declared length consistent half of the time
         mutated[12:16] = (len(mutated) - 16).to_bytes(4, "big")
     _drive(bytes(mutated))
+
+
+def test_unhashable_map_keys_cost_nothing_to_name() -> None:
+    """Lists referring back to the one before, twice each: 22 levels stand for 2**22
+    elements in about 200 bytes (each level more doubles it). Used as a map key, the value
+    is named, not printed (its repr took seconds and megabytes)."""
+    stream = bytearray(b"W")  # an open list: reference 0
+    stream += b"\x7a\x90\x90"  # [0, 0]: reference 1
+    for level in range(1, 22):
+        stream += b"\x7a" + (b"Q" + write_int(level)) * 2  # [previous, previous]
+    stream += b"H" + b"Q" + write_int(22) + b"\x90Z"  # {the last list: 0}
+    stream += b"Z"
+    value, end = read_value(bytes(stream), 0, len(stream), ReadContext())
+    assert end == len(stream)
+    assert value[-1] == {"<list key 0>": 0}

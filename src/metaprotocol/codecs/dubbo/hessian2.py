@@ -412,8 +412,10 @@ def read_value(
             value, pos = read_value(data, pos, end, ctx, depth)
             try:
                 result[key] = value
-            except TypeError:  # unhashable key (a list or map): keep it readable
-                result[repr(key)] = value
+            except TypeError:
+                # An unhashable key (a list or map) is named, not printed: through
+                # back-references a few bytes can stand for a value whose repr is huge.
+                result[f"<{type(key).__name__} key {len(result)}>"] = value
     if 0x70 <= b <= 0x7F or b in (0x55, 0x56, 0x57, 0x58):
         items: list[Any] = []
         ctx.refs.append(items)
