@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from metaprotocol.supervisor import RESPAWN_DELAY, RESPAWN_DELAY_MAX, respawn_delay
 from tests.adapters.test_ratelimit_redis import _free_port, redis_port  # noqa: F401
 from tests.adapters.test_runner import (
@@ -23,6 +25,12 @@ from tests.adapters.test_runner import (
 )
 
 REPLACED_WITHIN = 5.0  # seconds (the first restart waits RESPAWN_DELAY)
+
+
+def _rss(pid: int) -> int:
+    """Resident memory of ``pid`` in bytes (Linux /proc)."""
+    pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE")
 
 
 def _wait_ready(admin: tuple[str, int], timeout: float = TIMEOUT) -> None:
@@ -61,7 +69,8 @@ def test_a_killed_worker_is_replaced_and_its_counters_stay(
     killed_at = time.monotonic()
     os.kill(pids[0], signal.SIGKILL)
     proc.wait_for(f"(pid {pids[0]}) was killed by SIGKILL; restarting it in")
-    proc.wait_for("worker 0 restarted")
+    restarted = proc.wait_for("worker 0 restarted (pid ")
+    pids[0] = int(restarted.rsplit("(pid ", 1)[1].split(")")[0])
     assert time.monotonic() - killed_at < REPLACED_WITHIN
     _wait_ready(admin)
     assert _get(admin, "/ready") == (200, "ready\n")
@@ -74,6 +83,12 @@ def test_a_killed_worker_is_replaced_and_its_counters_stay(
         assert _ping(("127.0.0.1", listen)) == b"+PONG\r\n"
     text = _get(admin, "/stats/prometheus")[1]
     assert _sample(text, 'metaprotocol_request_total{listener="redis"}') == 20
+    families = list(text_string_to_metric_families(text))
+    assert len({f.name for f in families}) == len(families)  # the sum keeps one family each
+    assert text.count("# HELP ") == text.count("# TYPE ") == len(families)
+    # Process metrics add up the supervisor and its two workers.
+    rss = [_rss(pid) for pid in (proc.popen.pid, *pids)]
+    assert 0.8 * sum(rss) < _sample(text, "process_resident_memory_bytes") < 1.2 * sum(rss)
     status, clusters = _get(admin, "/clusters")
     assert status == 200 and f"main::127.0.0.1:{redis_port}::health_flags::healthy" in clusters
     proc.popen.send_signal(signal.SIGTERM)
@@ -83,6 +98,8 @@ def test_a_killed_worker_is_replaced_and_its_counters_stay(
 FAILING_WORKERS = """
 import logging, sys
 from metaprotocol.configfile import parse_config
+from prometheus_client.parser import text_string_to_metric_families
+
 from metaprotocol.supervisor import run_workers
 logging.basicConfig(level="INFO")
 config = parse_config({"listeners": [{"name": "x", "address": "127.0.0.1:%d", "codec": "redis",
