@@ -16,6 +16,7 @@ exits when they all have.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import signal
 from collections.abc import Callable
@@ -41,11 +42,14 @@ def _load(path: str) -> Config:
     return load_config(path)
 
 
-def _reload(path: str, handle: Any, current: Config) -> Config:
+def _reload(path: str, handle: Any, current: Config, xds: Any = None) -> Config:
     """Load ``path`` and hand it to ``handle.reload``; on any error (a bad file, a listener
-    that cannot be bound) keep ``current`` and log why."""
+    that cannot be bound) keep ``current`` and log why. With an xDS client the resources it
+    accepted are laid over the file's config."""
     try:
         config = _load(path)
+        if xds is not None:
+            config = xds.rebase(config)
     except Exception as exc:
         log.warning("reload of %s rejected, keeping the running config: %s", path, exc)
         return current
@@ -63,6 +67,45 @@ def _reload(path: str, handle: Any, current: Config) -> Config:
             log.info("listener %s on %s:%d", name, *handle.addresses[name])
     log.info("reloaded %s", path)
     return config
+
+
+Call = Callable[[Callable[[], Any]], Any]
+_CALL_TIMEOUT = 30.0  # how long the xDS thread waits for the loop to run what it posted
+
+
+def _start_xds(config: Config, handle: Any, call: Call, reload: Any = None) -> Any:
+    """Start the xDS client when ``config`` has an ``xds`` block (None otherwise): it
+    applies each accepted update with ``handle.reload`` on the loop, through ``call``."""
+    from metaprotocol.configfile.xds import xds_settings
+
+    settings = xds_settings(config)
+    if settings is None:
+        return None
+    from metaprotocol.xds.client import XdsClient
+
+    def apply(new: Config) -> None:
+        call(lambda: handle.reload(new))
+
+    client = XdsClient(settings, config, reload or apply, call, handle.proxy.stats)
+    client.start()
+    log.info("xDS control plane %s:%d", settings.host, settings.port)
+    return client
+
+
+def _asyncio_call(loop: asyncio.AbstractEventLoop) -> Call:
+    def call(fn: Callable[[], Any]) -> Any:
+        done: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                done.set_result(fn())
+            except Exception as exc:
+                done.set_exception(exc)
+
+        loop.call_soon_threadsafe(run)
+        return done.result(_CALL_TIMEOUT)
+
+    return call
 
 
 def _announce(handle: Any) -> None:
@@ -96,10 +139,11 @@ async def _serve_asyncio(
     handle = await adapter.serve(config, reuse_port=reuse_port, admin=admin)
     stop = asyncio.Event()
     current = [config]
+    xds = _start_xds(config, handle, _asyncio_call(loop))
 
     def on_hup() -> None:
         handle.dispatcher.reopen_access_log()
-        current[0] = _reload(path, handle, current[0])
+        current[0] = _reload(path, handle, current[0], xds)
 
     loop.add_signal_handler(signal.SIGHUP, on_hup)
     loop.add_signal_handler(signal.SIGUSR1, handle.dispatcher.reopen_access_log)
@@ -111,6 +155,8 @@ async def _serve_asyncio(
         log.info("draining (up to %.1fs)", drain)
         await handle.drain(drain)
     finally:
+        if xds is not None:
+            await asyncio.to_thread(xds.stop)
         await handle.close()
         for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
@@ -120,6 +166,9 @@ async def _serve_anyio(
     path: str, config: Config, reuse_port: bool, admin: bool, drain: float, announce: Announce
 ) -> None:
     import anyio
+    import anyio.from_thread
+    import anyio.lowlevel
+    import anyio.to_thread
 
     from metaprotocol.adapters import anyio as adapter
 
@@ -127,17 +176,27 @@ async def _serve_anyio(
     watched = (signal.SIGHUP, signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
     with anyio.open_signal_receiver(*watched) as signals:
         async with adapter.serve(config, reuse_port=reuse_port, admin=admin) as handle:
+            token = anyio.lowlevel.current_token()
+
+            def call(fn: Callable[[], Any]) -> Any:
+                return anyio.from_thread.run_sync(fn, token=token)
+
+            xds = _start_xds(config, handle, call)
             announce(handle)
-            async for sig in signals:
-                if sig == signal.SIGUSR1:
-                    handle.dispatcher.reopen_access_log()
-                elif sig == signal.SIGHUP:
-                    handle.dispatcher.reopen_access_log()
-                    current = _reload(path, handle, current)
-                else:
-                    break
-            log.info("draining (up to %.1fs)", drain)
-            await handle.drain(drain)
+            try:
+                async for sig in signals:
+                    if sig == signal.SIGUSR1:
+                        handle.dispatcher.reopen_access_log()
+                    elif sig == signal.SIGHUP:
+                        handle.dispatcher.reopen_access_log()
+                        current = _reload(path, handle, current, xds)
+                    else:
+                        break
+                log.info("draining (up to %.1fs)", drain)
+                await handle.drain(drain)
+            finally:
+                if xds is not None:
+                    await anyio.to_thread.run_sync(xds.stop)
 
 
 def _serve_blocking(
@@ -146,11 +205,18 @@ def _serve_blocking(
     from metaprotocol.adapters.blocking import Handle, serve_forever
 
     current = [config]
+    xds: list[Any] = [None]
 
     def ready(handle: Handle) -> None:
+        def call(fn: Callable[[], Any]) -> Any:
+            return handle.call(fn).result(_CALL_TIMEOUT)
+
+        # The blocking handle's reload is thread-safe: it binds here and swaps on the loop.
+        xds[0] = _start_xds(config, handle, call, handle.reload)
+
         def reload() -> None:
             handle.dispatcher.reopen_access_log()
-            current[0] = _reload(path, handle, current[0])
+            current[0] = _reload(path, handle, current[0], xds[0])
 
         def on_hup(signum: int, frame: object) -> None:
             # A Python signal handler runs between any two bytecodes of the main thread,
@@ -171,7 +237,11 @@ def _serve_blocking(
         signal.signal(signal.SIGINT, on_term)
         announce(handle)  # last: whoever waits for it may signal at once
 
-    serve_forever(config, ready, reuse_port=reuse_port, admin=admin)
+    try:
+        serve_forever(config, ready, reuse_port=reuse_port, admin=admin)
+    finally:
+        if xds[0] is not None:
+            xds[0].stop()
 
 
 def _serve(

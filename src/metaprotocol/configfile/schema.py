@@ -13,6 +13,7 @@ from metaprotocol.configfile.routing import RoutingReader
 from metaprotocol.configfile.secrets import read_credentials, redacted
 from metaprotocol.configfile.tls import cluster_tls, listener_tls
 from metaprotocol.configfile.values import describe, hint, join_path
+from metaprotocol.configfile.xds import read_rds_name, read_xds
 from metaprotocol.core.codec import CodecFactory, Side
 from metaprotocol.core.config import (
     DEFAULT_CONNECT_TIMEOUT,
@@ -32,6 +33,7 @@ from metaprotocol.core.config import (
     OutlierDetection,
     RateLimitRedisConfig,
     TracingConfig,
+    RouteConfig,
 )
 from metaprotocol.core.secrets import Credentials
 
@@ -51,6 +53,7 @@ _TOP_KEYS = (
     "access_log",
     "global_ratelimit_redis",
     "tracing",
+    "xds",
 )
 _TRACING_KEYS = ("otlp_endpoint", "service_name", "sampling")
 _LISTENER_KEYS = (
@@ -93,6 +96,7 @@ class Checker(RoutingReader):
     def __init__(self, source: str, codecs: Mapping[str, CodecFactory] | None = None) -> None:
         super().__init__(source)
         self.codecs = codecs
+        self.rds_paths: list[str] = []  # listeners' routes.rds, which need a top-level xds
 
     def config(self, data: object) -> Config:
         top = self.mapping(data, "", None, required=("listeners",))
@@ -112,6 +116,10 @@ class Checker(RoutingReader):
             keys = self.strings(log_spec["metadata"], "access_log.metadata") or ()
             log_metadata = tuple(k if k == "*" else k.lower() for k in keys)
         redis = self.optional(top, "global_ratelimit_redis", "", self.redis_settings)
+        self.optional(top, "xds", "", lambda v, p: read_xds(self, v, p))
+        if top.get("xds") is None:
+            for path in self.rds_paths:
+                self.error(path, "routes from RDS need a top-level xds block")
         known = {c.name for c in clusters}
         # Without every cluster's name, "unknown cluster" would only echo an earlier error.
         listed = top.get("clusters")
@@ -201,6 +209,16 @@ class Checker(RoutingReader):
 
     # -- listeners
 
+    def listener_routes(
+        self, value: object, path: str, codec: CodecFactory | None
+    ) -> tuple[RouteConfig, ...] | None:
+        """A list of routes, or ``{rds: NAME}``: none until the xDS control plane sends them."""
+        if isinstance(value, Mapping):
+            if read_rds_name(self, value, path) is not None:
+                self.rds_paths.append(join_path(path, "rds"))
+            return ()
+        return self.routes(value, path, codec)
+
     def listeners(self, value: object, path: str) -> tuple[ListenerConfig, ...] | None:
         items = self.sequence(value, path)
         if items is None:
@@ -261,7 +279,8 @@ class Checker(RoutingReader):
             host=host,
             port=port,
             codec=codec_name,
-            routes=self.optional(m, "routes", path, lambda v, q: self.routes(v, q, codec)) or (),
+            routes=self.optional(m, "routes", path, lambda v, q: self.listener_routes(v, q, codec))
+            or (),
             codec_options=dict(options),
             filters=self.optional(m, "filters", path, self.filters) or (),
             idle_timeout=self.timeout_setting(m, "idle_timeout", path, DEFAULT_IDLE_TIMEOUT),
