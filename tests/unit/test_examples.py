@@ -12,6 +12,7 @@ import yaml
 from metaprotocol.cli import main
 from metaprotocol.configfile import load_config, routing, schema, secrets
 from metaprotocol.configfile import tls as tls_keys
+from metaprotocol.configfile import xds as xds_keys
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -134,6 +135,7 @@ def test_configuration_docs_name_every_key() -> None:
         *routing._TOKEN_BUCKET_KEYS,
         *tls_keys.LISTENER_TLS_KEYS,
         *tls_keys.CLUSTER_TLS_KEYS,
+        *xds_keys.XDS_KEYS,
         *routing.FILTER_NAMES,
         *routing.MATCHER_KINDS,
         *routing.RETRY_ON,

@@ -121,6 +121,9 @@ def test_redis_traffic_follows_each_push_and_survives_the_control_plane(
             dump = json.loads(scrape_admin(running.admin_address or ("", 0), "/config_dump"))
             assert dump["xds_resources"]["endpoints"]["cache"]["version"] == "e2"
             assert dump["xds_resources"]["routes"]["redis-routes"]["version"] == "r1"
+            metrics = scrape_admin(running.admin_address or ("", 0))
+            assert 'metaprotocol_xds_rejections_total{type="cds"} 1' in metrics
+            assert "metaprotocol_xds_connected 1" in metrics
 
             # The control plane goes away: traffic goes on; it comes back: the client too.
             plane.stop()

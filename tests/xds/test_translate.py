@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,7 +12,8 @@ pytest.importorskip("envoy.config.cluster.v3.cluster_pb2")
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 
-from metaprotocol.configfile import ConfigError, parse_config
+from metaprotocol.cli import main
+from metaprotocol.configfile import ConfigError, load_config, parse_config
 from metaprotocol.configfile.xds import rds_routes, xds_settings
 from metaprotocol.core.config import ClusterTls, Endpoint, StringMatcher
 from metaprotocol.xds.translate import (
@@ -221,3 +223,18 @@ def test_build_config_refuses_routes_to_unknown_clusters_and_name_clashes() -> N
     clash = XdsResources(clusters={"static": Resource("1", cluster("static"))})
     with pytest.raises(XdsError, match="a cluster of the static config has this name"):
         build_config(base, rds_routes(base), clash)
+
+
+def test_the_xds_example_passes_check(capsys: pytest.CaptureFixture[str]) -> None:
+    path = Path(__file__).resolve().parents[2] / "examples" / "xds" / "proxy.yaml"
+    assert main(["check", str(path)]) == 0, capsys.readouterr().err
+    config = load_config(path)
+    assert rds_routes(config) == {"dubbo": "dubbo-routes", "redis": "redis-routes"}
+
+
+def test_the_control_plane_is_always_verified() -> None:
+    bad = dict(BASE, xds={**BASE["xds"], "tls": {"verify": False}})
+    with pytest.raises(
+        ConfigError, match=r"xds\.tls\.verify: the control plane is always verified"
+    ):
+        parse_config(bad)

@@ -62,6 +62,10 @@ def read_xds(reader: Reader, value: object, path: str) -> XdsSettings | None:
         node_id = reader.field(node, "id", node_path, reader.string, "")
         node_cluster = reader.field(node, "cluster", node_path, reader.string, "")
     tls = reader.optional(m, "tls", path, lambda v, p: cluster_tls(reader, v, p))
+    if tls is not None and not tls.verify:
+        reader.error(
+            join_path(join_path(path, "tls"), "verify"), "the control plane is always verified"
+        )
     clusters: tuple[str, ...] = ()
     routes: tuple[str, ...] = ()
     resources = reader.optional(
