@@ -140,6 +140,31 @@ def test_redis_traffic_follows_each_push_and_survives_the_control_plane(
             client.stop()
 
 
+def test_routes_to_clusters_not_pushed_yet_wait_for_them(
+    plane: ControlPlane, redis_port: int
+) -> None:
+    assert _redis(redis_port, "SET", "xds:late", "here") == b"+OK\r\n"
+    plane.push(CLUSTER_TYPE, "c0", [])
+    routes_nonce = plane.push(ROUTE_TYPE, "r1", [route_config("redis-routes", [], action("late"))])
+    config = _config(plane, "redis")
+    with start_proxy(config, "asyncio") as running:
+        client = _attach(running, config)
+        try:
+            port = running.ports["redis"]
+            wait_until(lambda: plane.streams() == 1 and len(plane.requests) >= 2)
+            late = cluster("late", eds=False, static=[redis_port])
+            _acked(plane, plane.push(CLUSTER_TYPE, "c1", [late]))
+            _acked(plane, routes_nonce)  # not refused: applied once the cluster came
+            assert _redis(port, "GET", "xds:late") == b"$4\r\nhere\r\n"
+            # A route to a cluster that does not come with the next CDS response is refused.
+            nonce = plane.push(ROUTE_TYPE, "r2", [route_config("redis-routes", [], action("x"))])
+            _acked(plane, plane.push(CLUSTER_TYPE, "c2", [late]))
+            assert "names unknown cluster 'x'" in plane.reply(nonce).error_detail.message
+            assert _redis(port, "GET", "xds:late") == b"$4\r\nhere\r\n"
+        finally:
+            client.stop()
+
+
 @pytest.mark.parametrize("adapter", ("asyncio", "blocking"))
 def test_dubbo_routes_from_rds_follow_each_push(adapter: str, plane: ControlPlane) -> None:
     with dubbo_provider() as one, dubbo_provider() as two:

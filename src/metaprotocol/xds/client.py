@@ -43,6 +43,7 @@ from metaprotocol.xds.translate import (
     ENDPOINT_TYPE,
     ROUTE_TYPE,
     Resource,
+    UnknownClusterError,
     XdsError,
     XdsResources,
     build_config,
@@ -93,6 +94,9 @@ class XdsClient:
         self._nonces: dict[str, str] = {}
         self._subscribed: dict[str, tuple[str, ...]] = {}
         self._sent: set[str] = set()  # types asked for on this stream
+        # An RDS response naming clusters CDS has not brought yet: answered after the next
+        # accepted CDS response (as Envoy, which warms them, would not refuse it).
+        self._waiting: discovery_pb2.DiscoveryResponse | None = None
         self._stop = threading.Event()
         self._stream: Any = None
         self._thread = threading.Thread(target=self._run, name="metaprotocol-xds", daemon=True)
@@ -171,6 +175,7 @@ class XdsClient:
                 return got
             self._nonces.clear()
             self._sent.clear()
+            self._waiting = None
             with self._lock:
                 base = self._base
             self._subscribe(outbox, CLUSTER_TYPE, self.settings.clusters, force=True)
@@ -238,6 +243,8 @@ class XdsClient:
         self,
         response: discovery_pb2.DiscoveryResponse,
         outbox: queue.Queue[discovery_pb2.DiscoveryRequest | None],
+        *,
+        may_wait: bool = True,
     ) -> None:
         type_url = response.type_url
         kind = SHORT_NAMES.get(type_url)
@@ -251,11 +258,15 @@ class XdsClient:
                 config = build_config(self._base, rds_routes(self._base), candidate)
             _check_tls(config)
             self._reload(config)
+        except UnknownClusterError as exc:
+            if type_url != ROUTE_TYPE or not may_wait:
+                self._reject(kind, type_url, response, str(exc), outbox)
+                return
+            log.info("xDS rds version %s waits for clusters: %s", response.version_info, exc)
+            self._waiting = response
+            return
         except Exception as exc:  # any failure keeps the running config: NACK with why
-            text = str(exc) or type(exc).__name__
-            log.warning("xDS %s version %s rejected: %s", kind, response.version_info, text)
-            self._count("xds_rejections", kind)
-            outbox.put(self._request(type_url, text))
+            self._reject(kind, type_url, response, str(exc) or type(exc).__name__, outbox)
             return
         with self._lock:
             self._accepted = candidate
@@ -263,8 +274,25 @@ class XdsClient:
         self._count("xds_updates", kind)
         log.info("xDS %s version %s applied", kind, response.version_info)
         outbox.put(self._request(type_url))
+        if type_url == ROUTE_TYPE:
+            self._waiting = None  # superseded
         if type_url == CLUSTER_TYPE:
             self._subscribe(outbox, ENDPOINT_TYPE, self._eds_names(candidate))
+            waiting, self._waiting = self._waiting, None
+            if waiting is not None:
+                self._handle(waiting, outbox, may_wait=False)
+
+    def _reject(
+        self,
+        kind: str,
+        type_url: str,
+        response: discovery_pb2.DiscoveryResponse,
+        text: str,
+        outbox: queue.Queue[discovery_pb2.DiscoveryRequest | None],
+    ) -> None:
+        log.warning("xDS %s version %s rejected: %s", kind, response.version_info, text)
+        self._count("xds_rejections", kind)
+        outbox.put(self._request(type_url, text))
 
     @staticmethod
     def _merge(accepted: XdsResources, response: discovery_pb2.DiscoveryResponse) -> XdsResources:

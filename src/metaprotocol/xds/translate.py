@@ -49,6 +49,7 @@ __all__ = [
     "ENDPOINT_TYPE",
     "ROUTE_TYPE",
     "Resource",
+    "UnknownClusterError",
     "XdsError",
     "XdsResources",
     "build_config",
@@ -107,6 +108,10 @@ _INPUT_NAMES = {
 
 class XdsError(ValueError):
     """A resource cannot be served; the message names it (the NACK's error detail)."""
+
+
+class UnknownClusterError(XdsError):
+    """A route names a cluster that does not exist (yet: CDS may still bring it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -480,7 +485,7 @@ def build_config(base: Config, rds: Mapping[str, str], resources: XdsResources) 
             for target in _targets(route):
                 if target not in known:
                     where = f"route_configuration {route_name!r}" if found else "static config"
-                    raise XdsError(
+                    raise UnknownClusterError(
                         f"{where}: route {route.name!r} of listener {listener.name!r} "
                         f"names unknown cluster {target!r}"
                     )
