@@ -32,8 +32,8 @@ from metaprotocol.core.config import (
     ListenerConfig,
     OutlierDetection,
     RateLimitRedisConfig,
-    TracingConfig,
     RouteConfig,
+    TracingConfig,
 )
 from metaprotocol.core.secrets import Credentials
 
