@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import importlib
 import logging
 import signal
 from collections.abc import Callable
@@ -28,7 +29,7 @@ from metaprotocol.logs import problem
 from metaprotocol.startup import bind_problems, describe, missing_dependency, tracing_problems
 from metaprotocol.supervisor import WorkerLink, run_workers
 
-__all__ = ["ADAPTER_NAMES", "DEFAULT_DRAIN_TIMEOUT", "run"]
+__all__ = ["ADAPTER_NAMES", "DEFAULT_DRAIN_TIMEOUT", "XDS_EXTRA_HINT", "run", "xds_problems"]
 
 log = logging.getLogger("metaprotocol")
 
@@ -67,6 +68,24 @@ def _reload(path: str, handle: Any, current: Config, xds: Any = None) -> Config:
             log.info("listener %s on %s:%d", name, *handle.addresses[name])
     log.info("reloaded %s", path)
     return config
+
+
+XDS_EXTRA_HINT = (
+    "xds needs the grpcio and xds-protos packages, which are not installed: "
+    "pip install 'metaprotocol[xds]'"
+)
+
+
+def xds_problems(config: Config) -> list[str]:
+    """One line if the config has an ``xds`` block and the ``[xds]`` extra is missing."""
+    if config.raw.get("xds") is None:
+        return []
+    try:
+        importlib.import_module("grpc")
+        importlib.import_module("envoy.service.discovery.v3.ads_pb2_grpc")
+    except ImportError:
+        return [XDS_EXTRA_HINT]
+    return []
 
 
 Call = Callable[[Callable[[], Any]], Any]
@@ -310,7 +329,11 @@ def run(
         return 1
     try:
         config = _load(config_path)
-        problems = [*tracing_problems(config), *bind_problems(config, reuse_port=workers > 1)]
+        problems = [
+            *tracing_problems(config),
+            *xds_problems(config),
+            *bind_problems(config, reuse_port=workers > 1),
+        ]
         for line in problems:
             problem(line)
         if problems:

@@ -4,6 +4,7 @@ adapter, and a SIGHUP keeps the control plane's resources over the reloaded file
 from __future__ import annotations
 
 import signal
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +14,8 @@ import yaml
 pytest.importorskip("grpc")
 pytest.importorskip("envoy.service.discovery.v3.ads_pb2_grpc")
 
+from metaprotocol.configfile import parse_config
+from metaprotocol.runner import XDS_EXTRA_HINT, xds_problems
 from metaprotocol.xds.translate import CLUSTER_TYPE, ENDPOINT_TYPE, ROUTE_TYPE
 from tests.e2e.test_lifecycle import ProxyProcess
 from tests.xds.control_plane import ControlPlane
@@ -62,3 +65,19 @@ def test_run_serves_from_xds_and_keeps_it_across_sighup(
         assert _redis(port, "GET", "xds:run") == b"$1\r\nb\r\n"
     finally:
         process.stop()
+
+
+def test_run_says_which_extra_an_xds_config_needs(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    config = parse_config({
+        "xds": {"address": "127.0.0.1:1", "node": {"id": "n"}},
+        "listeners": [{"name": "r", "address": "127.0.0.1:0", "codec": "redis",
+                       "routes": {"rds": "r"}}],
+    })  # fmt: skip
+    assert xds_problems(config) == []
+    monkeypatch.setitem(sys.modules, "grpc", None)  # as if grpcio were not installed
+    assert xds_problems(config) == [XDS_EXTRA_HINT]
+    without = parse_config({"listeners": [{"name": "r", "address": "127.0.0.1:0",
+                                           "codec": "redis"}]})  # fmt: skip
+    assert xds_problems(without) == []
