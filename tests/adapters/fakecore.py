@@ -138,5 +138,5 @@ class FakeCore:
         if data.startswith(b"timer:"):
             self.timers.append((now + float(data[6:]), conn))
             return []
-        self.stats.observe("echo_bytes", (("listener", listener),), float(len(data)))
+        self.stats.histogram("echo_bytes", (("listener", listener),)).observe(float(len(data)))
         return [Write(conn, data)]

@@ -22,10 +22,10 @@ def _stats() -> Stats:
     labels = (("listener", 'we"ird\\name\nx'), ("route", "r1"))
     stats.inc("request", labels, 3)
     stats.inc("request", (("listener", "b"), ("route", "r2")))
-    stats.set_gauge("cx_active", (("listener", "b"),), 2)
-    stats.add_gauge("load", (), 0.5)
+    stats.gauges[("cx_active", (("listener", "b"),))] = 2
+    stats.gauges[("load", ())] = 0.5
     for value in (0.0002, 0.003, 0.7, 20.0):
-        stats.observe("request_duration_seconds", (("listener", "b"),), value)
+        stats.histogram("request_duration_seconds", (("listener", "b"),)).observe(value)
     return stats
 
 

@@ -33,8 +33,8 @@ def test_every_label_set_of_a_name_lands_in_one_family() -> None:
     for listener in ("a", "b", "c"):
         labels = (("listener", listener),)
         stats.inc("request", labels, 2)
-        stats.set_gauge("downstream_cx_active", labels, 1)
-        stats.observe("request_duration_seconds", labels, 0.01)
+        stats.gauges[("downstream_cx_active", labels)] = 1
+        stats.histogram("request_duration_seconds", labels).observe(0.01)
     families = _families(stats.snapshot())
     assert set(families) == {
         "metaprotocol_request",
@@ -49,8 +49,8 @@ def test_every_label_set_of_a_name_lands_in_one_family() -> None:
 def test_a_name_used_as_counter_and_gauge_becomes_two_whole_families() -> None:
     stats = Stats()
     stats.inc("load", (("listener", "a"),))
-    stats.set_gauge("load", (("listener", "a"),), 3)
-    stats.set_gauge("load", (("listener", "b"),), 4)
+    stats.gauges[("load", (("listener", "a"),))] = 3
+    stats.gauges[("load", (("listener", "b"),))] = 4
     families = _families(stats.snapshot())
     assert families["metaprotocol_load"].type == "counter"  # type: ignore[attr-defined]
     gauge = families["metaprotocol_load_gauge"]

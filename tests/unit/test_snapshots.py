@@ -15,9 +15,9 @@ from metaprotocol.snapshots import merge_snapshots, snapshot_from_json, snapshot
 def _worker(requests: int, active: int, durations: list[float]) -> StatsSnapshot:
     stats = Stats()
     stats.inc("request", (("listener", "redis"),), requests)
-    stats.set_gauge("downstream_cx_active", (("listener", "redis"),), active)
+    stats.gauges[("downstream_cx_active", (("listener", "redis"),))] = active
     for value in durations:
-        stats.observe("request_duration_seconds", (("listener", "redis"),), value)
+        stats.histogram("request_duration_seconds", (("listener", "redis"),)).observe(value)
     return stats.snapshot()
 
 

@@ -1,4 +1,4 @@
-"""The codec contract: what a protocol plugs into the core (DESIGN.md section 4).
+"""The codec contract: what a protocol plugs into the core (docs/architecture.md).
 
 A codec object lives on one side of one connection. On the downstream side it
 decodes requests and encodes responses and error replies; on the upstream side
@@ -8,18 +8,28 @@ it encodes requests and decodes responses. Codecs are pure: no IO, no clock.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 from metaprotocol.core.message import ErrorType, Message, Mutation, NeedData, ProtocolError
 
+if TYPE_CHECKING:
+    from metaprotocol.core.secrets import Credentials
+
 __all__ = [
+    "Capabilities",
     "Codec",
     "CodecFactory",
     "DeclaresAlpn",
+    "DecodesAtEof",
+    "DecodesMany",
+    "OpensWithPreamble",
     "Ordering",
     "ReportsReplyStatus",
+    "SendsInterimReply",
     "Side",
+    "capabilities_of",
     "codec_failure",
 ]
 
@@ -55,10 +65,10 @@ class Codec(Protocol):
       (None when the request could not be decoded at all); None means the
       protocol has no way to answer (the core then closes).
 
-    Optional hooks the core finds with ``getattr`` (docs/writing-a-codec.md): ``decode_eof``,
-    ``interim_reply``, ``preamble`` with ``variant``, and ``decode_many``, which returns a
-    pipelined run of messages as one merged message (``Message.count`` of them); and
-    ``reply_status`` (``ReportsReplyStatus``), looked up once per listener.
+    Optional hooks are the small protocols below (``DecodesMany``, ``SendsInterimReply``,
+    ``DecodesAtEof``, ``OpensWithPreamble``, ``ReportsReplyStatus``): the core looks at the
+    codec class once per listener (``capabilities_of``) and keeps the answer in a
+    ``Capabilities`` record, never probing a codec per message.
     """
 
     name: ClassVar[str]
@@ -80,6 +90,46 @@ class Codec(Protocol):
     ) -> bytes | None: ...
 
     def encode_heartbeat_reply(self, heartbeat: Message) -> bytes | None: ...
+
+
+@runtime_checkable
+class DecodesMany(Protocol):
+    """Optional hook: decode a pipelined run of messages as one merged message
+    (``Message.count`` of them). Downstream: ``decode_many(buffer, limit, same_route)``, where
+    ``same_route(first, other)`` says whether ``other`` may travel with ``first`` (see
+    core/routing.py ``MergeRun``); upstream: ``decode_many(buffer, limit)`` with ``limit`` the
+    answers still owed to the oldest request (at most that many are merged)."""
+
+    decode_many: Callable[..., Message | NeedData]
+
+
+@runtime_checkable
+class SendsInterimReply(Protocol):
+    """Optional hook: bytes to send the client while a request is still incomplete (HTTP's
+    ``100 Continue``), or None; asked after each ``decode`` that returned ``NEED_DATA``."""
+
+    def interim_reply(self) -> bytes | None: ...
+
+
+@runtime_checkable
+class DecodesAtEof(Protocol):
+    """Optional hook: the last response of an upstream connection whose end frames it
+    (HTTP/1.0 style), from what is left in ``buffer`` when the connection closes; None when
+    nothing complete is there."""
+
+    def decode_eof(self, buffer: bytearray) -> Message | None: ...
+
+
+@runtime_checkable
+class OpensWithPreamble(Protocol):
+    """Optional hook: a codec that needs upstream connections of a kind (``variant``, e.g.
+    Redis's "resp3" after ``HELLO 3``) or a login (cluster ``auth``): ``preamble`` is the first
+    bytes written on a new upstream connection of that kind; the codec consumes the server's
+    answer. ``variant`` is read on the downstream codec when a request is routed."""
+
+    variant: str
+
+    def preamble(self, variant: str, credentials: Credentials | None = None) -> bytes: ...
 
 
 @runtime_checkable
@@ -117,12 +167,33 @@ class DeclaresAlpn(Protocol):
     alpn_protocols: tuple[str, ...]
 
 
-def codec_failure(codec: object, action: str, exc: Exception) -> ProtocolError:
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """Which optional hooks a codec class has, resolved once per listener."""
+
+    decode_many: bool = False  # DecodesMany
+    interim_reply: bool = False  # SendsInterimReply
+    decode_eof: bool = False  # DecodesAtEof
+    preamble: bool = False  # OpensWithPreamble
+    reply_status: bool = False  # ReportsReplyStatus
+
+
+def capabilities_of(factory: CodecFactory) -> Capabilities:
+    """The optional hooks ``factory``'s codecs have: the one place the core looks."""
+    return Capabilities(
+        decode_many=isinstance(factory, DecodesMany),
+        interim_reply=isinstance(factory, SendsInterimReply),
+        decode_eof=isinstance(factory, DecodesAtEof),
+        preamble=hasattr(factory, "preamble"),  # ``variant`` is set per instance
+        reply_status=isinstance(factory, ReportsReplyStatus),
+    )
+
+
+def codec_failure(codec: Codec, action: str, exc: Exception) -> ProtocolError:
     """What the core makes of a codec that raised something other than ``ProtocolError``
     (a bug in it): a fatal error of its stream, so the request in hand still gets its one
     answer (an internal-error reply) and the connection, whose framing can no longer be
     trusted, closes. The reply names the exception's type only, never its text."""
-    name = getattr(codec, "name", type(codec).__name__)
     return ProtocolError(
-        f"{name} codec failed to {action}: {type(exc).__name__}", ErrorType.UNSPECIFIED
+        f"{codec.name} codec failed to {action}: {type(exc).__name__}", ErrorType.UNSPECIFIED
     )

@@ -128,9 +128,6 @@ class MirrorPolicy:
     fraction: float = 1.0
 
 
-RetryOn = Literal["connect_failure", "reset", "timeout"]
-
-
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
     attempts: int = 1  # retries after the first try

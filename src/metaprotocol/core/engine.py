@@ -283,7 +283,7 @@ class EngineBase:
 
     def _wire_status(self, ds: Downstream, reply: bytes | None) -> str:
         """The status ``reply`` carries in the codec's words ("" if it cannot say)."""
-        if reply is None or not ds.listener.reports_status:
+        if reply is None or not ds.listener.caps.reply_status:
             return ""
         try:
             return cast(ReportsReplyStatus, ds.codec).reply_status(reply)

@@ -11,7 +11,6 @@ class Reason(enum.Enum):
     UPSTREAM_WRITE_BUFFER_HIGH = "upstream_write_buffer_high"  # an upstream this conn feeds is full
     OWN_WRITE_BUFFER_HIGH = "own_write_buffer_high"  # this conn does not read its replies
     TOO_MANY_PENDING = "too_many_pending"  # max_pending_requests reached on this conn
-    POOL_SATURATED = "pool_saturated"  # circuit-breaker pending queue is full
     CLOSING = "closing"  # a fatal protocol error: only flushing is left
 
 
@@ -45,7 +44,3 @@ class ReadGate:
         if not self.reasons:
             self.reasons = _NONE
         return not self.reasons
-
-    @property
-    def disabled(self) -> bool:
-        return bool(self.reasons)

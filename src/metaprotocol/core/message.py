@@ -1,4 +1,4 @@
-"""The Message a codec decodes and the error types a codec can reply with (DESIGN.md section 4)."""
+"""The Message a codec decodes and the error types a codec can reply with (docs/architecture.md)."""
 
 from __future__ import annotations
 
@@ -67,7 +67,10 @@ class ProtocolError(Exception):
 
     ``error_type`` is the hint for the error reply (e.g. MESSAGE_TOO_LARGE);
     ``fatal`` says whether the connection's byte stream can no longer be framed
-    (so the proxy must close it after replying).
+    (so the proxy must close it after replying). ``request`` is what was decoded before
+    the error, when the codec got that far (a header: the request id, the message type,
+    the frame so far): the core passes it to ``encode_error`` so the error reply carries
+    the request's id and the client can match it. None: nothing usable was read.
     """
 
     def __init__(
@@ -76,10 +79,22 @@ class ProtocolError(Exception):
         error_type: ErrorType = ErrorType.BAD_REQUEST,
         *,
         fatal: bool = True,
+        request: Message | None = None,
     ) -> None:
         super().__init__(message)
         self.error_type = error_type
         self.fatal = fatal
+        self.request = request
+
+    @property
+    def request_id(self) -> int | None:
+        """The id of the request that failed, if the codec read it."""
+        return None if self.request is None else self.request.request_id
+
+    @property
+    def message_type(self) -> MessageType | None:
+        """The type of the message that failed, if the codec read it."""
+        return None if self.request is None else self.request.type
 
 
 class AuthenticationFailed(ProtocolError):
@@ -105,8 +120,8 @@ class Mutation:
 class Message:
     """One decoded message: routing metadata plus the original frame bytes.
 
-    ``properties`` keys are lower-case strings (DESIGN.md section 4 pins them
-    per codec). ``frame`` is the message exactly as it arrived, so an
+    ``properties`` keys are lower-case strings (docs/configuration.md lists
+    each codec's). ``frame`` is the message exactly as it arrived, so an
     unmutated message is forwarded without re-encoding. ``codec_data`` is
     private to the codec that produced the message (offsets for rewriting ids
     or re-serialising attachments); the core never looks inside it.

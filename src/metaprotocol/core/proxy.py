@@ -16,10 +16,17 @@ Rules the engine keeps:
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from metaprotocol.core import events as ev
-from metaprotocol.core.codec import CodecFactory, Side, codec_failure
+from metaprotocol.core.codec import (
+    CodecFactory,
+    DecodesAtEof,
+    DecodesMany,
+    SendsInterimReply,
+    Side,
+    codec_failure,
+)
 from metaprotocol.core.config import Config, TracingConfig
 from metaprotocol.core.filters import CONTINUE, Abort, Call, Delay
 from metaprotocol.core.flow import Reason
@@ -63,8 +70,6 @@ __all__ = ["Proxy"]
 _REQUEST: Final = MessageType.REQUEST
 _ONEWAY: Final = MessageType.ONEWAY
 _STREAM_INIT: Final = MessageType.STREAM_INIT
-
-_STREAM_TYPES: Final = (MessageType.STREAM_DATA, MessageType.STREAM_CLOSE)
 
 
 class Proxy(UpstreamSide):
@@ -289,12 +294,12 @@ class Proxy(UpstreamSide):
         observe = self.observe
         before = 0  # the buffer's size before a decode (observed only: for the access log)
         if listener.batchable and not observe:
-            many = getattr(codec, "decode_many", None)
-            if many is not None:  # a new pass: same_route questions are about this listener
-                merge = self._merge
-                merge.routes = listener.routes
-                merge.clusters = self.runtime.clusters
-                merge.first = None
+            many = cast(DecodesMany, codec).decode_many
+            # a new pass: same_route questions are about this listener
+            merge = self._merge
+            merge.routes = listener.routes
+            merge.clusters = self.runtime.clusters
+            merge.first = None
         gate = ds.gate
         while buffer and not ds.closing:
             if gate.reasons and Reason.OWN_WRITE_BUFFER_HIGH in gate.reasons:
@@ -317,10 +322,9 @@ class Proxy(UpstreamSide):
                 self._decode_failed(ds, failure, now, before)
                 continue
             if msg is NEED_DATA:
-                interim = getattr(codec, "interim_reply", None) if listener.has_interim else None
-                if interim is not None:
+                if listener.caps.interim_reply:
                     try:
-                        early = interim()
+                        early = cast(SendsInterimReply, codec).interim_reply()
                     except Exception:  # a codec bug: the early reply is optional anyway
                         self.stats.inc("codec_error")
                         early = None
@@ -341,7 +345,7 @@ class Proxy(UpstreamSide):
         ds.listener.counters.request_decoding_error += 1
         if isinstance(exc, AuthenticationFailed):
             ds.listener.counters.downstream_auth_failed += 1
-        reply = self._error_reply(ds.codec, None, exc.error_type, str(exc))
+        reply = self._error_reply(ds.codec, exc.request, exc.error_type, str(exc))
         fatal = exc.fatal or reply is None
         received = before if fatal else max(before - len(ds.buffer), 0)
         if fatal:
@@ -597,10 +601,9 @@ class Proxy(UpstreamSide):
         up = self.upstreams.get(conn)
         if up is not None:
             # A response framed by the connection closing (HTTP/1.0 style) ends here.
-            finish_at_eof = getattr(up.codec, "decode_eof", None)
-            if finish_at_eof is not None and up.buffer:
+            if up.pool.caps.decode_eof and up.buffer:
                 try:
-                    last = finish_at_eof(up.buffer)
+                    last = cast(DecodesAtEof, up.codec).decode_eof(up.buffer)
                 except Exception as exc:  # the response is incomplete (or the codec buggy)
                     if not isinstance(exc, ProtocolError):
                         self.stats.inc("codec_error")

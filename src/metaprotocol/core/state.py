@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING
 
-from metaprotocol.core.codec import Codec, CodecFactory, Ordering
+from metaprotocol.core.codec import Capabilities, Codec, CodecFactory, Ordering, capabilities_of
 from metaprotocol.core.flow import ReadGate
 from metaprotocol.core.message import Message
 from metaprotocol.core.stats import ClusterCounters, ListenerCounters, RouteCounters, Stats
@@ -34,16 +34,14 @@ class ListenerRuntime:
 
     __slots__ = (
         "batchable",
+        "caps",
         "codec_factory",
         "config",
         "counters",
         "duration",
         "filters",
-        "has_interim",
-        "has_variants",
         "labels",
         "ordered",
-        "reports_status",
         "route_counters",
         "routes",
     )
@@ -68,15 +66,13 @@ class ListenerRuntime:
         self.routes: tuple[RouteConfig, ...] = config.routes
         self.ordered = codec_factory.ordering is not Ordering.MULTIPLEXED
         # Optional codec hooks, looked up once here rather than per message.
-        self.has_interim = hasattr(codec_factory, "interim_reply")
-        self.has_variants = hasattr(codec_factory, "preamble")
-        self.reports_status = hasattr(codec_factory, "reply_status")  # ReportsReplyStatus
+        self.caps: Capabilities = capabilities_of(codec_factory)
         # Whether pipelined requests that take the same route may travel as one merged
         # message (the codec's ``decode_many``): only when nothing on the way needs to see
         # each request on its own (filters count them, mirrors and mutations copy or change
         # them, a hash or a weighted pick may send each elsewhere).
         self.batchable = (
-            hasattr(codec_factory, "decode_many")
+            self.caps.decode_many
             and codec_factory.ordering is Ordering.ORDERED  # exclusive: one at a time
             and not filters
             and all(_merges(route) for route in config.routes)
@@ -314,6 +310,7 @@ class Pool:
     """Upstream connections of one listener's codec to one endpoint of one cluster."""
 
     __slots__ = (
+        "caps",
         "cluster",
         "codec_factory",
         "codec_options",
@@ -340,6 +337,7 @@ class Pool:
         self.variant = variant  # the kind of connection a codec asked for ("" for plain)
         self.listener_name = listener.config.name
         self.codec_factory = listener.codec_factory
+        self.caps = listener.caps
         self.codec_options = listener.config.codec_options
         self.max_message_size = listener.config.max_message_size
         self.ordering = listener.codec_factory.ordering

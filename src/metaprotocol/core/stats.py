@@ -145,25 +145,6 @@ class Stats:
         counts = self.tallies.get((name, labels[:-1], label))
         return 0 if counts is None else counts.get(value, 0)
 
-    def set_gauge(self, name: str, labels: Labels, value: float) -> None:
-        self.gauges[(name, labels)] = value
-
-    def add_gauge(self, name: str, labels: Labels, delta: float) -> None:
-        key = (name, labels)
-        self.gauges[key] = self.gauges.get(key, 0) + delta
-
-    def gauge(self, name: str, labels: Labels = ()) -> float:
-        if (name, labels) not in self.gauges:
-            return self.counter(name, labels)
-        return self.gauges[(name, labels)]
-
-    def observe(self, name: str, labels: Labels, value: float) -> None:
-        key = (name, labels)
-        hist = self.histograms.get(key)
-        if hist is None:
-            hist = self.histograms[key] = Histogram()
-        hist.observe(value)
-
     def snapshot(self) -> StatsSnapshot:
         counters = dict(self.counters)
         gauges = dict(self.gauges)

@@ -3,10 +3,17 @@ and retries. Mixed into ``Proxy``; see engine.py for the shared state."""
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, cast
 
 from metaprotocol.core.balancer import EndpointState
-from metaprotocol.core.codec import Codec, Ordering, Side, codec_failure
+from metaprotocol.core.codec import (
+    Codec,
+    DecodesMany,
+    OpensWithPreamble,
+    Ordering,
+    Side,
+    codec_failure,
+)
 from metaprotocol.core.engine import EngineBase
 from metaprotocol.core.message import (
     NEED_DATA,
@@ -39,7 +46,6 @@ SHARE_THRESHOLD = 64
 # while nothing before them is owed: then what came so far goes out.
 PARTIAL_FLUSH: Final = 256 * 1024
 ID_SPACE: Final = 2**31 - 1  # request ids we allocate fit every protocol's id field (Thrift: i32)
-_STREAM_TYPES: Final = (MessageType.STREAM_DATA, MessageType.STREAM_CLOSE)
 
 
 class UpstreamSide(EngineBase):
@@ -74,8 +80,8 @@ class UpstreamSide(EngineBase):
         ds = req.downstream
         # A codec may need upstream connections of a kind (Redis: RESP3 after HELLO 3).
         variant: str = ""
-        if ds is not None and listener.has_variants:
-            variant = getattr(ds.codec, "variant", "")
+        if ds is not None and listener.caps.preamble:
+            variant = cast(OpensWithPreamble, ds.codec).variant
         pool_key = listener.config.name if not variant else f"{listener.config.name}/{variant}"
         pool = endpoint.pools.get(pool_key)
         if pool is None:
@@ -180,14 +186,11 @@ class UpstreamSide(EngineBase):
         codec = pool.codec_factory(Side.UPSTREAM, pool.codec_options, pool.max_message_size)
         up = Upstream(conn, pool, codec)
         auth = pool.cluster.config.auth
-        if pool.variant or auth is not None:
-            # What the connection opens with (a protocol switch, a login); the codec consumes
-            # the server's answer, and a refusal is a connect failure (see _upstream_data).
-            # The config loader refuses ``auth`` for a codec without the hook.
-            preamble = getattr(codec, "preamble", None)
-            if preamble is not None:
-                first = preamble(pool.variant) if auth is None else preamble(pool.variant, auth)
-                up.queued.append(first)
+        # What the connection opens with (a protocol switch, a login); the codec consumes the
+        # server's answer, and a refusal is a connect failure (see _upstream_data). The
+        # config loader refuses ``auth`` for a codec without the hook.
+        if (pool.variant or auth is not None) and pool.caps.preamble:
+            up.queued.append(cast(OpensWithPreamble, codec).preamble(pool.variant, auth))
         pool.connections.append(up)
         pool.cluster.connections += 1
         self.upstreams[conn] = up
@@ -388,7 +391,7 @@ class UpstreamSide(EngineBase):
         while buffer:
             try:
                 if fifo and fifo[0].remaining > 1:  # answers to a merged message: merge them
-                    msg = codec.decode_many(buffer, fifo[0].remaining)  # type: ignore[attr-defined]
+                    msg = cast(DecodesMany, codec).decode_many(buffer, fifo[0].remaining)
                 else:
                     msg = codec.decode(buffer)
             except Exception as exc:  # ProtocolError, or a codec bug: the same way out

@@ -115,17 +115,30 @@ ERROR_STATUS: dict[ErrorType, int] = {
 _OPTIONS: Final = frozenset({"unsupported_serialization", "max_depth"})
 
 
-def _too_large(body_length: int, limit: int) -> ProtocolError:
+def _header_only(buffer: bytearray | bytes, flag: int, request_id: int) -> Message:
+    """What an error reply needs of a frame whose header parsed but whose decode failed:
+    its type and id (``ProtocolError.request``), with the 16 header bytes as its frame."""
+    if flag & FLAG_EVENT:
+        kind = MessageType.HEARTBEAT
+    elif not flag & FLAG_REQUEST:
+        kind = MessageType.RESPONSE
+    else:
+        kind = MessageType.REQUEST if flag & FLAG_TWO_WAY else MessageType.ONEWAY
+    return Message(kind, bytes(buffer[:HEADER_SIZE]), request_id)
+
+
+def _too_large(body_length: int, limit: int, header: Message) -> ProtocolError:
     """What the header declares, said as it is: the length field is a signed 32-bit int,
     so 0xffffffff is -1 (Java reads it so), never a frame of 15 bytes."""
     declared = body_length & 0xFFFFFFFF
     if body_length < 0:
         text = f"Dubbo header declares a negative body length ({body_length}, 0x{declared:08x})"
-        return ProtocolError(text, ErrorType.BAD_REQUEST)
+        return ProtocolError(text, ErrorType.BAD_REQUEST, request=header)
     return ProtocolError(
         f"Dubbo header declares a body of {body_length} bytes: a frame of "
         f"{HEADER_SIZE + body_length} bytes exceeds max_message_size {limit}",
         ErrorType.MESSAGE_TOO_LARGE,
+        request=header,
     )
 
 
@@ -163,9 +176,6 @@ class DubboCodec:
         self._max_message_size = max_message_size
         self._desc_counts: dict[str, int] = {}
         self._memo = ScanMemo()
-        # Request id and flag of the last frame whose header parsed but whose
-        # decode failed: encode_error(None, ...) answers it.
-        self._failed: tuple[int, int] | None = None
 
     # ------------------------------------------------------------ decoding
 
@@ -180,8 +190,8 @@ class DubboCodec:
             raise ProtocolError(f"bad Dubbo magic 0x{magic:04x}")
         total = HEADER_SIZE + body_length
         if body_length < 0 or total > self._max_message_size:
-            self._failed = (request_id, flag)
-            raise _too_large(body_length, self._max_message_size)
+            header = _header_only(buffer, flag, request_id)
+            raise _too_large(body_length, self._max_message_size, header)
         if n < total:
             return NEED_DATA
         if n == total:
@@ -230,18 +240,21 @@ class DubboCodec:
         kind = MessageType.REQUEST if flag & FLAG_TWO_WAY else MessageType.ONEWAY
         if flag & SERIALIZATION_MASK != SERIALIZATION_HESSIAN2:
             if self._reject_unsupported:
-                self._failed = (request_id, flag)
                 raise ProtocolError(
                     f"Dubbo serialization id {flag & SERIALIZATION_MASK} is not supported "
                     "(only Hessian2, id 2)",
                     fatal=False,
+                    request=Message(kind, frame, request_id),
                 )
             return Message(kind, frame, request_id, {}, ResponseStatus.OK, None, 16, body_length)
         try:
             props, _ = scan_request(frame, self._desc_counts, self._max_depth, self._memo)
         except Hessian2Error as exc:
-            self._failed = (request_id, flag)
-            raise ProtocolError(f"malformed Dubbo request body: {exc}", fatal=False) from None
+            raise ProtocolError(
+                f"malformed Dubbo request body: {exc}",
+                fatal=False,
+                request=Message(kind, frame, request_id),
+            ) from None
         return Message(kind, frame, request_id, props, ResponseStatus.OK, None, 16, body_length)
 
     # ------------------------------------------------------------ encoding
@@ -315,11 +328,6 @@ class DubboCodec:
             if request.type is not MessageType.REQUEST or len(request.frame) < HEADER_SIZE:
                 return None  # one-way, heartbeat or response: nobody waits for an answer
             request_id = int.from_bytes(request.frame[4:12], "big")  # the 8-byte id
-        elif self._failed is not None:
-            request_id, flag = self._failed
-            self._failed = None
-            if flag & (FLAG_REQUEST | FLAG_TWO_WAY | FLAG_EVENT) != FLAG_REQUEST | FLAG_TWO_WAY:
-                return None
         else:
             return None
         status = ERROR_STATUS.get(error, STATUS_SERVER_ERROR)

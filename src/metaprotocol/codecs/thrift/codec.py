@@ -145,7 +145,6 @@ class ThriftCodec:
             )
         if max_message_size <= 0:
             raise ValueError("thrift: max_message_size must be positive")
-        self._side = side
         self._max = max_message_size
         self._transport: Transport | None = _TRANSPORTS[transport]
         self._protocol: WireProtocol | None = _PROTOCOLS[protocol]
@@ -266,7 +265,9 @@ class ThriftCodec:
         try:
             return self._decode_payload(frame, 4, _FRAMED, self._protocol, None)
         except ProtocolError as exc:
-            raise ProtocolError(str(exc), exc.error_type, fatal=False) from None
+            raise ProtocolError(
+                str(exc), exc.error_type, fatal=False, request=exc.request
+            ) from None
 
     def _decode_payload(
         self,
@@ -359,7 +360,9 @@ class ThriftCodec:
                 raise ProtocolError(f"thrift header: payload is {header.protocol.value}")
             message = self._decode_payload(header.payload, 0, _HEADER, header.protocol, header)
         except ProtocolError as exc:
-            raise ProtocolError(str(exc), exc.error_type, fatal=False) from None
+            raise ProtocolError(
+                str(exc), exc.error_type, fatal=False, request=exc.request
+            ) from None
         message.frame = frame
         message.header_size = max(0, len(frame) - message.body_size)
         if header.info:
@@ -393,11 +396,13 @@ class ThriftCodec:
         info: ThriftFrameInfo,
         frame: bytes,
     ) -> Message:
+        mtype, type_name, status = kind
         try:
             name = name_bytes.decode()
         except UnicodeDecodeError:
-            raise ProtocolError("thrift: method name is not UTF-8") from None
-        mtype, type_name, status = kind
+            # The header is read: the error reply answers this seqid (name left empty).
+            decoded = Message(mtype, frame, seqid, codec_data=(*info[:5], b""))
+            raise ProtocolError("thrift: method name is not UTF-8", request=decoded) from None
         if info[0] is _FRAMED and info[1] is _BINARY and frame[4] == 0x80:
             self._cache_name(frame, info, kind, properties_for(name, type_name))
         if type_name == "reply":
