@@ -32,7 +32,7 @@ def test_dubbo_all_ones_length_is_reported_as_declared() -> None:
     text = str(info.value)
     assert "-1" in text and "0xffffffff" in text and "15 bytes" not in text
     assert info.value.fatal
-    reply = codec.encode_error(None, info.value.error_type, text)
+    reply = codec.encode_error(info.value.request, info.value.error_type, text)
     assert reply is not None and parse_header(reply).request_id == 7
 
 

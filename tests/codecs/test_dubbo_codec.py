@@ -218,7 +218,7 @@ def test_oversized_frame_is_refused_from_the_header_alone() -> None:
     assert info.value.error_type is ErrorType.MESSAGE_TOO_LARGE
     assert info.value.fatal
     # The reply still answers request 42 with a Dubbo error status.
-    reply = c.encode_error(None, ErrorType.MESSAGE_TOO_LARGE, "too big")
+    reply = c.encode_error(info.value.request, ErrorType.MESSAGE_TOO_LARGE, "too big")
     assert reply is not None
     assert parse_header(reply).request_id == 42 and parse_header(reply).status == 80
     # Exactly at the limit is fine.
@@ -238,7 +238,7 @@ def test_malformed_body_is_consumed_and_answered_with_its_id() -> None:
     with pytest.raises(ProtocolError) as info:
         c.decode(buf)
     assert not info.value.fatal
-    reply = c.encode_error(None, info.value.error_type, str(info.value))
+    reply = c.encode_error(info.value.request, info.value.error_type, str(info.value))
     assert reply is not None and parse_header(reply).request_id == 99
     nxt = c.decode(buf)
     assert isinstance(nxt, Message) and nxt.request_id == 100
@@ -258,7 +258,7 @@ def test_non_hessian2_is_routed_on_header_or_rejected_by_option() -> None:
     with pytest.raises(ProtocolError) as info:
         c.decode(bytearray(frame))
     assert not info.value.fatal
-    reply = c.encode_error(None, info.value.error_type, str(info.value))
+    reply = c.encode_error(info.value.request, info.value.error_type, str(info.value))
     assert reply is not None and parse_header(reply).request_id == 7
 
 
