@@ -145,6 +145,14 @@ class Stats:
         counts = self.tallies.get((name, labels[:-1], label))
         return 0 if counts is None else counts.get(value, 0)
 
+    def set_gauge(self, name: str, labels: Labels, value: float) -> None:
+        self.gauges[(name, labels)] = value
+
+    def gauge(self, name: str, labels: Labels = ()) -> float:
+        if (name, labels) not in self.gauges:
+            return self.counter(name, labels)
+        return self.gauges[(name, labels)]
+
     def snapshot(self) -> StatsSnapshot:
         counters = dict(self.counters)
         gauges = dict(self.gauges)
