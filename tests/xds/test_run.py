@@ -7,6 +7,7 @@ import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -17,6 +18,7 @@ pytest.importorskip("envoy.service.discovery.v3.ads_pb2_grpc")
 from metaprotocol.configfile import parse_config
 from metaprotocol.runner import XDS_EXTRA_HINT, xds_problems
 from metaprotocol.xds.translate import CLUSTER_TYPE, ENDPOINT_TYPE, ROUTE_TYPE
+from tests.e2e.servers import wait_until
 from tests.e2e.test_lifecycle import ProxyProcess
 from tests.xds.control_plane import ControlPlane
 from tests.xds.resources import action, assignment, cluster, route_config
@@ -40,11 +42,12 @@ def test_run_serves_from_xds_and_keeps_it_across_sighup(
     assert _redis(redis_port, "SET", "xds:run", "a") == b"+OK\r\n"
     assert _redis(redis_port_b, "SET", "xds:run", "b") == b"+OK\r\n"
     config_path = tmp_path / "proxy.yaml"
-    config_path.write_text(yaml.safe_dump({
+    data: dict[str, Any] = {
         "xds": {"address": f"127.0.0.1:{plane.port}", "node": {"id": "run-test"}},
         "listeners": [{"name": "redis", "address": "127.0.0.1:0", "codec": "redis",
                        "routes": {"rds": "redis-routes"}}],
-    }))  # fmt: skip
+    }  # fmt: skip
+    config_path.write_text(yaml.safe_dump(data))
     plane.push(CLUSTER_TYPE, "1", [cluster("cache")])
     endpoints = plane.push(ENDPOINT_TYPE, "1", [assignment("cache", [redis_port])])
     nonce = plane.push(ROUTE_TYPE, "1", [route_config("redis-routes", [], action("cache"))])
@@ -56,10 +59,23 @@ def test_run_serves_from_xds_and_keeps_it_across_sighup(
         _acked(plane, nonce)
         assert _redis(port, "GET", "xds:run") == b"$1\r\na\r\n"
 
+        # The reloaded file adds a listener on new RDS routes: they are asked for too.
+        second = plane.push(ROUTE_TYPE, "2", [
+            route_config("redis-routes", [], action("cache")),
+            route_config("other-routes", [], action("cache")),
+        ])  # fmt: skip
+        _acked(plane, second)
+        data["listeners"].append({"name": "other", "address": "127.0.0.1:0", "codec": "redis",
+                                  "routes": {"rds": "other-routes"}})  # fmt: skip
+        config_path.write_text(yaml.safe_dump(data))
         mark = len(process.lines)
         process.proc.send_signal(signal.SIGHUP)
         process.wait_for_line(r"reloaded ", start=mark)
         assert _redis(port, "GET", "xds:run") == b"$1\r\na\r\n"  # the routes from RDS stay
+        found = process.wait_for_line(r"listener other on 127\.0\.0\.1:(\d+)", start=mark)
+        other = int(found.group(1))
+        wait_until(lambda: any("other-routes" in r.resource_names for r in plane.requests))
+        wait_until(lambda: _redis(other, "GET", "xds:run") == b"$1\r\na\r\n", message="other")
 
         _acked(plane, plane.push(ENDPOINT_TYPE, "2", [assignment("cache", [redis_port_b])]))
         assert _redis(port, "GET", "xds:run") == b"$1\r\nb\r\n"

@@ -98,6 +98,7 @@ class XdsClient:
         # accepted CDS response (as Envoy, which warms them, would not refuse it).
         self._waiting: discovery_pb2.DiscoveryResponse | None = None
         self._stop = threading.Event()
+        self._restart = threading.Event()  # a rebase changed the RDS names to ask for
         self._stream: Any = None
         self._thread = threading.Thread(target=self._run, name="metaprotocol-xds", daemon=True)
 
@@ -119,7 +120,13 @@ class XdsClient:
         accepted resources over it. Raises ``XdsError`` when they do not fit ``base``."""
         with self._lock:
             config = build_config(base, rds_routes(base), self._accepted)
-            self._base = base
+            before, self._base = self._base, base
+        if self._rds_names(base) != self._rds_names(before):
+            # Ask again on a new stream, for the route configurations ``base`` names.
+            self._restart.set()
+            stream = self._stream
+            if stream is not None:
+                stream.cancel()
         return config
 
     # -- the thread
@@ -131,6 +138,10 @@ class XdsClient:
             self._gauge(0)
             if self._stop.is_set():
                 break
+            if self._restart.is_set():
+                self._restart.clear()
+                log.info("xDS stream restarted for the routes of the reloaded config")
+                continue
             delay = self._backoff[0] if got_response else min(delay * 2, self._backoff[1])
             log.warning("xDS stream to %s:%d lost; retrying in %.1fs", *self._target(), delay)
             self._stop.wait(delay)
