@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,9 @@ OUTPUT_LIMIT = 4 * MiB
 # allocator keeping freed blocks. benchmarks/isolation.py measured 4-24 MiB on the adapters.
 SLACK = 32 * MiB
 HOSTILE_SECONDS = 4.0
+# Each non-reader connection makes the peer build max_pending_requests big answers: a
+# smaller number keeps the peer's work (and the test's time) small on a loaded machine.
+LIMITS = {"output_buffer_limit": "4MiB", "max_pending_requests": 128}
 # Only GETs are idempotent: when a closed non-reader leaves answers nobody reads ahead of the
 # other client's on their shared connection, the other client's GETs may go out again on a
 # fresh connection instead of waiting behind them.
@@ -117,9 +121,7 @@ def _proxy_process(
         "admin": {"address": "127.0.0.1:0"},
         "listeners": [
             {"name": "hostile", "address": "127.0.0.1:0", "codec": codec,
-             "max_message_size": "2MiB", "output_buffer_limit": "4MiB",
-             # (each non-reader connection makes the peer build this many 1 MiB answers)
-             "max_pending_requests": 128,
+             "max_message_size": "2MiB", **LIMITS,
              "routes": [{"name": "all", "route": {"cluster": "peer", "retries": RESEND[codec]}}]}
         ],
         # One upstream connection: the non-reader shares it with the other client, so its
@@ -168,14 +170,13 @@ def _memory_bound_holds(
     answered = 0
     with hog:
         end = time.monotonic() + HOSTILE_SECONDS
-        while time.monotonic() < end or not hog.closed:
+        while time.monotonic() < end or not hog.closed or answered < 3:
             served()
             answered += 1
-            assert time.monotonic() < end + DEADLINE, "the non-reader was never closed"
+            assert time.monotonic() < end + 3 * DEADLINE, "the non-reader was never closed"
     grown = peak_rss(pid) - base
     assert grown <= OUTPUT_LIMIT + SLACK, f"RSS grew {grown / MiB:.1f} MiB"
-    assert hog.closed >= 1 and hog.sent > 0
-    assert answered >= 3
+    assert hog.sent > 0
     assert _overflows(admin) >= hog.closed
 
 
@@ -252,7 +253,11 @@ def _innocent_keeps_its_pace(
         # From the moment the proxy sees a client not reading. (A request sent earlier may
         # be pipelined behind the non-reader's on an ordered connection, as on any shared
         # pipelined connection.)
-        wait_until(lambda: running.call(lambda: _slow_reader_seen(running)), message="hog")
+        wait_until(
+            partial(running.call, partial(_slow_reader_seen, running)),
+            timeout=3 * DEADLINE,
+            message="the proxy to see the non-reader",
+        )
         end = time.monotonic() + HOSTILE_SECONDS
         hostile: list[float] = []
         while time.monotonic() < end:
@@ -263,7 +268,7 @@ def _innocent_keeps_its_pace(
 
 
 def test_dubbo_non_reader_does_not_stall_an_innocent_client(adapter: str) -> None:
-    listener = {"output_buffer_limit": "4MiB", "max_message_size": "1MiB"}
+    listener = {**LIMITS, "max_message_size": "1MiB"}
     with dubbo_provider() as provider:
         config = proxy_config("dubbo", {"provider": [provider]}, listener=listener)
         with start_proxy(config, adapter) as running:
@@ -291,7 +296,7 @@ def test_redis_non_reader_does_not_stall_an_innocent_client(adapter: str, redis_
     config = proxy_config(
         "redis",
         {"redis": [redis_port]},
-        listener={"output_buffer_limit": "4MiB", "max_message_size": "2MiB"},
+        listener={**LIMITS, "max_message_size": "2MiB"},
     )
     with start_proxy(config, adapter) as running:
         address = ("127.0.0.1", running.ports["redis"])
