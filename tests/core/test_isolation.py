@@ -20,6 +20,7 @@ from metaprotocol.core.events import (
     WriteBufferLow,
 )
 from metaprotocol.core.outputs import CloseConnection, OpenUpstream, ReadDisable, ReadEnable, Write
+from metaprotocol.core.upstream_side import SHARE_THRESHOLD
 from metaprotocol.testing import ANY, Playbook
 
 from .helpers import UP, bulk, cmd, config, error_reply, fifo_playbook, playbook, req, resp, route
@@ -304,4 +305,25 @@ def test_answers_held_behind_an_unanswered_request_count_against_the_limit() -> 
     pb << CloseConnection(-1, flush=False)  # the session's answer is owed to nobody now
     assert proxy.stats.counter("downstream_cx_output_overflow", LABELS) == 1
     pb >> Closed(-2)
+    pb.assert_clean()
+
+
+def test_a_merged_pipeline_loads_its_connection_as_the_commands_it_carries() -> None:
+    pb = Playbook(two_clusters())
+    pipeline = b"".join(cmd("GET", f"k{i}") for i in range(SHARE_THRESHOLD))
+    connected(pb, pipeline)  # one merged message of 64 commands on -1
+    pb >> Accepted(2, "main") >> DataReceived(2, cmd("GET", "x"))
+    pb << OpenUpstream(-2, *UP)  # not behind 64 answers: a connection of its own
+    pb >> UpstreamConnected(-2)
+    pb << Write(-2, cmd("GET", "x"))
+    pb >> DataReceived(-2, bulk("X"))
+    pb << Write(2, bulk("X"))
+    pb >> DataReceived(-1, b"".join(bulk(str(i)) for i in range(SHARE_THRESHOLD)))
+    pb << Write(1, b"".join(bulk(str(i)) for i in range(SHARE_THRESHOLD)))
+    pb >> DataReceived(1, cmd("GET", "y"))  # the load is gone with the answers
+    pb << Write(-1, cmd("GET", "y"))
+    pb >> DataReceived(-1, bulk("Y"))
+    pb << Write(1, bulk("Y"))
+    pb >> Closed(1) >> Closed(2) >> Closed(-1) >> Closed(-2)
+    pb << None
     pb.assert_clean()

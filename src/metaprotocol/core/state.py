@@ -272,6 +272,7 @@ class Upstream:
         "fifo",
         "id",
         "inflight",
+        "merged_extra",
         "next_id",
         "paused",
         "pool",
@@ -289,6 +290,9 @@ class Upstream:
         self.connect_timer: Timer | None = None
         self.inflight: dict[int, ActiveRequest] = {}  # multiplexed: upstream id -> request
         self.fifo: deque[ActiveRequest] = deque()  # ordered / exclusive: in send order
+        # The requests merged messages in ``fifo`` stand for beyond one each: a pipeline of
+        # 1,000 commands loads a connection as 1,000 requests do, not as one.
+        self.merged_extra = 0
         self.queued: list[bytes] = []  # frames written before the connection was up
         self.streams: dict[int, ActiveRequest] = {}  # upstream stream id -> init request
         self.next_id = 1
@@ -303,7 +307,7 @@ class Upstream:
 
     @property
     def load(self) -> int:
-        return len(self.inflight) + len(self.fifo)
+        return len(self.inflight) + len(self.fifo) + self.merged_extra
 
 
 class Pool:

@@ -293,6 +293,8 @@ class UpstreamSide(EngineBase):
                 up.inflight[up_id] = req
         else:
             up.fifo.append(req)
+            if msg.count > 1:
+                up.merged_extra += msg.count - 1
         if up.connected:
             self._out.append(Write(up.id, data))
         else:
@@ -447,6 +449,8 @@ class UpstreamSide(EngineBase):
                 self._partial_response(up, req, msg)
                 return
             fifo.popleft()
+            if req.message.count > 1:
+                up.merged_extra -= req.message.count - 1
         n = msg.count
         if req is None or req.done:
             if req is not None and req.timer is not None:  # an abandoned request's deadline
@@ -545,6 +549,7 @@ class UpstreamSide(EngineBase):
         were never processed, so they go out again on another connection (no retry counted)."""
         unanswered = [req for req in up.fifo if not req.done]
         up.fifo.clear()
+        up.merged_extra = 0
         self._close_upstream(up, flush=False)
         for req in unanswered:
             req.upstream = None
@@ -571,6 +576,7 @@ class UpstreamSide(EngineBase):
         victims = [*up.inflight.values(), *up.fifo, *up.streams.values()]
         up.inflight.clear()
         up.fifo.clear()
+        up.merged_extra = 0
         up.streams.clear()
         up.queued.clear()
         reason = "connect_failure" if error is ErrorType.CONNECT_FAILURE else "reset"
@@ -686,6 +692,7 @@ class UpstreamSide(EngineBase):
             # back: close it (as Envoy and twemproxy do); what it still carried fails. First,
             # and without this request: a retry of it must not land on the same connection.
             up.fifo.remove(req)
+            up.merged_extra -= req.message.count - 1
             detail = "upstream connection closed after a request timed out"
             self._reset_upstream(up, detail, now)
         if not req.done:
@@ -713,6 +720,7 @@ class UpstreamSide(EngineBase):
                     other.timer.cancel()
                     other.timer = None
             up.fifo.clear()
+            up.merged_extra = 0
             if others:
                 up.pool.cluster.counters.upstream_cx_destroy_with_active_rq += 1
                 for other in others:
