@@ -8,11 +8,11 @@ read them as one class.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, cast
+from typing import cast
 
 from metaprotocol.core.codec import Codec, Ordering, ReportsReplyStatus
-from metaprotocol.core.filters import Abort
 from metaprotocol.core.flow import Reason
+from metaprotocol.core.lifecycle import STATE_OF_STATUS, PendingCall, advance
 from metaprotocol.core.message import ErrorType, Message, MessageType
 from metaprotocol.core.outputs import (
     CloseConnection,
@@ -42,8 +42,7 @@ class EngineBase:
     downstreams: dict[int, Downstream]
     upstreams: dict[int, Upstream]
     pools: dict[Pool, None]  # every pool with connections (an ordered set)
-    calls: dict[int, ActiveRequest]
-    decisions: dict[int, Callable[[Any, str], Abort | None]]
+    calls: dict[int, PendingCall]  # external call id -> the paused request and its decider
     draining: bool
     now: float  # the time ``handle`` was called with: for paths that are not passed it
     _out: list[Output]
@@ -114,7 +113,7 @@ class EngineBase:
             self._out.append(LocalReplied(ds.id, error, detail))
         if reply is None:
             self._finish(req, "local_error", error, now)
-            if self.downstreams.get(ds.id) is ds:
+            if not ds.closed:
                 self._close_downstream(ds, flush=True)
             return
         if owed > 1:
@@ -137,7 +136,7 @@ class EngineBase:
         connection closes after it when the request asked for that (``connection: close``)."""
         ds = req.downstream
         completed = self._finish(req, status, error, now, emit=False, reply=data)
-        if ds is None or self.downstreams.get(ds.id) is not ds:
+        if ds is None or ds.closed:
             return
         slot = req.slot
         if slot is not None:
@@ -154,7 +153,7 @@ class EngineBase:
             self._out.append(completed)
         if not ds.gate.reasons and not ds.closing:
             return  # the common case: nothing held back, nothing to close
-        if self.downstreams.get(ds.id) is not ds:
+        if ds.closed:
             return
         pending_limit = ds.listener.config.max_pending_requests
         if Reason.TOO_MANY_PENDING in ds.gate.reasons and ds.pending < pending_limit:
@@ -205,7 +204,7 @@ class EngineBase:
         the client gets for it, if anything."""
         if req.done:
             return None
-        req.done = True
+        advance(req, STATE_OF_STATUS[status])
         pool = req.pool
         endpoint = pool.endpoint.label if pool is not None and self.observe else ""
         queue = req.deadline_queue
@@ -220,14 +219,8 @@ class EngineBase:
             self._stop_waiting(req)
         if status != "oneway" and (req.upstream is not None or pool is not None):
             self._release_upstream(req)
+        self._unclaim(req)
         n = req.message.count
-        ep = req.endpoint
-        if ep is not None:  # unclaim (inlined: once per request)
-            ep.active_requests -= n
-            req.endpoint = None
-            if req.cluster is not None:
-                req.cluster.active_requests -= n
-        req.pool = None
         ds = req.downstream
         if ds is not None and req in ds.active:
             active = ds.active
@@ -298,15 +291,14 @@ class EngineBase:
             req.pause_timer = None
         if req.call is not None:
             self.calls.pop(req.call, None)
-            self.decisions.pop(req.call, None)
             req.call = None
 
     def _maybe_finish_close(self, ds: Downstream) -> None:
-        if ds.closing and not ds.active and not ds.slots and self.downstreams.get(ds.id) is ds:
+        if ds.closing and not ds.active and not ds.slots and not ds.closed:
             self._close_downstream(ds, flush=True)
 
     def _close_downstream(self, ds: Downstream, flush: bool) -> None:
-        if self.downstreams.get(ds.id) is not ds:
+        if ds.closed:
             return
         if ds.active:
             ds.listener.counters.cx_destroy_local_with_active_rq += 1
@@ -315,6 +307,7 @@ class EngineBase:
 
     def _drop_downstream(self, ds: Downstream, now: float | None) -> None:
         """Forget a downstream connection and everything it owned upstream."""
+        ds.closed = True
         del self.downstreams[ds.id]
         ds.listener.counters.downstream_cx_active -= 1
         if ds.idle_timer is not None:
@@ -330,7 +323,7 @@ class EngineBase:
         # Once every request of this client is finished: what else waits on those
         # connections is then other clients' requests only.
         for up, req, deadline in owed:
-            if self.upstreams.get(up.id) is up:
+            if not up.closed:
                 self._abandoned_on(up, req, deadline)
         ds.slots = None
         ds.streams.clear()
@@ -350,7 +343,7 @@ class EngineBase:
         unless only other slow readers remain on them."""
         for up in ds.blocking:
             up.blocked_by.pop(ds, None)
-            if up.paused and self.upstreams.get(up.id) is up and not self._serves_only_slow(up):
+            if up.paused and not up.closed and not self._serves_only_slow(up):
                 self._resume_upstream(up)
         ds.blocking.clear()
 
@@ -358,7 +351,7 @@ class EngineBase:
         """Stop reading ``up`` when every client it still owes an answer is a slow reader:
         then nobody else waits behind them, and the upstream server, not this process, holds
         their answers."""
-        if not up.paused and self.upstreams.get(up.id) is up and self._serves_only_slow(up):
+        if not up.paused and not up.closed and self._serves_only_slow(up):
             up.paused = True
             up.pool.cluster.counters.upstream_flow_control_paused += 1
             self._out.append(ReadDisable(up.id))
@@ -409,5 +402,5 @@ class EngineBase:
             self._out.append(ReadDisable(ds.id))
 
     def _enable(self, ds: Downstream, reason: Reason) -> None:
-        if ds.gate.enable(reason) and self.downstreams.get(ds.id) is ds:
+        if ds.gate.enable(reason) and not ds.closed:
             self._out.append(ReadEnable(ds.id))

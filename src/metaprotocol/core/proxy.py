@@ -16,7 +16,7 @@ Rules the engine keeps:
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, Final, cast
+from typing import Final, cast
 
 from metaprotocol.core import events as ev
 from metaprotocol.core.codec import (
@@ -30,6 +30,7 @@ from metaprotocol.core.codec import (
 from metaprotocol.core.config import Config, TracingConfig
 from metaprotocol.core.filters import CONTINUE, Abort, Call, Delay
 from metaprotocol.core.flow import Reason
+from metaprotocol.core.lifecycle import PendingCall, RequestState, advance
 from metaprotocol.core.message import (
     NEED_DATA,
     AuthenticationFailed,
@@ -93,8 +94,7 @@ class Proxy(UpstreamSide):
         self.downstreams: dict[int, Downstream] = {}
         self.upstreams: dict[int, Upstream] = {}
         self.pools: dict[Pool, None] = {}  # every pool with connections (an ordered set)
-        self.calls: dict[int, ActiveRequest] = {}  # external call id -> paused request
-        self.decisions: dict[int, Callable[[Any, str], Abort | None]] = {}
+        self.calls: dict[int, PendingCall] = {}  # external call id -> paused request
         self.draining = False
         self._next_conn = -1  # upstream ids are negative so they never collide with the adapter's
         self._next_call = 1
@@ -271,7 +271,7 @@ class Proxy(UpstreamSide):
             ds.idle_timer = self.timers.schedule(now + lc.idle_timeout, self._idle_check, ds)
 
     def _idle_check(self, ds: Downstream, now: float) -> None:
-        if self.downstreams.get(ds.id) is not ds:
+        if ds.closed:
             return
         timeout = ds.listener.config.idle_timeout or 0.0
         due = ds.last_activity + timeout
@@ -367,7 +367,7 @@ class Proxy(UpstreamSide):
                 self._out.append(Write(ds.id, reply))
         if fatal:
             self._maybe_finish_close(ds)
-            if self.downstreams.get(ds.id) is ds:  # earlier answers are still on their way
+            if not ds.closed:  # earlier answers are still on their way
                 self._disable(ds, Reason.CLOSING)
 
     def _refused(
@@ -451,6 +451,7 @@ class Proxy(UpstreamSide):
             if mtype is _STREAM_INIT and msg.request_id is not None:
                 ds.streams[msg.request_id] = req
         if listener.filters:
+            advance(req, RequestState.FILTERING)
             self._run_filters(req, now)
         else:
             self._route(req, now)
@@ -489,8 +490,7 @@ class Proxy(UpstreamSide):
         call_id = self._next_call
         self._next_call += 1
         req.call = call_id
-        self.calls[call_id] = req
-        self.decisions[call_id] = call.decide
+        self.calls[call_id] = PendingCall(req, call.decide)
         req.pause_timer = self.timers.schedule(now + call.timeout, self._call_expired, req)
         self._out.append(ExternalCall(call_id, call.kind, call.payload))
 
@@ -501,16 +501,16 @@ class Proxy(UpstreamSide):
             self._call_completed(call_id, None, "timeout", now)
 
     def _call_completed(self, call_id: int, result: object, error: str, now: float) -> None:
-        req = self.calls.pop(call_id, None)
-        decide = self.decisions.pop(call_id, None)
-        if req is None or decide is None:
+        pending = self.calls.pop(call_id, None)
+        if pending is None:
             return  # timed out already, or the client went away
+        req = pending.request
         req.call = None
         if req.pause_timer is not None:
             req.pause_timer.cancel()
             req.pause_timer = None
         try:
-            verdict = decide(result, error)
+            verdict = pending.decide(result, error)
         except Exception as exc:  # the filter's decision raised: as if the filter had
             name = _filter_name(req.listener.filters[req.filter_index - 1])
             self._filter_failed(req, name, exc, now)
@@ -555,6 +555,7 @@ class Proxy(UpstreamSide):
             self._local_reply(req, ErrorType.CLUSTER_NOT_FOUND, f"cluster {name!r} not found", now)
             return
         req.cluster = cluster
+        advance(req, RequestState.ROUTED)
         req.listener.route_counters[route.name].route_hit += req.message.count
         if action.mirror:
             for mirror in action.mirror:
@@ -610,7 +611,7 @@ class Proxy(UpstreamSide):
                     last = None
                 if last is not None:
                     self._on_response(up, last, now)
-            if self.upstreams.get(conn) is not up:
+            if up.closed:
                 return
             if eof:
                 self._out.append(CloseConnection(conn, flush=False))
@@ -638,7 +639,7 @@ class Proxy(UpstreamSide):
         up.write_high = True
         for req in (*up.inflight.values(), *up.fifo):
             ds = req.downstream
-            if ds is not None and not req.done and self.downstreams.get(ds.id) is ds:
+            if ds is not None and not req.done and not ds.closed:
                 self._hold_feeder(up, ds)
 
     def _write_buffer_grew(self, conn: int, size: int) -> None:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from metaprotocol.core.codec import Capabilities, Codec, CodecFactory, Ordering, capabilities_of
 from metaprotocol.core.flow import ReadGate
+from metaprotocol.core.lifecycle import RequestState
 from metaprotocol.core.message import Message
 from metaprotocol.core.stats import ClusterCounters, ListenerCounters, RouteCounters, Stats
 
@@ -144,7 +145,6 @@ class ActiveRequest:
         "call",
         "cluster",
         "deadline_queue",
-        "done",
         "downstream",
         "endpoint",
         "filter_index",
@@ -159,6 +159,7 @@ class ActiveRequest:
         "slot",
         "span",
         "start",
+        "state",
         "timer",
         "tried",
         "upstream",
@@ -194,11 +195,17 @@ class ActiveRequest:
         self.filter_index = 0
         self.slot: ReplySlot | None = None
         self.span: TraceSpan | None = None  # tracing on and the request sampled
-        self.done = False
+        # Where it is in its lifecycle (core/lifecycle.py): moved only by ``advance``.
+        self.state = RequestState.DECODED
         # A merged message (``message.count`` > 1): answers still owed, and the ones that
         # came already (kept until the last, so the client gets them in one piece).
         self.remaining = message.count
         self.partial: list[bytes] | None = None
+
+    @property
+    def done(self) -> bool:
+        """Answered, failed or abandoned: nothing more happens to it."""
+        return self.state >= RequestState.ANSWERED
 
 
 class Downstream:
@@ -206,6 +213,7 @@ class Downstream:
         "active",
         "blocking",
         "buffer",
+        "closed",
         "closing",
         "codec",
         "feeding",
@@ -242,6 +250,7 @@ class Downstream:
         self.held = 0
         self.streams: dict[int, ActiveRequest] = {}  # downstream stream id -> its init request
         self.closing = False  # close once every reply is written
+        self.closed = False  # gone: no longer in the engine's tables
         self.last_activity = now
         self.idle_timer: Timer | None = None
         # Ordered protocols: the upstream connection per pool this client's requests go to,
@@ -265,6 +274,7 @@ class Upstream:
     __slots__ = (
         "blocked_by",
         "buffer",
+        "closed",
         "codec",
         "connect_timer",
         "connected",
@@ -287,6 +297,7 @@ class Upstream:
         self.codec = codec
         self.buffer = bytearray()
         self.connected = False
+        self.closed = False  # gone: no longer in the engine's tables
         self.connect_timer: Timer | None = None
         self.inflight: dict[int, ActiveRequest] = {}  # multiplexed: upstream id -> request
         self.fifo: deque[ActiveRequest] = deque()  # ordered / exclusive: in send order

@@ -15,6 +15,7 @@ from metaprotocol.core.codec import (
     codec_failure,
 )
 from metaprotocol.core.engine import EngineBase
+from metaprotocol.core.lifecycle import RequestState, advance
 from metaprotocol.core.message import (
     NEED_DATA,
     ErrorType,
@@ -130,7 +131,7 @@ class UpstreamSide(EngineBase):
         # FIFO protocols: one client's requests stay on one upstream connection, or a
         # pipelined SET then GET could run in the other order on two connections.
         up = ds.pinned.get(pool)
-        if up is not None and self.upstreams.get(up.id) is up:
+        if up is not None and not up.closed:
             return up
         up = self._choose(pool, req, now)
         if up is not None:
@@ -158,6 +159,7 @@ class UpstreamSide(EngineBase):
                 return None
             req.pool = pool
             self._claim(req, pool, now)
+            advance(req, RequestState.QUEUED)
             pool.waiting.append(req)
             return None
         # The least loaded connection, avoiding those with answers for a client that does not
@@ -213,7 +215,7 @@ class UpstreamSide(EngineBase):
 
     def _connect_timeout(self, up: Upstream, now: float) -> None:
         up.connect_timer = None
-        if self.upstreams.get(up.id) is up and not up.connected:
+        if not up.closed and not up.connected:
             pool = up.pool
             pool.cluster.counters.upstream_cx_connect_timeout += 1
             self._out.append(
@@ -284,6 +286,7 @@ class UpstreamSide(EngineBase):
             return
         req.upstream = up
         req.upstream_id = up_id
+        advance(req, RequestState.SENT)
         if oneway:
             self._finish(req, "oneway", None, now)
         elif up_id is not None:
@@ -336,6 +339,7 @@ class UpstreamSide(EngineBase):
         shadow.cluster = cluster
         shadow.filter_index = len(req.listener.filters)
         cluster.counters.mirror_sent += 1
+        advance(shadow, RequestState.ROUTED)
         self._send(shadow, now)
 
     def _upstream_stream_frame(self, up: Upstream, msg: Message, now: float) -> None:
@@ -347,7 +351,7 @@ class UpstreamSide(EngineBase):
         ds = init.downstream
         if msg.type is MessageType.STREAM_CLOSE:
             up.streams.pop(uid, None)  # type: ignore[arg-type]
-        if ds is None or self.downstreams.get(ds.id) is not ds:
+        if ds is None or ds.closed:
             return
         orig = init.message.request_id
         data = ds.codec.encode(msg, request_id=orig if orig != uid else None)
@@ -416,7 +420,7 @@ class UpstreamSide(EngineBase):
                     self._upstream_gone(up, ErrorType.BAD_RESPONSE, "response too large", now)
                 return
             self._on_response(up, msg, now)
-            if self.upstreams.get(up.id) is not up:
+            if up.closed:
                 return
 
     def _on_response(self, up: Upstream, msg: Message, now: float) -> None:
@@ -558,6 +562,7 @@ class UpstreamSide(EngineBase):
                 self._local_reply(req, ErrorType.UPSTREAM_RESET, detail, now)
                 continue
             self._unclaim(req)
+            advance(req, RequestState.ROUTED)
             self._send(req, now)
 
     def _after_upstream_freed(self, up: Upstream, now: float) -> None:
@@ -611,8 +616,10 @@ class UpstreamSide(EngineBase):
                     self._upstream_failed(req, error, reason, detail, now)
 
     def _forget_upstream(self, up: Upstream) -> None:
-        if self.upstreams.pop(up.id, None) is None:
+        if up.closed:
             return
+        up.closed = True
+        del self.upstreams[up.id]
         pool = up.pool
         if up in pool.connections:
             pool.connections.remove(up)
@@ -629,7 +636,7 @@ class UpstreamSide(EngineBase):
             self.pools.pop(pool, None)
 
     def _close_upstream(self, up: Upstream, flush: bool) -> None:
-        if self.upstreams.get(up.id) is up:
+        if not up.closed:
             self._out.append(CloseConnection(up.id, flush=flush))
             self._forget_upstream(up)
 
@@ -657,6 +664,7 @@ class UpstreamSide(EngineBase):
             self._unclaim(req)
             assert req.cluster is not None
             req.cluster.counters.upstream_rq_retry += 1
+            advance(req, RequestState.ROUTED)
             self._send(req, now)
             return
         if req.downstream is None:
@@ -702,7 +710,7 @@ class UpstreamSide(EngineBase):
 
     def _reset_upstream(self, up: Upstream, detail: str, now: float) -> None:
         """Reset ``up`` for a request already taken off it (it timed out)."""
-        if self.upstreams.get(up.id) is up:
+        if not up.closed:
             self._out.append(CloseConnection(up.id, flush=False))
             self._upstream_gone(up, ErrorType.UPSTREAM_RESET, detail, now, blame_oldest=False)
 
@@ -751,4 +759,5 @@ class UpstreamSide(EngineBase):
         self._unclaim(req)
         assert req.cluster is not None
         req.cluster.counters.upstream_rq_resent += 1
+        advance(req, RequestState.ROUTED)
         self._send(req, now)
