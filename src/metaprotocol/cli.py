@@ -1,4 +1,4 @@
-"""The ``metaprotocol`` command line: run, check and demo (DESIGN.md section 6)."""
+"""The ``metaprotocol`` command line: run, check and demo (docs/configuration.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The core's frozen configuration (DESIGN.md sections 5 and 6).
+"""The core's frozen configuration (docs/configuration.md, docs/architecture.md).
 
 These dataclasses are what the YAML loader (``metaprotocol.configfile``) produces and
 what an embedding user may build in Python directly. Durations are seconds as

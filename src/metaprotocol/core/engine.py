@@ -1,8 +1,8 @@
 """Shared engine state and the ways a request ends: answers, cleanup, close, flow control.
 
 ``EngineBase`` holds the tables every part of the engine touches; ``UpstreamSide``
-(upstream_side.py) and ``Proxy`` (proxy.py) build on it. Split only to keep modules small:
-read them as one class.
+(upstream_side.py) and ``Proxy`` (proxy.py) build on it. Read them as one class
+(docs/architecture.md describes the parts and follows one request through them).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 One ``Proxy`` per event loop holds every downstream and upstream connection, the
 route table, the clusters, the upstream pools and the filter state. The adapter
 calls ``handle(event, now)`` and executes the returned instructions in order, and
-arms one timer for ``next_deadline()``.
+arms one timer for ``next_deadline()`` (the contract: docs/architecture.md).
 
 Rules the engine keeps:
 - every decoded request gets exactly one answer: its response, or a local error reply

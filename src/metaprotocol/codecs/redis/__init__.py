@@ -1,6 +1,6 @@
 """The Redis (RESP) codec: RESP2 requests downstream, RESP2/RESP3 replies upstream.
 
-Properties (DESIGN.md section 4): ``command`` is the first argument upper-cased, ``key``
+Properties (docs/configuration.md): ``command`` is the first argument upper-cased, ``key``
 the second one when present (bytes that are not UTF-8 map to lone surrogates, so any key
 becomes a ``str``). Replies are ordered (FIFO pipelining), there are no request ids and
 frames are forwarded untouched.
