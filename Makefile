@@ -5,12 +5,21 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 COMPILED := .venv-mypyc
 
+# xds-protos (the [xds] extra) ships an older copy of the OpenTelemetry .proto modules in the
+# same directory as opentelemetry-proto ([otel]); whichever pip installs last wins, and the old
+# copy breaks the OTLP exporter. Put opentelemetry-proto's own files back, same version.
+define restore_otel_proto
+	$(1)/pip install -q --force-reinstall --no-deps \
+		"opentelemetry-proto==$$($(1)/python -c 'import importlib.metadata as m; print(m.version("opentelemetry-proto"))')"
+endef
+
 .PHONY: venv demo test lint typecheck unit fuzz unit-compiled bench compiled clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev,fuzz]'
+	$(call restore_otel_proto,$(BIN))
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -50,6 +59,7 @@ compiled:
 		h11 anyio PyYAML typing-extensions mypy-extensions
 	rm -rf build/lib.* build/bdist.*  # what a previous build put there must not ship again
 	METAPROTOCOL_MYPYC=1 $(COMPILED)/bin/pip install -q --no-build-isolation '.[uvloop,dev]'
+	$(call restore_otel_proto,$(COMPILED)/bin)
 
 # The whole suite again on the compiled build (the tests import the installed package:
 # the repository keeps it under src/, which is not on the path).

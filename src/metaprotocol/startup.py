@@ -55,13 +55,13 @@ def tracing_problems(config: Config) -> list[str]:
     """One line if the config's ``tracing`` needs the OpenTelemetry SDK and it is missing."""
     if config.tracing is None:
         return []
-    from metaprotocol.tracing import OTEL_EXTRA_HINT
+    from metaprotocol.tracing import otel_hint
 
     try:
         importlib.import_module("opentelemetry.sdk.trace")
         importlib.import_module("opentelemetry.exporter.otlp.proto.http.trace_exporter")
-    except ImportError:
-        return [OTEL_EXTRA_HINT]
+    except ImportError as exc:
+        return [otel_hint(exc)]
     return []
 
 

@@ -16,9 +16,26 @@ from typing import Any
 from metaprotocol.core.config import TracingConfig
 from metaprotocol.core.outputs import RequestCompleted
 
-__all__ = ["OTEL_EXTRA_HINT", "SpanExporter", "traces_url"]
+__all__ = ["OTEL_EXTRA_HINT", "OTEL_PROTO_CLASH_HINT", "SpanExporter", "otel_hint", "traces_url"]
 
 OTEL_EXTRA_HINT = "tracing needs the otel extra: pip install 'metaprotocol[otel]'"
+# xds-protos ships its own, older copy of the OpenTelemetry .proto modules in the same
+# package directory; installed after opentelemetry-proto (pip's order is not fixed), it
+# replaces them and the OTLP exporter fails to import (no ``InstrumentationScope``).
+OTEL_PROTO_CLASH_HINT = (
+    "tracing: opentelemetry-proto's modules were replaced by an older copy (xds-protos ships "
+    "one); restore them: pip install --force-reinstall --no-deps "
+    "opentelemetry-proto==$(pip show opentelemetry-proto | sed -n 's/^Version: //p')"
+)
+
+
+def otel_hint(exc: ImportError) -> str:
+    """What to tell the operator for an ImportError raised by importing the SDK: the
+    missing extra, or the xds-protos clash when the modules exist but lack a name."""
+    missing_module = isinstance(exc, ModuleNotFoundError)
+    return OTEL_EXTRA_HINT if missing_module else OTEL_PROTO_CLASH_HINT
+
+
 _ERROR_OUTCOMES = frozenset({"error", "local_error"})
 
 
@@ -42,8 +59,8 @@ class SpanExporter:
             from opentelemetry.sdk.util.instrumentation import InstrumentationScope
             from opentelemetry.trace import SpanContext, SpanKind, TraceFlags, TraceState
             from opentelemetry.trace.status import Status, StatusCode
-        except ImportError as exc:  # the same error, saying which extra brings it
-            raise ModuleNotFoundError(OTEL_EXTRA_HINT, name=exc.name) from exc
+        except ImportError as exc:  # the same error, saying what to install
+            raise ModuleNotFoundError(otel_hint(exc), name=exc.name) from exc
         from metaprotocol import __version__
 
         self.config = config

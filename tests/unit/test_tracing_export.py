@@ -11,7 +11,13 @@ from typing import Any
 import pytest
 
 from metaprotocol.core.config import TracingConfig
-from metaprotocol.tracing import OTEL_EXTRA_HINT, SpanExporter, traces_url
+from metaprotocol.tracing import (
+    OTEL_EXTRA_HINT,
+    OTEL_PROTO_CLASH_HINT,
+    SpanExporter,
+    otel_hint,
+    traces_url,
+)
 
 
 def test_traces_url_appends_the_signal_path_once() -> None:
@@ -32,6 +38,23 @@ def test_without_the_sdk_the_error_names_the_extra(monkeypatch: pytest.MonkeyPat
     with pytest.raises(ModuleNotFoundError, match=r"metaprotocol\[otel\]") as caught:
         SpanExporter(TracingConfig("http://127.0.0.1:4318"))
     assert str(caught.value) == OTEL_EXTRA_HINT
+
+
+def test_modules_replaced_by_xds_protos_get_their_own_hint() -> None:
+    # What importing the exporter raises when xds-protos's older copy of the OpenTelemetry
+    # .proto modules replaced opentelemetry-proto's: the module is there, a name is not.
+    clash = ImportError("cannot import name 'InstrumentationScope' from 'common_pb2'")
+    assert otel_hint(clash) == OTEL_PROTO_CLASH_HINT
+    assert "--force-reinstall --no-deps opentelemetry-proto" in OTEL_PROTO_CLASH_HINT
+    assert otel_hint(ModuleNotFoundError("No module named 'opentelemetry'")) == OTEL_EXTRA_HINT
+
+
+def test_the_installed_proto_modules_are_opentelemetry_protos_own() -> None:
+    # make venv / make compiled restore them after xds-protos (see the Makefile): without
+    # that, the tracing e2e tests fail to import the exporter.
+    from opentelemetry.proto.common.v1 import common_pb2
+
+    assert hasattr(common_pb2, "InstrumentationScope")
 
 
 MISSING_SDK = """
