@@ -85,7 +85,8 @@ CASES = {
         _read_dubbo,
     ),
 }
-# What each codec answers, per fault (DESIGN.md section 4; the codecs' error maps).
+# What each codec answers, per fault (docs/configuration.md "Error replies"; the codecs'
+# error maps).
 EXPECTED: dict[tuple[str, str], bytes] = {
     ("http1", "refused"): b"HTTP/1.1 502 ",
     ("http1", "reset"): b"HTTP/1.1 502 ",

@@ -84,7 +84,7 @@ def test_each_codec_example_uses_its_codec(name: str) -> None:
     assert config.listeners[0].routes, "an example should show routing"
 
 
-# The configuration sample of DESIGN.md section 6 (the contract), as written there.
+# The reference configuration sample, as first specified: examples/full.yaml stays equal to it.
 DESIGN_SAMPLE = """\
 admin:
   address: 127.0.0.1:9901
