@@ -262,9 +262,11 @@ def _innocent_keeps_its_pace(
         hostile: list[float] = []
         while time.monotonic() < end:
             hostile += _latencies(call, 10)
-    # Two cores shared with the non-reader, the proxy and the peer: the median may move with
-    # scheduling, but a paused shared connection would cost seconds (the request timeout).
-    assert statistics.median(hostile) <= max(10 * baseline, baseline + 0.05), (baseline, hostile)
+    # Two cores shared with the non-reader, the proxy, the peer and other test runs: the
+    # median may move with scheduling by hundreds of milliseconds (a 50 ms allowance failed
+    # at load 11), but a paused shared connection costs every call the request timeout
+    # (30 s by default; ``call`` gives up after DEADLINE, 10 s). Half a second tells them apart.
+    assert statistics.median(hostile) <= max(10 * baseline, baseline + 0.5), (baseline, hostile)
 
 
 def test_dubbo_non_reader_does_not_stall_an_innocent_client(adapter: str) -> None:
