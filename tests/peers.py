@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
+from types import ModuleType
 
 import pytest
 
-__all__ = ["IN_CI", "require_binary"]
+__all__ = ["IN_CI", "require_binary", "require_module"]
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -21,3 +23,15 @@ def require_binary(name: str) -> str:
     if IN_CI:
         pytest.fail(message)
     pytest.skip(message)
+
+
+def require_module(name: str) -> ModuleType:
+    """Import ``name`` (a test dependency from the dev extra); skip the test if it is not
+    installed, fail in CI, where `make` installs every extra the suite needs."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        message = f"module {name!r} is not installed ({exc}; `make venv` installs it)"
+        if IN_CI:
+            raise RuntimeError(message) from exc
+        pytest.skip(message, allow_module_level=True)
