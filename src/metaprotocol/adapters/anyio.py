@@ -27,7 +27,7 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, nullcontext, suppress
 from functools import partial
-from typing import Any
+from typing import Any, assert_never
 
 import anyio
 import anyio.abc
@@ -216,6 +216,8 @@ class _Server:
                     self.tg.start_soon(self.rate_limit, call, payload)
                 else:
                     self.dispatcher.complete_call(call, error=f"no handler for {kind!r} calls")
+            case _:
+                assert_never(instruction)
 
     def arm_timer(self, deadline: float | None) -> None:
         self.deadline = deadline

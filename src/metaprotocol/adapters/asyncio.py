@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import os
 import socket
-from typing import Any, cast
+from typing import Any, assert_never, cast
 
 from metaprotocol.accesslog import AccessLog
 from metaprotocol.adapters.dispatch import (
@@ -343,6 +343,8 @@ class _Server:
                     self.spawn(self.rate_limit(call, payload))
                 else:
                     self.dispatcher.complete_call(call, error=f"no handler for {kind!r} calls")
+            case _:
+                assert_never(instruction)
 
     def schedule_flush(self) -> None:
         if not self.flush_scheduled:

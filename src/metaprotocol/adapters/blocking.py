@@ -37,7 +37,7 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, assert_never
 
 from metaprotocol.accesslog import AccessLog
 from metaprotocol.adapters.dispatch import (
@@ -258,6 +258,8 @@ class _Loop:
                     self.limiter_thread.submit(self.rate_limit, self.limiter, call, payload)
                 else:
                     self.dispatcher.complete_call(call, error=f"no handler for {kind!r} calls")
+            case _:
+                assert_never(instruction)
 
     def rate_limit(self, limiter: BlockingRedisRateLimiter, call: int, payload: Any) -> None:
         """On the helper thread: ask Redis, then hand the verdict to the loop."""

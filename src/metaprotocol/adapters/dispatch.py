@@ -18,14 +18,10 @@ from metaprotocol.admin import AdminApp
 from metaprotocol.core.config import Config, RateLimitRedisConfig
 from metaprotocol.core.events import Event, ExternalCallCompleted, TimePassed
 from metaprotocol.core.outputs import (
-    CloseConnection,
-    ExternalCall,
+    INSTRUCTION_TYPES,
     FilterFailed,
     Instruction,
-    OpenUpstream,
     Output,
-    ReadDisable,
-    ReadEnable,
     RequestCompleted,
     Write,
 )
@@ -61,7 +57,6 @@ LOW_WATERMARK = 64 * 1024
 READ_CHUNK = 64 * 1024
 CLOSE_LINGER = 30.0  # seconds a flushing close may wait for a peer that does not read
 
-_INSTRUCTIONS = (Write, OpenUpstream, CloseConnection, ReadDisable, ReadEnable, ExternalCall)
 _LOGGED = (FilterFailed,)
 
 
@@ -349,7 +344,7 @@ class Dispatcher:
                         except Exception as exc:
                             log.exception("executing %s raised", _described(out))
                             self.crashes.append(exc)
-                    elif isinstance(out, _INSTRUCTIONS):
+                    elif isinstance(out, INSTRUCTION_TYPES):
                         try:
                             execute(out)
                         except Exception as exc:

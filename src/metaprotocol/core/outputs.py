@@ -4,13 +4,14 @@ observer events for tests, stats and the access log."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_args
 
 from metaprotocol.core.config import ClusterTls
 from metaprotocol.core.message import ErrorType
 from metaprotocol.core.tracing import TraceSpan
 
 __all__ = [
+    "INSTRUCTION_TYPES",
     "CloseConnection",
     "Decoded",
     "EndpointConnectFailed",
@@ -83,6 +84,10 @@ class ExternalCall:
 
 
 Instruction = Write | OpenUpstream | CloseConnection | ReadDisable | ReadEnable | ExternalCall
+
+# The closed set of instruction types, derived from the union so the two cannot drift apart:
+# ``isinstance(output, INSTRUCTION_TYPES)`` tells an instruction from an observer event.
+INSTRUCTION_TYPES: tuple[type[Instruction], ...] = get_args(Instruction)
 
 
 # -- observer events ---------------------------------------------------------------------------

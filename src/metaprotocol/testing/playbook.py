@@ -22,20 +22,10 @@ from collections import deque
 from typing import Any
 
 from metaprotocol.core.events import Event, TimePassed
-from metaprotocol.core.outputs import (
-    CloseConnection,
-    ExternalCall,
-    OpenUpstream,
-    Output,
-    ReadDisable,
-    ReadEnable,
-    Write,
-)
+from metaprotocol.core.outputs import INSTRUCTION_TYPES, Output
 from metaprotocol.core.proxy import Proxy
 
 __all__ = ["ANY", "Playbook", "PlaybookError", "unfinished_playbooks"]
-
-_INSTRUCTIONS = (Write, OpenUpstream, CloseConnection, ReadDisable, ReadEnable, ExternalCall)
 
 
 class _Any:
@@ -98,7 +88,7 @@ class Playbook:
     def __rshift__(self, event: Event) -> Playbook:
         self.trace.append(f">> {_short(event)}")
         for output in self.proxy.handle(event, self.now):
-            if self.observers or isinstance(output, _INSTRUCTIONS):
+            if self.observers or isinstance(output, INSTRUCTION_TYPES):
                 self.pending.append(output)
         return self
 
