@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
@@ -50,30 +49,47 @@ class RequestState(enum.IntEnum):
     ABANDONED = 7
 
 
-_S = RequestState
-_ENDS: Final = (_S.FAILED, _S.ABANDONED)
-
 RULES: Final[Mapping[RequestState, tuple[RequestState, ...]]] = {
-    _S.DECODED: (_S.FILTERING, _S.ROUTED, *_ENDS),
-    _S.FILTERING: (_S.ROUTED, *_ENDS),
-    _S.ROUTED: (_S.QUEUED, _S.SENT, *_ENDS),
-    _S.QUEUED: (_S.SENT, _S.ROUTED, *_ENDS),
-    _S.SENT: (_S.ROUTED, _S.ANSWERED, *_ENDS),
-    _S.ANSWERED: (),
-    _S.FAILED: (),
-    _S.ABANDONED: (),
+    RequestState.DECODED: (
+        RequestState.FILTERING,
+        RequestState.ROUTED,
+        RequestState.FAILED,
+        RequestState.ABANDONED,
+    ),
+    RequestState.FILTERING: (RequestState.ROUTED, RequestState.FAILED, RequestState.ABANDONED),
+    RequestState.ROUTED: (
+        RequestState.QUEUED,
+        RequestState.SENT,
+        RequestState.FAILED,
+        RequestState.ABANDONED,
+    ),
+    RequestState.QUEUED: (
+        RequestState.SENT,
+        RequestState.ROUTED,
+        RequestState.FAILED,
+        RequestState.ABANDONED,
+    ),
+    RequestState.SENT: (
+        RequestState.ROUTED,
+        RequestState.ANSWERED,
+        RequestState.FAILED,
+        RequestState.ABANDONED,
+    ),
+    RequestState.ANSWERED: (),
+    RequestState.FAILED: (),
+    RequestState.ABANDONED: (),
 }
 
 FINAL: Final = frozenset(state for state, moves in RULES.items() if not moves)
 
 # How a request ended (``RequestCompleted.status``) -> its final state.
 STATE_OF_STATUS: Final[Mapping[str, RequestState]] = {
-    "ok": _S.ANSWERED,
-    "error": _S.ANSWERED,  # the upstream's own error response is an answer
-    "oneway": _S.ANSWERED,
-    "local_error": _S.FAILED,
-    "abandoned": _S.ABANDONED,
-    "reset": _S.ABANDONED,
+    "ok": RequestState.ANSWERED,
+    "error": RequestState.ANSWERED,  # the upstream's own error response is an answer
+    "oneway": RequestState.ANSWERED,
+    "local_error": RequestState.FAILED,
+    "abandoned": RequestState.ABANDONED,
+    "reset": RequestState.ABANDONED,
 }
 
 # RULES compiled to one bit mask per state (bit n: state n may follow): one tuple index and
@@ -100,9 +116,14 @@ def advance(req: ActiveRequest, to: RequestState) -> None:
     req.state = to
 
 
-@dataclass(frozen=True, slots=True)
 class PendingCall:
-    """A request paused on a filter's external call, and what decides it when it returns."""
+    """A request paused on a filter's external call, and what decides it when it returns.
 
-    request: ActiveRequest
-    decide: Callable[[Any, str], Abort | None]
+    A plain slotted class, not a dataclass: its fields name types imported for type checking
+    only, which a compiled dataclass would have to resolve at import."""
+
+    __slots__ = ("decide", "request")
+
+    def __init__(self, request: ActiveRequest, decide: Callable[[Any, str], Abort | None]) -> None:
+        self.request = request
+        self.decide = decide
