@@ -17,14 +17,10 @@ import contextlib
 import re
 import socket
 import statistics
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import redis
 import yaml
@@ -45,6 +41,7 @@ from tests.e2e.servers import (
     wait_until,
 )
 from tests.e2e.test_dubbo import _close_client_connection
+from tests.e2e.test_lifecycle import ProxyProcess
 
 MiB = 1 << 20
 OUTPUT_LIMIT = 4 * MiB
@@ -69,54 +66,15 @@ RESEND = {
 # -- (a) memory: the proxy in its own process --------------------------------------------------
 
 
-class _ProxyProcess:
-    """``python -m metaprotocol run CONFIG --adapter A``; its ports are read from its log."""
-
-    def __init__(self, config: dict[str, Any], adapter: str, tmp_path: Path) -> None:
-        path = tmp_path / "proxy.yaml"
-        path.write_text(yaml.safe_dump(config))
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "metaprotocol", "run", str(path), "--adapter", adapter,
-             "--log-level", "info"],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for raw in self.proc.stdout:
-            self.lines.append(raw.decode(errors="replace").rstrip("\n"))
-
-    def port(self, what: str) -> int:
-        def find() -> int | None:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"proxy exited {self.proc.returncode}: {self.lines}")
-            for line in self.lines:
-                if found := re.search(rf"{what} on 127\.0\.0\.1:(\d+)", line):
-                    return int(found.group(1))
-            return None
-
-        port = wait_until(find, message=f"{what} in the proxy's log")
-        assert port is not None
-        return port
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(DEADLINE)
-        self._reader.join(DEADLINE)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
+def _listening_port(process: ProxyProcess, what: str) -> int:
+    """The port the proxy's log says ``what`` listens on."""
+    return int(process.wait_for_line(rf"{what} on 127\.0\.0\.1:(\d+)").group(1))
 
 
 @contextlib.contextmanager
 def _proxy_process(
     codec: str, upstream: int, adapter: str, tmp_path: Path
-) -> Iterator[tuple[_ProxyProcess, int, tuple[str, int]]]:
+) -> Iterator[tuple[ProxyProcess, int, tuple[str, int]]]:
     config = {
         "admin": {"address": "127.0.0.1:0"},
         "listeners": [
@@ -131,9 +89,12 @@ def _proxy_process(
              "max_connections_per_endpoint": 1}
         ],
     }  # fmt: skip
-    process = _ProxyProcess(config, adapter, tmp_path)
+    path = tmp_path / "proxy.yaml"
+    path.write_text(yaml.safe_dump(config))
+    process = ProxyProcess(path, adapter, "--log-level", "info")
     try:
-        yield process, process.port("listener hostile"), ("127.0.0.1", process.port("admin"))
+        hostile = _listening_port(process, "listener hostile")
+        yield process, hostile, ("127.0.0.1", _listening_port(process, "admin"))
     finally:
         process.stop()
 

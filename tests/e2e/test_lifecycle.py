@@ -49,10 +49,10 @@ def _config(cluster: str, ports: dict[str, int]) -> dict[str, Any]:
 class ProxyProcess:
     """``python -m metaprotocol run`` with its log lines collected by a reader thread."""
 
-    def __init__(self, config_path: Path, adapter: str) -> None:
+    def __init__(self, config_path: Path, adapter: str, *extra_args: str) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "metaprotocol", "run", str(config_path),
-             "--adapter", adapter],
+             "--adapter", adapter, *extra_args],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
