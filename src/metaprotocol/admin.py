@@ -1,14 +1,17 @@
 """Admin HTTP endpoint, sans-IO on h11: ``/ready``, ``/stats/prometheus``, ``/stats/json``,
 ``/clusters``, ``/config_dump``.
 
-``AdminConnection`` turns received bytes into bytes to send; every adapter does the socket
-work for it the same way it does for proxied connections. ``/stats/prometheus`` is rendered
+``AdminConnection`` turns received bytes into bytes to send;
+``metaprotocol.adapters.admin_core`` serves it through the same events and instructions as
+the proxy's core, so every adapter does the socket work for it with the code it uses for
+proxied connections. ``/stats/prometheus`` is rendered
 by prometheus_client (``metaprotocol.metrics``); ``/clusters`` by ``metaprotocol.endpoints``.
 
 The admin endpoint is bounded whatever a client does (docs/configuration.md, "admin"):
-- one request at a time per connection: an adapter reads a connection only while nothing
-  it was given for it is unwritten, so a client pipelining requests without reading the
-  answers stops being read (its unread answers stay in the kernel's socket buffers);
+- answers are given a burst at a time, and a connection is neither read nor answered while
+  its unwritten answers are above the write buffer's high watermark, so a client
+  pipelining requests without reading the answers stops being read (its unread answers
+  stay in the kernel's socket buffers; see ``AdminCore``);
 - a request head is at most ``MAX_REQUEST_HEAD`` bytes (431 otherwise), and a request with
   a body is answered 413 and closed as soon as its head arrives (no route takes a body, so
   the body is never read);
@@ -149,10 +152,10 @@ class AdminConnection:
 
     ``receive(data)`` takes bytes (``b""`` for end of stream) and returns ``(to_send,
     close_after)``: the answer to the next complete request (at most one per call) and
-    whether to close once it is sent. After sending a non-empty answer, the adapter waits
-    until it is written, then calls ``answer_next()`` for the next request already
-    received, until it returns no bytes; only then does it read again. Keep-alive and
-    pipelined requests are served in order.
+    whether to close once it is sent. ``take(data)`` only keeps the bytes; ``answer_next()``
+    gives the answer to the next request already received, until it returns no bytes
+    (``AdminCore`` decides when to call it). Keep-alive and pipelined requests are served
+    in order.
     """
 
     def __init__(self, app: AdminApp) -> None:
@@ -161,13 +164,20 @@ class AdminConnection:
         self._request: h11.Request | None = None
 
     def receive(self, data: bytes) -> tuple[bytes, bool]:
-        if self._h11.their_state is h11.ERROR or self._h11.our_state is h11.ERROR:
+        if not self.take(data):
             return b"", True
+        return self.answer_next()
+
+    def take(self, data: bytes) -> bool:
+        """Keep ``data`` (``b""``: end of stream) for ``answer_next`` without answering;
+        False when the connection is past serving (close it)."""
+        if self._h11.their_state is h11.ERROR or self._h11.our_state is h11.ERROR:
+            return False
         try:
             self._h11.receive_data(data)
         except RuntimeError:  # data after the end of stream: nothing more to serve
-            return b"", True
-        return self.answer_next()
+            return False
+        return True
 
     def answer_next(self) -> tuple[bytes, bool]:
         """The answer to the next request already received (``b""`` if none is complete)."""

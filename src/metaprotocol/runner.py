@@ -161,11 +161,11 @@ async def _serve_asyncio(
     xds = _start_xds(config, handle, _asyncio_call(loop))
 
     def on_hup() -> None:
-        handle.dispatcher.reopen_access_log()
+        handle.serving.reopen_access_log()
         current[0] = _reload(path, handle, current[0], xds)
 
     loop.add_signal_handler(signal.SIGHUP, on_hup)
-    loop.add_signal_handler(signal.SIGUSR1, handle.dispatcher.reopen_access_log)
+    loop.add_signal_handler(signal.SIGUSR1, handle.serving.reopen_access_log)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     announce(handle)  # last: whoever waits for it may signal at once
@@ -205,9 +205,9 @@ async def _serve_anyio(
             try:
                 async for sig in signals:
                     if sig == signal.SIGUSR1:
-                        handle.dispatcher.reopen_access_log()
+                        handle.serving.reopen_access_log()
                     elif sig == signal.SIGHUP:
-                        handle.dispatcher.reopen_access_log()
+                        handle.serving.reopen_access_log()
                         current = _reload(path, handle, current, xds)
                     else:
                         break
@@ -234,7 +234,7 @@ def _serve_blocking(
         xds[0] = _start_xds(config, handle, call, handle.reload)
 
         def reload() -> None:
-            handle.dispatcher.reopen_access_log()
+            handle.serving.reopen_access_log()
             current[0] = _reload(path, handle, current[0], xds[0])
 
         def on_hup(signum: int, frame: object) -> None:
@@ -244,7 +244,7 @@ def _serve_blocking(
             handle.call(reload)
 
         def on_usr1(signum: int, frame: object) -> None:
-            handle.call(handle.dispatcher.reopen_access_log)
+            handle.call(handle.serving.reopen_access_log)
 
         def on_term(signum: int, frame: object) -> None:
             log.info("draining (up to %.1fs)", drain)

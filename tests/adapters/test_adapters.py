@@ -297,7 +297,7 @@ def test_admin_endpoint(adapter: str) -> None:
         assert (status, ctype) == (200, "application/json")
         assert json.loads(body) == dict(_config().raw)
         assert _get(running.admin_address, "/nope")[0] == 404
-        running.call(lambda: setattr(running.dispatcher, "draining", True))
+        running.call(lambda: setattr(running.serving, "draining", True))
         assert _get(running.admin_address, "/ready")[::2] == (503, "draining\n")
         sock.close()
 

@@ -1,5 +1,5 @@
-"""The dispatcher's tracing: made from the config at start, kept through reloads, fed the
-completed requests that carry a span."""
+"""Tracing in the adapters: the exporter is made from the config at start (``Serving``),
+kept through reloads, and fed the completed requests that carry a span (``Observers``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from metaprotocol.adapters.dispatch import Dispatcher
+from metaprotocol.adapters.serving import Serving
 from metaprotocol.core.config import Config, TracingConfig
 from metaprotocol.core.events import TimePassed
 from metaprotocol.core.outputs import Output, RequestCompleted
@@ -50,19 +50,24 @@ def _completed(span: TraceSpan | None) -> RequestCompleted:
     return RequestCompleted(1, "l", "r", "c", "h:1", "ok", None, 0.001, {}, span=span)
 
 
-def _dispatcher(core: FakeCore, config: Config) -> Dispatcher:
-    return Dispatcher(
+class _NoTimer:
+    def arm(self, deadline: float | None) -> None:
+        pass
+
+
+def _serving(core: FakeCore, config: Config) -> Serving:
+    return Serving(
+        config,
         core,
         clock=lambda: 0.0,
         execute=lambda instruction: None,
-        arm_timer=lambda deadline: None,
-        config=config,
+        timer=lambda fire: _NoTimer(),
     )
 
 
 def test_no_tracing_section_no_exporter() -> None:
     config = Config(listeners=(), clusters=())
-    assert _dispatcher(FakeCore(config), config).tracer is None
+    assert _serving(FakeCore(config), config).observers.tracer is None
 
 
 def test_spans_go_to_the_exporter_and_a_reload_keeps_the_start_settings(
@@ -71,17 +76,18 @@ def test_spans_go_to_the_exporter_and_a_reload_keeps_the_start_settings(
     config = Config(listeners=(), clusters=(), tracing=TRACING)
     traced, untraced = _completed(TraceSpan(5, 6, 0)), _completed(None)
     core = _EmitsCompletions(config, [traced, untraced])
-    dispatcher = _dispatcher(core, config)
-    assert dispatcher.tracer is not None and dispatcher.tracer.config == TRACING
-    dispatcher.tracer.close()  # the real exporter's thread: replaced by a recorder
+    serving = _serving(core, config)
+    observers = serving.observers
+    assert observers.tracer is not None and observers.tracer.config == TRACING
+    observers.tracer.close()  # the real exporter's thread: replaced by a recorder
     recorder = _Recorder()
-    dispatcher.tracer = recorder  # type: ignore[assignment]
-    dispatcher.feed(TimePassed())
+    observers.tracer = recorder  # type: ignore[assignment]
+    serving.dispatcher.feed(TimePassed())
     assert recorder.recorded == [traced]
     with caplog.at_level(logging.WARNING, logger="metaprotocol"):
-        dispatcher.reload(dataclasses.replace(config, tracing=None))
-        dispatcher.reload(dataclasses.replace(config, tracing=TracingConfig("http://x:1")))
+        serving.reload(dataclasses.replace(config, tracing=None))
+        serving.reload(dataclasses.replace(config, tracing=TracingConfig("http://x:1")))
     assert [c.tracing for c in core.reloaded] == [TRACING, TRACING]
     assert caplog.text.count("tracing settings change only on restart") == 2
-    dispatcher.close_logs()
+    serving.close_logs()
     assert recorder.closed

@@ -11,7 +11,7 @@ import pytest
 from metaprotocol.adapters import anyio as anyio_adapter
 from metaprotocol.adapters import asyncio as asyncio_adapter
 from metaprotocol.adapters import blocking as blocking_adapter
-from metaprotocol.adapters.dispatch import Dispatcher
+from metaprotocol.adapters.dispatcher import Dispatcher
 from metaprotocol.core.config import Config
 from metaprotocol.core.events import DataReceived, Event
 from metaprotocol.core.outputs import (

@@ -267,14 +267,14 @@ def test_blocking_sighup_reloads_on_the_loop_not_inside_the_interrupted_code(
 
     reopened: list[bool] = []
 
-    class FakeDispatcher:
+    class FakeServing:
         def reopen_access_log(self) -> None:
             reopened.append(True)
 
     class FakeHandle:
         addresses = {"redis": ("127.0.0.1", 1)}
         admin_address = None
-        dispatcher = FakeDispatcher()
+        serving = FakeServing()
 
         def call(self, fn: Any) -> None:
             handed.append(fn)

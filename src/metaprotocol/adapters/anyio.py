@@ -34,33 +34,11 @@ import anyio.abc
 from anyio.abc import SocketAttribute, SocketListener
 from anyio.streams.tls import TLSStream
 
-from metaprotocol.accesslog import AccessLog
-from metaprotocol.adapters.dispatch import (
-    CLOSE_LINGER,
-    READ_CHUNK,
-    Core,
-    Dispatcher,
-    OutBuffer,
-    ServerInfo,
-    bind_and_reload,
-    bound_address,
-    build_core,
-    global_ratelimit_redis,
-    resolve_config,
-)
-from metaprotocol.admin import AdminApp, AdminConnection, AdmissionGate
-from metaprotocol.core.config import AdminConfig, ClusterTls, Config
-from metaprotocol.core.events import (
-    Accepted,
-    Closed,
-    DataReceived,
-    EofReceived,
-    UpstreamConnected,
-    UpstreamConnectFailed,
-    WriteBufferGrew,
-    WriteBufferHigh,
-    WriteBufferLow,
-)
+from metaprotocol.adapters.binding import bound_address
+from metaprotocol.adapters.dispatcher import CLOSE_LINGER, READ_CHUNK, Core, Dispatcher, OutBuffer
+from metaprotocol.adapters.serving import ServerInfo, Serving
+from metaprotocol.core import events as ev
+from metaprotocol.core.config import ClusterTls, Config
 from metaprotocol.core.outputs import (
     CloseConnection,
     ExternalCall,
@@ -71,13 +49,7 @@ from metaprotocol.core.outputs import (
     Write,
 )
 from metaprotocol.ratelimit_redis import AnyioRedisRateLimiter
-from metaprotocol.tls import (
-    HANDSHAKE_TIMEOUT,
-    TlsContexts,
-    TlsError,
-    count_handshake_error,
-    server_hostname,
-)
+from metaprotocol.tls import HANDSHAKE_TIMEOUT, TlsError, count_handshake_error, server_hostname
 
 __all__ = ["Handle", "serve"]
 
@@ -118,6 +90,7 @@ class _Connection:
         "closed_by_us",
         "closing",
         "conn",
+        "dispatcher",
         "error",
         "out",
         "read_wakeup",
@@ -130,8 +103,9 @@ class _Connection:
         "writing",
     )
 
-    def __init__(self, conn: int) -> None:
+    def __init__(self, conn: int, dispatcher: Dispatcher) -> None:
         self.conn = conn
+        self.dispatcher = dispatcher  # the proxy's, or the admin endpoint's
         self.stream: anyio.abc.ByteStream | None = None
         self.out = OutBuffer()
         # What stops the connection's task: the task's own handle where anyio gives one
@@ -161,24 +135,55 @@ class _Connection:
             self.read_wakeup.set()
 
 
+class _Timer:
+    """One dispatcher's timer: a task sleeping until the deadline (``run``)."""
+
+    def __init__(self, fire: Callable[[float], None]) -> None:
+        self.fire = fire
+        self.deadline: float | None = None
+        self.wakeup = anyio.Event()
+
+    def arm(self, deadline: float | None) -> None:
+        self.deadline = deadline
+        self.wakeup.set()
+
+    async def run(self) -> None:
+        while True:
+            self.wakeup = wakeup = anyio.Event()
+            deadline = self.deadline
+            if deadline is None:
+                await wakeup.wait()
+                continue
+            with anyio.move_on_after(max(0.0, deadline - anyio.current_time())) as scope:
+                await wakeup.wait()
+            if scope.cancelled_caught and self.deadline == deadline:
+                self.fire(deadline)
+
+
 class _Server:
-    def __init__(self, tg: Any, core: Core, config: Config, log: AccessLog | None) -> None:
+    """The streams and tasks of one proxy; ``serving`` is everything else."""
+
+    def __init__(self, tg: Any, config: Any, proxy: Core | None, **options: Any) -> None:
         self.tg = tg  # where connection tasks run: an anyio task group or a trio nursery
-        self.core = core
         self.conns: dict[int, _Connection] = {}
         self.next_id = 1
-        self.deadline: float | None = None
-        self.timer_wakeup = anyio.Event()
         self.limiter: AnyioRedisRateLimiter | None = None
-        self.tls = TlsContexts(config)
-        self.dispatcher = Dispatcher(
-            core,
-            clock=anyio.current_time,
-            execute=self.execute,
-            arm_timer=self.arm_timer,
-            access_log=log,
-            config=config,
-        )
+        self.timers: list[_Timer] = []
+        self.serving = serving = Serving.start(
+            config, proxy, clock=anyio.current_time, execute=self.execute,
+            timer=self.timer, **options,
+        )  # fmt: skip
+        self.dispatcher = serving.dispatcher
+        if (redis := serving.config.global_ratelimit_redis) is not None:
+            self.limiter = limiter = AnyioRedisRateLimiter.from_config(redis)
+            run = serving.calls.run
+            serving.calls.register(
+                "global_ratelimit", lambda call, arg: tg.start_soon(run, call, limiter.check, arg)
+            )
+
+    def timer(self, fire: Callable[[float], None]) -> _Timer:
+        self.timers.append(timer := _Timer(fire))
+        return timer
 
     def execute(self, instruction: Instruction) -> None:
         match instruction:
@@ -186,9 +191,9 @@ class _Server:
                 c = self.conns.get(conn)
                 if c is not None and not c.closing:
                     if c.out.append(data):
-                        self.dispatcher.feed(WriteBufferHigh(conn))
+                        c.dispatcher.feed(ev.WriteBufferHigh(conn))
                     if c.out.above:
-                        self.dispatcher.feed(WriteBufferGrew(conn, len(c.out.data)))
+                        c.dispatcher.feed(ev.WriteBufferGrew(conn, len(c.out.data)))
                     self.kick_writer(c)
             case ReadDisable(conn):
                 c = self.conns.get(conn)
@@ -200,7 +205,7 @@ class _Server:
                     c.readable = True
                     c.wake_reader()
             case OpenUpstream(conn, host, port, tls):
-                c = self.conns[conn] = _Connection(conn)
+                c = self.conns[conn] = _Connection(conn, self.dispatcher)
                 self._start(c, self.tg.start_soon(self.run_upstream, c, host, port, tls))
             case CloseConnection(conn, flush):
                 c = self.conns.pop(conn, None)
@@ -211,38 +216,10 @@ class _Server:
                         self.kick_writer(c)
                     else:
                         c.cancel()
-            case ExternalCall(call, kind, payload):
-                if kind == "global_ratelimit" and self.limiter is not None:
-                    self.tg.start_soon(self.rate_limit, call, payload)
-                else:
-                    self.dispatcher.complete_call(call, error=f"no handler for {kind!r} calls")
+            case ExternalCall():
+                self.serving.calls.start(instruction)
             case _:
                 assert_never(instruction)
-
-    def arm_timer(self, deadline: float | None) -> None:
-        self.deadline = deadline
-        self.timer_wakeup.set()
-
-    async def run_timer(self) -> None:
-        while True:
-            self.timer_wakeup = wakeup = anyio.Event()
-            deadline = self.deadline
-            if deadline is None:
-                await wakeup.wait()
-                continue
-            with anyio.move_on_after(max(0.0, deadline - anyio.current_time())) as scope:
-                await wakeup.wait()
-            if scope.cancelled_caught and self.deadline == deadline:
-                self.dispatcher.timer_fired(deadline)
-
-    async def rate_limit(self, call: int, payload: Any) -> None:
-        assert self.limiter is not None
-        try:
-            allowed = await self.limiter.check(payload)
-        except Exception as exc:  # Redis down, bad reply, bad payload: the core decides
-            self.dispatcher.complete_call(call, error=str(exc) or type(exc).__name__)
-        else:
-            self.dispatcher.complete_call(call, allowed)
 
     @staticmethod
     def _start(c: _Connection, task: object) -> None:
@@ -253,7 +230,7 @@ class _Server:
 
     def accepted(self, stream: anyio.abc.SocketStream, listener: str) -> None:
         """A new client: on a TLS listener handshake first (in a task of its own)."""
-        ctx = self.tls.listener(listener)
+        ctx = self.serving.tls.listener(listener)
         if ctx is None:
             self.serve_client(stream, listener)
         else:
@@ -272,24 +249,28 @@ class _Server:
                     standard_compatible=False,
                 )
         except _HANDSHAKE_FAILED as exc:
-            count_handshake_error(self.core.stats, listener, exc)
+            count_handshake_error(self.serving.core.stats, listener, exc)
             await _close(stream)
             return
-        if self.dispatcher.draining:
+        if self.serving.draining:
             await _close(tls)
             return
         self.serve_client(tls, listener)
 
-    def serve_client(self, stream: anyio.abc.ByteStream, listener: str) -> None:
-        """Tell the core about a client, then serve it in a task of its own."""
-        c = _Connection(self.next_id)
+    def serve_client(
+        self, stream: anyio.abc.ByteStream, listener: str, dispatcher: Dispatcher | None = None
+    ) -> None:
+        """Tell the core (or the admin endpoint's) about a client, then serve it in a task
+        of its own."""
+        c = _Connection(self.next_id, dispatcher or self.dispatcher)
         self.next_id += 1
         c.stream = stream
         self.conns[c.conn] = c
         peer = stream.extra(SocketAttribute.remote_address, None)
         peer_text = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "")
-        self.dispatcher.feed(Accepted(c.conn, listener, peer_text))
+        # Started first (it runs later): a close on ``Accepted`` must find it to cancel.
         self._start(c, self.tg.start_soon(self.run_downstream, c, stream))
+        c.dispatcher.feed(ev.Accepted(c.conn, listener, peer_text))
 
     async def run_downstream(self, c: _Connection, stream: anyio.abc.ByteStream) -> None:
         """A client connection's task: read until it ends (see ``pump``)."""
@@ -310,9 +291,9 @@ class _Server:
                 except (*_HANDSHAKE_FAILED, TlsError) as exc:
                     if self.conns.get(c.conn) is c:
                         del self.conns[c.conn]
-                        self.dispatcher.feed(UpstreamConnectFailed(c.conn, str(exc)))
+                        self.dispatcher.feed(ev.UpstreamConnectFailed(c.conn, str(exc)))
                     return
-                self.dispatcher.feed(UpstreamConnected(c.conn))
+                self.dispatcher.feed(ev.UpstreamConnected(c.conn))
                 await self.pump(c, c.stream)
         finally:
             await self.finish(c)
@@ -327,7 +308,7 @@ class _Server:
             return await TLSStream.wrap(
                 _TurnTakingSends(stream),
                 hostname=server_hostname(tls, host),
-                ssl_context=self.tls.upstream(tls),
+                ssl_context=self.serving.tls.upstream(tls),
                 standard_compatible=False,
             )
         except BaseException:
@@ -342,7 +323,7 @@ class _Server:
         if raw.family in (socket.AF_INET, socket.AF_INET6):
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.kick_writer(c)  # an upstream may have requests queued before it connected
-        feed = self.dispatcher.feed
+        feed = c.dispatcher.feed
         while True:
             while not c.readable:
                 c.read_wakeup = anyio.Event()
@@ -351,14 +332,14 @@ class _Server:
                 data = await stream.receive(READ_CHUNK)
             except anyio.EndOfStream:
                 if not c.closed_by_us:
-                    feed(EofReceived(c.conn))
+                    feed(ev.EofReceived(c.conn))
                 await anyio.sleep_forever()  # keep writing: the core decides when to close
             except _GONE as exc:
                 c.error = str(exc) or type(exc).__name__
                 c.cancel()
                 return
             if not c.closed_by_us:
-                feed(DataReceived(c.conn, data))
+                feed(ev.DataReceived(c.conn, data))
 
     def kick_writer(self, c: _Connection) -> None:
         """Start a writer task for ``c`` when it has bytes to send (or a close to finish)."""
@@ -376,7 +357,7 @@ class _Server:
         if self.conns.get(c.conn) is c:
             del self.conns[c.conn]
         if c.started and not c.closed_by_us:
-            self.dispatcher.feed(Closed(c.conn, c.error))
+            c.dispatcher.feed(ev.Closed(c.conn, c.error))
 
     async def write_loop(self, c: _Connection, stream: anyio.abc.ByteStream) -> None:
         """Send what is buffered, then end (``kick_writer`` starts a new one when needed)."""
@@ -400,7 +381,7 @@ class _Server:
                         c.cancel()
                         return
                     if out.consumed(len(data)) and not c.closed_by_us:
-                        self.dispatcher.feed(WriteBufferLow(c.conn))
+                        c.dispatcher.feed(ev.WriteBufferLow(c.conn))
                 if c.closing:  # closing and flushed
                     c.cancel()
         finally:
@@ -414,72 +395,37 @@ async def _close(stream: anyio.abc.AsyncResource) -> None:
             await stream.aclose()
 
 
-async def _serve_admin(
-    app: AdminApp, config: AdminConfig, gate: AdmissionGate, stream: anyio.abc.SocketStream
-) -> None:
-    """One admin connection (see metaprotocol.admin for the bounds): each answer is sent
-    before the next read, and a connection making no progress for ``admin.idle_timeout``
-    (not sending, or not reading its answers) is closed."""
-    if not gate.admit():
-        await _close(stream)
-        return
-    http = AdminConnection(app)
-    try:
-        while True:
-            with anyio.move_on_after(config.idle_timeout) as idle:
-                try:
-                    data = await stream.receive()
-                except anyio.EndOfStream:
-                    data = b""
-            if idle.cancelled_caught:
-                return
-            out, close = http.receive(data)
-            while out:
-                with anyio.move_on_after(config.idle_timeout) as idle:
-                    await stream.send(out)
-                if idle.cancelled_caught or close:
-                    return
-                out, close = http.answer_next()
-            if close:
-                return
-    except _GONE:
-        pass
-    finally:
-        gate.release()
-        await _close(stream)
-
-
 class Handle(ServerInfo):
     """A running proxy inside the caller's trio or asyncio program."""
 
-    def __init__(self, server: _Server, tg: anyio.abc.TaskGroup, reuse_port: bool) -> None:
+    def __init__(self, server: _Server, tg: anyio.abc.TaskGroup) -> None:
         super().__init__()
         self._server = server
+        self.serving = server.serving
         self._tg = tg  # where accepting tasks run
         self._accepting: dict[str, anyio.CancelScope] = {}  # per listener name
-        self._background: list[anyio.CancelScope] = []  # accepting, admin, the timer
+        self._background: list[anyio.CancelScope] = []  # accepting, admin, the timers
         self._listeners: dict[str, anyio.abc.Listener[anyio.abc.SocketStream]] = {}
         self._admin_listener: anyio.abc.Listener[anyio.abc.SocketStream] | None = None
-        self._closed = False
-        self._reuse_port = reuse_port
 
     @property
     def proxy(self) -> Core:
-        return self._server.core
+        return self.serving.core
 
     @property
     def dispatcher(self) -> Dispatcher:
-        return self._server.dispatcher
+        return self.serving.dispatcher
+
+    def _start(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
+        """Run ``fn(*args)`` in a cancel scope of its own, stopped by ``close``."""
+        self._background.append(scope := anyio.CancelScope())
+        self._tg.start_soon(_in_scope, partial(fn, *args), scope)
 
     def reload(self, config: Config) -> None:
         """Swap routes and clusters atomically, bind the listeners ``config`` adds or moves
         and stop accepting on those it removes (their connections drain). Binding happens
         first: if a listener cannot be bound this raises and nothing changes."""
-        if self._closed:
-            raise RuntimeError("reload while draining or closed")
-        tls = TlsContexts(config)  # reads the certificate files again (raises if one is bad)
-        changes = bind_and_reload(self._server.dispatcher, config, self._reuse_port)
-        self._server.tls = tls
+        changes = self.serving.reload(config)
         changes.update(self.addresses)
         for name in changes.removed:
             scope = self._accepting.pop(name, None)
@@ -506,11 +452,9 @@ class Handle(ServerInfo):
     async def drain(self, timeout: float) -> None:
         """Stop accepting, let in-flight requests finish for up to ``timeout``, then close."""
         await self._stop_accepting()
-        dispatcher = self._server.dispatcher
         done = anyio.Event()
-        dispatcher.on_drained = done.set
-        dispatcher.start_drain()
-        if not dispatcher.drained:
+        self.serving.start_drain(done.set)
+        if not self.serving.drained:
             with anyio.move_on_after(timeout):
                 await done.wait()
         await self.close()
@@ -523,18 +467,17 @@ class Handle(ServerInfo):
 
     async def close(self) -> None:
         """Close listeners and every connection, and stop the proxy's tasks."""
-        if self._closed:
+        server, serving = self._server, self.serving
+        if serving.closed:
             return
-        self._closed = True
-        server = self._server
-        server.dispatcher.draining = True
+        serving.closed = serving.draining = True
         for c in list(server.conns.values()):
             c.closed_by_us = True
             c.cancel()
         server.conns.clear()
         if server.limiter is not None:
             await server.limiter.aclose()
-        server.dispatcher.close_logs()
+        serving.close_logs()
         await self._stop_accepting()
         if self._admin_listener is not None:
             await _close(self._admin_listener)
@@ -601,51 +544,37 @@ async def serve(
     admin: bool = True,
 ) -> AsyncIterator[Handle]:
     """Serve ``config`` while the block runs; leaving the block closes everything."""
-    cfg = resolve_config(config)
-    core = proxy if proxy is not None else build_core(cfg, anyio.current_time())
-    access_log = AccessLog(cfg.access_log, cfg.access_log_metadata) if cfg.access_log else None
     async with anyio.create_task_group() as tg, _connection_tasks(tg) as conn_tasks:
-        server = _Server(conn_tasks, core, cfg, access_log)
-        redis = global_ratelimit_redis(cfg)
-        if redis is not None:
-            server.limiter = AnyioRedisRateLimiter.from_config(redis)
-        handle = Handle(server, tg, reuse_port)
+        server = _Server(conn_tasks, config, proxy, reuse_port=reuse_port, admin=admin)
+        handle, serving = Handle(server, tg), server.serving
         try:
-            for spec in cfg.listeners:
+            for spec in serving.config.listeners:
                 listener = await anyio.create_tcp_listener(
                     local_host=spec.host, local_port=spec.port, reuse_port=reuse_port, backlog=1024
                 )
                 handle.addresses[spec.name] = bound_address(
                     listener.extra(SocketAttribute.local_address)
                 )
-
                 handle._listeners[spec.name] = listener
                 handle._accepting[spec.name] = scope = anyio.CancelScope()
                 handle._background.append(scope)
                 tg.start_soon(
                     _listen, listener, partial(server.accepted, listener=spec.name), scope
                 )
-            if admin and cfg.admin is not None:
-                app = server.dispatcher.admin_app()
+            if serving.admin is not None and serving.config.admin is not None:
                 admin_listener = await anyio.create_tcp_listener(
-                    local_host=cfg.admin.host, local_port=cfg.admin.port
+                    local_host=serving.config.admin.host, local_port=serving.config.admin.port
                 )
                 handle.admin_address = bound_address(
                     admin_listener.extra(SocketAttribute.local_address)
                 )
-
-                gate = AdmissionGate(cfg.admin.max_connections)
-
-                def on_admin(stream: anyio.abc.SocketStream) -> None:
-                    assert cfg.admin is not None
-                    tg.start_soon(_serve_admin, app, cfg.admin, gate, stream)
-
                 handle._admin_listener = admin_listener
+                on_admin = partial(server.serve_client, listener="admin", dispatcher=serving.admin)
                 handle._background.append(scope := anyio.CancelScope())
                 tg.start_soon(_listen, admin_listener, on_admin, scope)
-            handle._background.append(scope := anyio.CancelScope())
-            tg.start_soon(_in_scope, server.run_timer, scope)
-            server.dispatcher.apply([])
+            for timer in server.timers:
+                handle._start(timer.run)
+            serving.started()
             yield handle
         finally:
             await handle.close()

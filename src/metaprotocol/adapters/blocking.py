@@ -37,37 +37,15 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Callable
+from functools import partial
 from typing import Any, TypeVar, assert_never
 
-from metaprotocol.accesslog import AccessLog
-from metaprotocol.adapters.dispatch import (
-    CLOSE_LINGER,
-    READ_CHUNK,
-    Core,
-    Dispatcher,
-    ListenerChanges,
-    OutBuffer,
-    ServerInfo,
-    bind_listener_changes,
-    bind_socket,
-    bound_address,
-    build_core,
-    global_ratelimit_redis,
-    resolve_config,
-)
-from metaprotocol.admin import AdminApp, AdminConnection
-from metaprotocol.core.config import AdminConfig, ClusterTls, Config
-from metaprotocol.core.events import (
-    Accepted,
-    Closed,
-    DataReceived,
-    EofReceived,
-    UpstreamConnected,
-    UpstreamConnectFailed,
-    WriteBufferGrew,
-    WriteBufferHigh,
-    WriteBufferLow,
-)
+from metaprotocol.adapters.binding import bind_socket, bound_address
+from metaprotocol.adapters.dispatcher import CLOSE_LINGER, READ_CHUNK, Core, Dispatcher, OutBuffer
+from metaprotocol.adapters.jobs import WorkerThread
+from metaprotocol.adapters.serving import Reload, ServerInfo, Serving, prepare_reload
+from metaprotocol.core import events as ev
+from metaprotocol.core.config import ClusterTls, Config
 from metaprotocol.core.outputs import (
     CloseConnection,
     ExternalCall,
@@ -78,13 +56,7 @@ from metaprotocol.core.outputs import (
     Write,
 )
 from metaprotocol.ratelimit_redis import BlockingRedisRateLimiter
-from metaprotocol.tls import (
-    HANDSHAKE_TIMEOUT,
-    TlsContexts,
-    TlsError,
-    count_handshake_error,
-    server_hostname,
-)
+from metaprotocol.tls import HANDSHAKE_TIMEOUT, TlsError, count_handshake_error, server_hostname
 
 __all__ = ["Handle", "serve_forever"]
 
@@ -95,9 +67,10 @@ _TRY_AGAIN = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWa
 
 
 class _Connection:
-    def __init__(self, conn: int, sock: socket.socket) -> None:
+    def __init__(self, conn: int, sock: socket.socket, dispatcher: Dispatcher) -> None:
         self.conn = conn
         self.sock = sock
+        self.dispatcher = dispatcher  # the proxy's, or the admin endpoint's
         self.out = OutBuffer()
         self.readable = True
         self.eof = False
@@ -113,19 +86,18 @@ class _Connection:
         self.handshake_until = 0.0
 
 
-class _AdminConn:
-    def __init__(self, sock: socket.socket, app: AdminApp, idle_at: float) -> None:
-        self.sock = sock
-        self.http = AdminConnection(app)
-        self.out = bytearray()
-        self.close_after = False
-        self.mask = 0
-        self.idle_at = idle_at  # closed at this time unless it makes progress first
-
-
 class _Listener:
     def __init__(self, sock: socket.socket, name: str | None) -> None:
         self.sock, self.name = sock, name  # name None: the admin listener
+
+
+class _Timer:
+    def __init__(self, fire: Callable[[float], None]) -> None:
+        self.fire = fire
+        self.deadline: float | None = None
+
+    def arm(self, deadline: float | None) -> None:
+        self.deadline = deadline
 
 
 def _nodelay(sock: socket.socket) -> None:
@@ -136,19 +108,19 @@ def _nodelay(sock: socket.socket) -> None:
 class Handle(ServerInfo):
     """A proxy running in ``serve_forever``; every method is safe to call from any thread."""
 
-    def __init__(self, loop: _Loop, config: Config, reuse_port: bool) -> None:
+    def __init__(self, loop: _Loop) -> None:
         super().__init__()
         self._loop = loop
-        self._config = config  # as of the last reload: what the next one is compared with
-        self._reuse_port = reuse_port
+        self.serving = loop.serving
+        self._config = loop.serving.config  # as of the last reload: the next one's base
 
     @property
     def proxy(self) -> Core:
-        return self._loop.core
+        return self.serving.core
 
     @property
     def dispatcher(self) -> Dispatcher:
-        return self._loop.dispatcher
+        return self.serving.dispatcher
 
     def call(self, fn: Callable[[], T]) -> concurrent.futures.Future[T]:
         """Run ``fn`` in the proxy's thread; its result or exception lands in the future."""
@@ -167,11 +139,10 @@ class Handle(ServerInfo):
         """Swap routes and clusters atomically, bind the listeners ``config`` adds or moves
         and stop accepting on those it removes (their connections drain). Binding happens
         here, first: if a listener cannot be bound this raises and nothing changes."""
-        tls = TlsContexts(config)  # reads the certificate files again (raises if one is bad)
-        changes = bind_listener_changes(self._config, config, self._reuse_port)
+        prepared = prepare_reload(self._config, config, self.serving.reuse_port)
         self._config = config
-        changes.update(self.addresses)
-        self._loop.call_soon_threadsafe(lambda: self._loop.reload(config, changes, tls))
+        prepared.changes.update(self.addresses)
+        self._loop.call_soon_threadsafe(lambda: self._loop.reload(prepared))
 
     def stop(self, drain_timeout: float = 0.0) -> None:
         """Stop: with a drain timeout, stop accepting and let in-flight requests finish first."""
@@ -179,18 +150,16 @@ class Handle(ServerInfo):
 
 
 class _Loop:
-    def __init__(self, core: Core, config: Config, access_log: AccessLog | None) -> None:
-        self.core = core
+    def __init__(self, config: Any, proxy: Core | None, **options: Any) -> None:
         self.sel = selectors.DefaultSelector()
         self.conns: dict[int, _Connection] = {}
         self.closing: set[_Connection] = set()
         self.handshakes: set[_Connection] = set()  # TLS clients not yet handshaken
         self.upstream_tls: dict[_Connection, tuple[ssl.SSLContext, str]] = {}  # connecting
         self.dirty: set[_Connection] = set()
-        self.tls = TlsContexts(config)
         self.listeners: list[_Listener] = []
         self.next_id = 1
-        self.deadline: float | None = None
+        self.timers: list[_Timer] = []
         self.stop_at: float | None = None
         self.stopped = False
         self.calls: deque[Callable[[], None]] = deque()
@@ -198,29 +167,31 @@ class _Loop:
         self.wake_r.setblocking(False)
         self.wake_w.setblocking(False)
         self.sel.register(self.wake_r, _R, None)
+        self.serving = serving = Serving.start(
+            config, proxy, clock=time.monotonic, execute=self.execute, timer=self.timer, **options
+        )
+        self.dispatcher = serving.dispatcher
         self.limiter: BlockingRedisRateLimiter | None = None
         # One thread: the limiter has one Redis connection, and calls keep their order.
-        self.limiter_thread = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="metaprotocol-ratelimit"
-        )
-        self.admin_config = config.admin or AdminConfig()
-        self.admins: set[_AdminConn] = set()
-        self.dispatcher = Dispatcher(
-            core,
-            clock=time.monotonic,
-            execute=self.execute,
-            arm_timer=self.arm_timer,
-            access_log=access_log,
-            config=config,
-        )
+        self.worker = WorkerThread(self.call_soon_threadsafe, "metaprotocol-ratelimit")
+        if (redis := serving.config.global_ratelimit_redis) is not None:
+            self.limiter = limiter = BlockingRedisRateLimiter.from_config(redis)
+            serving.calls.register(
+                "global_ratelimit",
+                lambda call, payload: self.worker.submit(
+                    partial(limiter.check, payload),
+                    lambda result, error: serving.calls.complete(call, result, error),
+                ),
+            )
 
     def call_soon_threadsafe(self, fn: Callable[[], None]) -> None:
         self.calls.append(fn)
         with contextlib.suppress(OSError):  # full (a wakeup is pending) or already closed
             self.wake_w.send(b"\0")
 
-    def arm_timer(self, deadline: float | None) -> None:
-        self.deadline = deadline
+    def timer(self, fire: Callable[[float], None]) -> _Timer:
+        self.timers.append(timer := _Timer(fire))
+        return timer
 
     # -- instructions ---------------------------------------------------------------------
 
@@ -230,9 +201,9 @@ class _Loop:
                 c = self.conns.get(conn)
                 if c is not None:
                     if c.out.append(data):
-                        self.dispatcher.feed(WriteBufferHigh(conn))
+                        c.dispatcher.feed(ev.WriteBufferHigh(conn))
                     if c.out.above:
-                        self.dispatcher.feed(WriteBufferGrew(conn, len(c.out.data)))
+                        c.dispatcher.feed(ev.WriteBufferGrew(conn, len(c.out.data)))
                     self.dirty.add(c)
             case ReadDisable(conn):
                 if (c := self.conns.get(conn)) is not None:
@@ -253,42 +224,29 @@ class _Loop:
                         self.dirty.add(c)
                     else:
                         self.drop(c)
-            case ExternalCall(call, kind, payload):
-                if kind == "global_ratelimit" and self.limiter is not None:
-                    self.limiter_thread.submit(self.rate_limit, self.limiter, call, payload)
-                else:
-                    self.dispatcher.complete_call(call, error=f"no handler for {kind!r} calls")
+            case ExternalCall():
+                self.serving.calls.start(instruction)
             case _:
                 assert_never(instruction)
 
-    def rate_limit(self, limiter: BlockingRedisRateLimiter, call: int, payload: Any) -> None:
-        """On the helper thread: ask Redis, then hand the verdict to the loop."""
-        try:
-            allowed = limiter.check(payload)
-        except Exception as exc:  # Redis down, bad reply, bad payload: the core decides
-            error = str(exc) or type(exc).__name__
-            self.call_soon_threadsafe(lambda: self.dispatcher.complete_call(call, error=error))
-        else:
-            self.call_soon_threadsafe(lambda: self.dispatcher.complete_call(call, allowed))
-
     def connect(self, conn: int, host: str, port: int, tls: ClusterTls | None) -> None:
         try:
-            ctx = None if tls is None else self.tls.upstream(tls)
+            ctx = None if tls is None else self.serving.tls.upstream(tls)
             family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[
                 0
             ]
             sock = socket.socket(family, kind, proto)
         except (OSError, TlsError) as exc:
-            self.dispatcher.feed(UpstreamConnectFailed(conn, str(exc)))
+            self.dispatcher.feed(ev.UpstreamConnectFailed(conn, str(exc)))
             return
         sock.setblocking(False)
         _nodelay(sock)
         err = sock.connect_ex(addr)
         if err not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):
             sock.close()
-            self.dispatcher.feed(UpstreamConnectFailed(conn, os.strerror(err)))
+            self.dispatcher.feed(ev.UpstreamConnectFailed(conn, os.strerror(err)))
             return
-        c = self.conns[conn] = _Connection(conn, sock)
+        c = self.conns[conn] = _Connection(conn, sock, self.dispatcher)
         c.connecting = True
         if ctx is not None and tls is not None:
             self.upstream_tls[c] = (ctx, server_hostname(tls, host))
@@ -332,13 +290,13 @@ class _Loop:
             self.handshakes.discard(c)
             if c.listener is None:
                 self.update(c)
-                self.dispatcher.feed(UpstreamConnected(c.conn))
-            elif self.dispatcher.draining:
+                self.dispatcher.feed(ev.UpstreamConnected(c.conn))
+            elif self.serving.draining:
                 del self.conns[c.conn]
                 self.drop(c)
             else:
                 self.update(c)
-                self.dispatcher.feed(Accepted(c.conn, c.listener, c.peer))
+                self.dispatcher.feed(ev.Accepted(c.conn, c.listener, c.peer))
             return
         self.update(c)
 
@@ -348,9 +306,9 @@ class _Loop:
             del self.conns[c.conn]
         self.drop(c)
         if c.listener is not None:
-            count_handshake_error(self.core.stats, c.listener, reason)
+            count_handshake_error(self.serving.core.stats, c.listener, reason)
         else:
-            self.dispatcher.feed(UpstreamConnectFailed(c.conn, str(reason)))
+            self.dispatcher.feed(ev.UpstreamConnectFailed(c.conn, str(reason)))
 
     def update(self, c: _Connection) -> None:
         """Poll ``c`` for what it needs now."""
@@ -384,7 +342,7 @@ class _Loop:
         if self.conns.get(c.conn) is c:
             del self.conns[c.conn]
             self.drop(c)
-            self.dispatcher.feed(Closed(c.conn, error))
+            c.dispatcher.feed(ev.Closed(c.conn, error))
         else:
             self.drop(c)
 
@@ -400,14 +358,14 @@ class _Loop:
             if err:
                 del self.conns[c.conn]
                 self.drop(c)
-                self.dispatcher.feed(UpstreamConnectFailed(c.conn, os.strerror(err)))
+                self.dispatcher.feed(ev.UpstreamConnectFailed(c.conn, os.strerror(err)))
                 return
             tls = self.upstream_tls.pop(c, None)
             if tls is not None:
                 self.start_handshake(c, *tls)
                 return
             self.update(c)
-            self.dispatcher.feed(UpstreamConnected(c.conn))
+            self.dispatcher.feed(ev.UpstreamConnected(c.conn))
             return
         if mask & _W:
             self.dirty.add(c)
@@ -423,11 +381,11 @@ class _Loop:
                 self.lost(c, str(exc))
                 return
             if data:
-                self.dispatcher.feed(DataReceived(c.conn, data))
+                c.dispatcher.feed(ev.DataReceived(c.conn, data))
             else:
                 c.eof = True
                 self.update(c)
-                self.dispatcher.feed(EofReceived(c.conn))
+                c.dispatcher.feed(ev.EofReceived(c.conn))
 
     def flush(self) -> None:
         while self.dirty:
@@ -441,7 +399,7 @@ class _Loop:
                     self.lost(c, str(exc))
                     continue
                 if c.out.consumed(sent) and c.conn in self.conns:
-                    self.dispatcher.feed(WriteBufferLow(c.conn))
+                    c.dispatcher.feed(ev.WriteBufferLow(c.conn))
             if c in self.closing and not c.out.data:
                 self.drop(c)
             elif c.conn in self.conns or c in self.closing:
@@ -456,86 +414,34 @@ class _Loop:
             except OSError:
                 return  # e.g. EMFILE: try again on the next readiness
             sock.setblocking(False)
-            if listener.name is None:
-                if len(self.admins) >= self.admin_config.max_connections:
-                    sock.close()  # over admin.max_connections
-                    continue
-                admin = _AdminConn(
-                    sock, self.admin_app, time.monotonic() + self.admin_config.idle_timeout
-                )
-                admin.mask = _R
-                self.admins.add(admin)
-                self.sel.register(sock, _R, admin)
-                continue
             _nodelay(sock)
-            c = self.conns[self.next_id] = _Connection(self.next_id, sock)
+            admin = listener.name is None and self.serving.admin
+            c = self.conns[self.next_id] = _Connection(self.next_id, sock, admin or self.dispatcher)
             self.next_id += 1
-            ctx = self.tls.listener(listener.name)
+            ctx = None if listener.name is None else self.serving.tls.listener(listener.name)
             if ctx is None:
                 self.update(c)
-                self.dispatcher.feed(Accepted(c.conn, listener.name, f"{peer[0]}:{peer[1]}"))
+                name = listener.name or "admin"
+                c.dispatcher.feed(ev.Accepted(c.conn, name, f"{peer[0]}:{peer[1]}"))
                 continue
             c.listener, c.peer = listener.name, f"{peer[0]}:{peer[1]}"
             c.handshake_until = time.monotonic() + HANDSHAKE_TIMEOUT
             self.handshakes.add(c)
             self.start_handshake(c, ctx, None)
 
-    def on_admin(self, a: _AdminConn, mask: int) -> None:
-        """One admin connection (see metaprotocol.admin): read only while no answer is
-        unwritten; each answer written, the next request already received is answered."""
-        if mask & _R and not a.out:
-            try:
-                data = a.sock.recv(READ_CHUNK)
-            except (BlockingIOError, InterruptedError):
-                data = None
-            except OSError:
-                data = b""
-            if data is not None:
-                a.idle_at = time.monotonic() + self.admin_config.idle_timeout
-                out, close = a.http.receive(data)
-                a.out += out
-                a.close_after = a.close_after or close
-        while a.out:
-            try:
-                del a.out[: a.sock.send(a.out)]
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:
-                a.out.clear()
-                a.close_after = True
-                break
-            a.idle_at = time.monotonic() + self.admin_config.idle_timeout
-            if not a.out and not a.close_after:
-                out, close = a.http.answer_next()
-                a.out += out
-                a.close_after = close
-        if a.close_after and not a.out:
-            self.drop_admin(a)
-            return
-        want = _W if a.out else _R
-        if want != a.mask:
-            self.sel.modify(a.sock, want, a)
-            a.mask = want
-
-    def drop_admin(self, a: _AdminConn) -> None:
-        self.sel.unregister(a.sock)
-        a.sock.close()
-        self.admins.discard(a)
-
     # -- the loop -------------------------------------------------------------------------
 
-    def reload(self, config: Config, changes: ListenerChanges, tls: TlsContexts) -> None:
+    def reload(self, prepared: Reload) -> None:
         """The loop's half of ``Handle.reload``: swap the core's config, then the sockets."""
+        changes = prepared.changes
         if self.stop_at is not None or self.stopped:  # draining: no new listeners
             changes.close()
             return
         try:
-            self.dispatcher.reload(config)
+            self.serving.apply_reload(prepared)
         except Exception:
             log.exception("reload failed, keeping the running config")
-            changes.close()
             return
-        self.tls = tls
         for name in changes.removed:
             for listener in [lst for lst in self.listeners if lst.name == name]:
                 self.sel.unregister(listener.sock)
@@ -552,34 +458,25 @@ class _Loop:
                 self.sel.unregister(listener.sock)
                 listener.sock.close()
         self.listeners = [lst for lst in self.listeners if lst.name is None]
-        if drain_timeout > 0 and not self.dispatcher.draining:
+        if drain_timeout > 0 and not self.serving.draining:
             self.stop_at = time.monotonic() + drain_timeout
-            self.dispatcher.start_drain()
+            self.serving.start_drain()
         else:
             self.stopped = True
 
     def run(self) -> None:
-        dispatcher = self.dispatcher
         while not self.stopped:
             now = time.monotonic()
-            wake = min((t for t in (self.deadline, self.stop_at) if t is not None), default=None)
-            if self.closing:
-                lingers = [c.closing_until for c in self.closing if c.closing_until is not None]
-                wake = min([*lingers, *([wake] if wake is not None else [])])
-            if self.handshakes:
-                first = min(c.handshake_until for c in self.handshakes)
-                wake = first if wake is None else min(wake, first)
-            if self.admins:
-                idle = min(a.idle_at for a in self.admins)
-                wake = idle if wake is None else min(wake, idle)
+            wakes = [t.deadline for t in self.timers if t.deadline is not None]
+            wakes += [c.closing_until for c in self.closing if c.closing_until is not None]
+            wakes += [c.handshake_until for c in self.handshakes]
+            wake = min([*wakes, *([] if self.stop_at is None else [self.stop_at])], default=None)
             for key, mask in self.sel.select(None if wake is None else max(0.0, wake - now)):
                 data = key.data
                 if isinstance(data, _Connection):
                     self.on_ready(data, mask)
                 elif isinstance(data, _Listener):
                     self.accept(data)
-                elif isinstance(data, _AdminConn):
-                    self.on_admin(data, mask)
                 else:
                     with contextlib.suppress(OSError):
                         self.wake_r.recv(4096)
@@ -587,16 +484,15 @@ class _Loop:
                 self.calls.popleft()()
             self.flush()
             now = time.monotonic()
-            if self.deadline is not None and now >= self.deadline:
-                dispatcher.timer_fired(self.deadline)
-                self.flush()
+            for timer in self.timers:
+                if timer.deadline is not None and now >= timer.deadline:
+                    timer.fire(timer.deadline)
+                    self.flush()
             for c in [c for c in self.closing if (c.closing_until or now) <= now]:
                 self.drop(c)
             for c in [c for c in self.handshakes if c.handshake_until <= now]:
                 self.handshake_failed(c, "handshake timed out")
-            for a in [a for a in self.admins if a.idle_at <= now]:
-                self.drop_admin(a)  # idle for admin.idle_timeout
-            if self.stop_at is not None and (dispatcher.drained or now >= self.stop_at):
+            if self.stop_at is not None and (self.serving.drained or now >= self.stop_at):
                 self.stopped = True
 
     def shutdown(self) -> None:
@@ -607,15 +503,11 @@ class _Loop:
             key.fileobj.close()  # type: ignore[union-attr]
         self.sel.close()
         # A call in flight ends within the limiter's timeout; its verdict is dropped.
-        self.limiter_thread.shutdown(wait=True, cancel_futures=True)
+        self.worker.close()
         self.wake_w.close()
         if self.limiter is not None:
             self.limiter.close()
-        self.dispatcher.close_logs()
-
-    @property
-    def admin_app(self) -> AdminApp:
-        return self.dispatcher.admin_app()
+        self.serving.close_logs()
 
 
 def serve_forever(
@@ -627,27 +519,20 @@ def serve_forever(
     admin: bool = True,
 ) -> None:
     """Serve ``config`` in this thread until ``handle.stop()``; ``ready`` gets the handle."""
-    cfg = resolve_config(config)
-    core = proxy if proxy is not None else build_core(cfg, time.monotonic())
-    loop = _Loop(
-        core, cfg, AccessLog(cfg.access_log, cfg.access_log_metadata) if cfg.access_log else None
-    )
-    handle = Handle(loop, cfg, reuse_port)
+    loop = _Loop(config, proxy, reuse_port=reuse_port, admin=admin)
+    handle, serving = Handle(loop), loop.serving
     try:
-        redis = global_ratelimit_redis(cfg)
-        if redis is not None:
-            loop.limiter = BlockingRedisRateLimiter.from_config(redis)
-        for spec in cfg.listeners:
+        for spec in serving.config.listeners:
             sock = bind_socket(spec.host, spec.port, reuse_port)
             loop.listeners.append(_Listener(sock, spec.name))
             handle.addresses[spec.name] = bound_address(sock.getsockname())
-        if admin and cfg.admin is not None:
-            sock = bind_socket(cfg.admin.host, cfg.admin.port, False)
+        if serving.admin is not None and serving.config.admin is not None:
+            sock = bind_socket(serving.config.admin.host, serving.config.admin.port, False)
             loop.listeners.append(_Listener(sock, None))
             handle.admin_address = bound_address(sock.getsockname())
         for listener in loop.listeners:
             loop.sel.register(listener.sock, _R, listener)
-        loop.dispatcher.apply([])
+        serving.started()
         if ready is not None:
             ready(handle)
         loop.run()

@@ -22,7 +22,8 @@ from typing import Any, TypeVar
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
-from metaprotocol.adapters.dispatch import Core, Dispatcher, resolve_config
+from metaprotocol.adapters.dispatcher import Core, Dispatcher
+from metaprotocol.adapters.serving import Serving, resolve_config
 from metaprotocol.core.config import Config
 
 __all__ = ["ADAPTERS", "ProxyCrashed", "RunningProxy", "start_proxy"]
@@ -42,6 +43,7 @@ class RunningProxy:
     admin_address: tuple[str, int] | None
     proxy: Core
     dispatcher: Dispatcher
+    serving: Serving
     _call: Callable[[Callable[[], Any]], Any]
     _drain: Callable[[float], None]
     _reload: Callable[[Config], dict[str, tuple[str, int]]]
@@ -123,6 +125,7 @@ def _portal(cfg: Config, adapter: str, proxy: Core | None) -> Iterator[RunningPr
             handle.admin_address,
             handle.proxy,
             handle.dispatcher,
+            handle.serving,
             portal.call,
             lambda timeout: portal.call(handle.drain, timeout),
             reload,
@@ -164,7 +167,7 @@ def _blocking(cfg: Config, proxy: Core | None, timeout: float) -> Iterator[Runni
     try:
         yield RunningProxy(
             "blocking", dict(handle.addresses), handle.admin_address, handle.proxy,
-            handle.dispatcher, call, drain, reload,
+            handle.dispatcher, handle.serving, call, drain, reload,
         )  # fmt: skip
     finally:
         handle.stop()
