@@ -72,7 +72,8 @@ class TrpcUnaryCodec:
         ret = 11 if error is ErrorType.ROUTE_NOT_FOUND else 999  # TrpcRetCode
         rid = request.request_id or 0 if request is not None else 0
         pb = pbuf.encode_varint_field(3, rid) + pbuf.encode_varint_field(4, ret)
-        pb += pbuf.encode_len_field(6, detail.encode(errors="replace"))  # error_msg
+        reason = detail[:1024].encode(errors="replace")  # the pb header's size is 16 bits
+        pb += pbuf.encode_len_field(6, reason)  # error_msg
         return HEAD.pack(0x0930, 0, 0, 16 + len(pb), len(pb), 0, 0) + pb
 
     def encode_heartbeat_reply(self, heartbeat: Message) -> bytes | None:

@@ -22,11 +22,15 @@ from metaprotocol.core.message import (
 from metaprotocol.testing.codecbench import measure_decode, measure_encode
 from metaprotocol.testing.conformance import (
     CHECKS,
+    CONFORMANCE_MUTATION,
+    ERROR_DETAILS,
+    LONG_ERROR_DETAIL,
     CodecUnderTest,
     check_codec,
     check_error_replies,
     check_fuzz,
     check_message_size_limit,
+    check_mutation,
     check_prefixes,
     check_round_trip,
     check_split_feeding,
@@ -314,7 +318,7 @@ def _message_is_compiled() -> bool:
         (ErrorReplyIsRequest, "error_replies", r"expected RESPONSE or ERROR"),
         (NoErrorReply, "error_replies", r"returned None for a decoded request"),
         (HeartbeatReplyIsError, "heartbeats", r"decoded as ERROR"),
-        (IgnoresMutation, "mutation", r"properties"),
+        (IgnoresMutation, "mutation", r"added keys missing"),
         (NoSizeLimit, "size_limit", r"instead of an error"),
         (WrongSizeErrorType, "size_limit", r"error_type BAD_REQUEST"),
         (NonFatalErrorLoops, "fuzz", r"non-fatal ProtocolError consumed nothing"),
@@ -356,6 +360,92 @@ def test_fuzz_is_deterministic_for_a_seed() -> None:
         return str(info.value)
 
     assert failure(7) == failure(7)
+
+
+# --- planted bugs the kit's defaults once missed -------------------------------------------
+# Each broken codec passes what the kit checked before (a mutation that only adds a key,
+# error details of a few bytes) and fails what it checks now.
+
+_ADD_ONLY = Mutation(add=(("x-conformance", "yes"),))  # the kit's default mutation before
+_SHORT_DETAILS = ERROR_DETAILS[:2]  # the kit's error details before
+
+
+class IgnoresRemove(TinyCodec):
+    """Applies ``Mutation.add`` and silently drops ``Mutation.remove``."""
+
+    def encode(
+        self, message: Message, *, request_id: int | None = None, mutation: Mutation | None = None
+    ) -> bytes:
+        if mutation:
+            mutation = Mutation(add=mutation.add)
+        return super().encode(message, request_id=request_id, mutation=mutation)
+
+
+def _detail_frame(rid: int, error: ErrorType, detail: str, *, wrap: bool) -> bytes:
+    """An error frame whose length field stands for a 16-bit one: it raises past 64 KiB,
+    or (``wrap``) silently keeps the low 16 bits, leaving the reply unframed."""
+    body = f"error={error.value}\ndetail={detail.replace(chr(10), ' ')}\n".encode()
+    length = 5 + len(body)
+    if wrap:
+        length &= 0xFFFF
+    else:
+        struct.pack(">H", length)  # struct.error past 65,535, as a real 16-bit field would
+    return struct.pack(">IBI", length, _ERROR, rid) + body
+
+
+class LongDetailCrashes(TinyCodec):
+    def encode_error(self, request: Message | None, error: ErrorType, detail: str) -> bytes | None:
+        rid = request.request_id if request is not None and request.request_id else 0
+        return _detail_frame(rid, error, detail, wrap=False)
+
+
+class LongDetailUnframed(TinyCodec):
+    def encode_error(self, request: Message | None, error: ErrorType, detail: str) -> bytes | None:
+        rid = request.request_id if request is not None and request.request_id else 0
+        return _detail_frame(rid, error, detail, wrap=True)
+
+
+def test_the_default_mutation_adds_and_removes() -> None:
+    assert CONFORMANCE_MUTATION.add and CONFORMANCE_MUTATION.remove
+
+
+def test_a_codec_ignoring_remove_is_caught() -> None:
+    cut = CodecUnderTest(IgnoresRemove, REQUESTS, RESPONSES)
+    check_mutation(cut, _ADD_ONLY)  # what the kit tried before: passes
+    with pytest.raises(AssertionError, match=r"\[conformance:mutation\]") as info:
+        check_mutation(cut)
+    assert info.match(r"removed keys still there: \['x-conformance-gone'\]")
+    with pytest.raises(AssertionError, match=r"removed keys still there"):
+        check_tiny(IgnoresRemove, skip=[name for name in CHECKS if name != "mutation"])
+
+
+def test_removing_a_key_the_message_carries_needs_no_planting() -> None:
+    check_mutation(CodecUnderTest(TinyCodec, REQUESTS, RESPONSES), Mutation(remove=("key",)))
+    with pytest.raises(AssertionError, match=r"removed keys still there: \['key'\]"):
+        check_mutation(
+            CodecUnderTest(IgnoresRemove, REQUESTS, RESPONSES), Mutation(remove=("key",))
+        )
+
+
+def test_the_long_error_detail_is_100_kib() -> None:
+    assert LONG_ERROR_DETAIL in ERROR_DETAILS
+    assert len(LONG_ERROR_DETAIL) == 100 * 1024
+
+
+@pytest.mark.parametrize(
+    ("codec", "pattern"),
+    [
+        (LongDetailCrashes, r"<102400 characters>\) raised error\(.*65535"),
+        (LongDetailUnframed, r"<102400 characters>\): decode (left|raised)"),
+    ],
+)
+def test_a_codec_failing_on_a_long_error_detail_is_caught(codec: Any, pattern: str) -> None:
+    cut = CodecUnderTest(codec, REQUESTS, RESPONSES)
+    check_error_replies(cut, _SHORT_DETAILS)  # what the kit tried before: passes
+    with pytest.raises(AssertionError, match=r"\[conformance:error_replies\]") as info:
+        check_tiny(codec, skip=[name for name in CHECKS if name != "error_replies"])
+    assert info.match(pattern)
+    assert len(str(info.value)) < 2000  # the 100 KiB detail is named, not printed
 
 
 # --- real codecs, when present ---------------------------------------------------------------

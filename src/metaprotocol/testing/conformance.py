@@ -49,6 +49,7 @@ __all__ = [
     "CHECKS",
     "CONFORMANCE_MUTATION",
     "ERROR_DETAILS",
+    "LONG_ERROR_DETAIL",
     "CodecUnderTest",
     "check_attributes",
     "check_codec",
@@ -63,11 +64,16 @@ __all__ = [
     "check_split_feeding",
 ]
 
-CONFORMANCE_MUTATION = Mutation(add=(("x-conformance", "yes"),))
-"""The default mutation :func:`check_mutation` applies when the codec supports mutation."""
+CONFORMANCE_MUTATION = Mutation(add=(("x-conformance", "yes"),), remove=("x-conformance-gone",))
+"""The default mutation :func:`check_mutation` applies when the codec supports mutation: it
+adds one key and removes another (which the kit first adds, so the removal shows)."""
 
-ERROR_DETAILS = ("detail", "no route for 'a\r\nb' \x00 \u00fc")
-"""Details passed to ``encode_error``: a codec must keep its reply well framed for both."""
+LONG_ERROR_DETAIL = ("a long detail \r\n\x00\u00fc " * 6000)[: 100 * 1024]
+"""100 KiB of detail, special characters included: longer than any 16-bit length field."""
+
+ERROR_DETAILS = ("detail", "no route for 'a\r\nb' \x00 \u00fc", LONG_ERROR_DETAIL)
+"""Details passed to ``encode_error``: a codec must keep its reply well framed for each (it
+may shorten a detail its protocol cannot carry, but must not fail or break the framing)."""
 
 CHECKS = (
     "attributes",
@@ -362,13 +368,14 @@ def check_fuzz(cut: CodecUnderTest, *, seed: int = 0, iterations: int = 200) -> 
             _feed(codec, chunks, _Checker("fuzz"), where, fuzz=True)
 
 
-def check_error_replies(cut: CodecUnderTest) -> None:
+def check_error_replies(cut: CodecUnderTest, details: Sequence[str] = ERROR_DETAILS) -> None:
     """``encode_error`` replies decode upstream as exactly one RESPONSE or ERROR message.
 
-    For every ErrorType and detail, with each decoded request (and with None), the DOWNSTREAM
-    codec's reply must decode on a fresh UPSTREAM codec (primed with that request) as one
-    message consuming all its bytes; MULTIPLEXED codecs must echo the request id. A decoded
-    request that expects a response must get a reply (None is allowed only for None).
+    For every ErrorType and detail (by default :data:`ERROR_DETAILS`, one of them 100 KiB
+    long), with each decoded request (and with None), the DOWNSTREAM codec's reply must decode
+    on a fresh UPSTREAM codec (primed with that request) as one message consuming all its
+    bytes; MULTIPLEXED codecs must echo the request id. A decoded request that expects a
+    response must get a reply (None is allowed only for None).
     """
     ok = _Checker("error_replies")
     requests: list[Message | None] = [None]
@@ -382,10 +389,9 @@ def check_error_replies(cut: CodecUnderTest) -> None:
     multiplexed = cut.factory.ordering is Ordering.MULTIPLEXED
     for request, frame in zip(requests, frames, strict=True):
         for error in ErrorType:
-            for detail in ERROR_DETAILS:
-                where = (
-                    f"encode_error({'request' if request else 'None'}, {error.name}, {detail!r})"
-                )
+            for detail in details:
+                shown = repr(detail) if len(detail) <= 80 else f"<{len(detail)} characters>"
+                where = f"encode_error({'request' if request else 'None'}, {error.name}, {shown})"
                 try:
                     reply = downstream.encode_error(request, error, detail)
                 except Exception as exc:
@@ -399,7 +405,9 @@ def check_error_replies(cut: CodecUnderTest) -> None:
                     )
                     continue
                 ok(type(reply) is bytes, f"{where}: {type(reply)}")
-                upstream = cut.make(Side.UPSTREAM)
+                # Framing is checked here, not size: the client gets the reply, not a codec
+                # with the listener's limit, so a long detail may exceed max_message_size.
+                upstream = cut.make(Side.UPSTREAM, max(cut.max_message_size, 2 * len(reply)))
                 primer = (
                     request if request is not None else next(iter(cut.request_messages()), None)
                 )
@@ -493,39 +501,60 @@ def check_mutation(cut: CodecUnderTest, mutation: Mutation | None = CONFORMANCE_
     """Codecs with ``supports_mutation``: a mutated encode decodes with the mutation applied.
 
     Added keys carry their values, removed keys are gone, every other property, the type and
-    the request id are unchanged. Codecs without mutation support are skipped; a codec that
-    cannot mutate one kind of message (say, a response without attachments) raises
-    ``ProtocolError`` from ``encode`` for it, never silently drops the mutation.
+    the request id are unchanged. A key the mutation removes that a message does not carry
+    is first added to it (one encode with only that addition, decoded again), so that a
+    codec ignoring ``Mutation.remove`` cannot pass. Codecs without mutation support are
+    skipped; a codec that cannot mutate one kind of message (say, a response without
+    attachments) raises ``ProtocolError`` from ``encode`` for it, never silently drops the
+    mutation.
     """
     ok = _Checker("mutation")
     if mutation is None or not mutation or not cut.factory.supports_mutation:
         return
-    removed = set(mutation.remove)
     added = dict(mutation.add)
     for side in Side:
-        for index, message in enumerate(cut.decode_frames(side)):
-            if message.type is MessageType.HEARTBEAT:
+        for index, original in enumerate(cut.decode_frames(side)):
+            if original.type is MessageType.HEARTBEAT:
                 continue
             where = f"{_label(side)}[{index}] with {mutation}"
+            missing = tuple(k for k in mutation.remove if k not in original.properties)
             try:
+                message = _planted(cut, side, index, original, missing)
                 out = cut.encoder(side, pair=index).encode(message, mutation=mutation)
             except ProtocolError:
                 continue  # the codec cannot mutate this message kind (it says so with an error)
             result = _decode_one(cut.decoder(side, pair=index), out, "mutation", where)
             props = dict(message.properties)
-            for key in removed:
+            for key in mutation.remove:
                 props.pop(key, None)
             props.update(added)
+            kept = sorted(k for k in mutation.remove if k in result.properties)
+            ok(not kept, f"{where}: removed keys still there: {kept}", out)
             ok(
                 result.properties == props,
                 f"{where}: properties\n  want: {props}\n  have: {result.properties}",
                 out,
             )
             ok(
-                (result.type, result.request_id) == (message.type, message.request_id),
+                (result.type, result.request_id) == (original.type, original.request_id),
                 f"{where}: type/id changed to {result.type.name}/{result.request_id}",
                 out,
             )
+
+
+def _planted(
+    cut: CodecUnderTest, side: Side, index: int, message: Message, keys: tuple[str, ...]
+) -> Message:
+    """``message`` re-encoded with ``keys`` added and decoded again (itself if no keys)."""
+    if not keys:
+        return message
+    where = f"{_label(side)}[{index}] with {keys} added (to remove them next)"
+    plant = Mutation(add=tuple((key, "planted") for key in keys))
+    out = cut.encoder(side, pair=index).encode(message, mutation=plant)
+    planted = _decode_one(cut.decoder(side, pair=index), out, "mutation", where)
+    lost = sorted(k for k in keys if planted.properties.get(k) != "planted")
+    _Checker("mutation")(not lost, f"{where}: added keys missing: {lost}", out)
+    return planted
 
 
 def check_message_size_limit(cut: CodecUnderTest) -> None:

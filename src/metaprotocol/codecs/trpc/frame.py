@@ -31,6 +31,7 @@ __all__ = [
     "FIXED_HEADER",
     "HEADER_SIZE",
     "MAGIC",
+    "MAX_ERROR_MSG",
     "RET_CODES",
     "CloseMeta",
     "FrameType",
@@ -51,6 +52,9 @@ MAGIC: Final = 0x0930
 FIXED_HEADER: Final = struct.Struct(">HBBIHIH")
 HEADER_SIZE: Final = FIXED_HEADER.size  # 16
 MAX_PB_HEADER: Final = 0xFFFF
+# An error reply's reason is cut to this many bytes: the pb header that carries it has a
+# 16-bit size, and no client needs more of a reason than this.
+MAX_ERROR_MSG: Final = 4096
 CLOSE_RESET: Final = 1  # TrpcStreamCloseType: 0 closes one direction, 1 resets both
 
 
@@ -208,19 +212,25 @@ def build_response(
     error_msg: str = "",
     trans_info: Mapping[str, bytes] | None = None,
 ) -> bytes:
-    """A unary response frame (error replies, tests)."""
+    """A unary response frame (error replies, tests); ``error_msg`` is cut to 4 KiB."""
     pb = b"".join(
         (
             encode_varint_field(ResponseField.REQUEST_ID, request_id) if request_id else b"",
             encode_varint_field(ResponseField.RET, ret) if ret else b"",
             encode_varint_field(ResponseField.FUNC_RET, func_ret) if func_ret else b"",
-            encode_len_field(ResponseField.ERROR_MSG, error_msg.encode(errors="replace"))
-            if error_msg
-            else b"",
+            encode_len_field(ResponseField.ERROR_MSG, _reason(error_msg)) if error_msg else b"",
             encode_trans_info(ResponseField.TRANS_INFO, trans_info or {}),
         )
     )
     return build_frame(FrameType.UNARY, StreamFrame.UNARY, 0, pb, body)
+
+
+def _reason(text: str) -> bytes:
+    """``text`` as UTF-8, cut to ``MAX_ERROR_MSG`` bytes on a character boundary."""
+    data = text.encode(errors="replace")
+    if len(data) <= MAX_ERROR_MSG:
+        return data
+    return data[:MAX_ERROR_MSG].decode(errors="ignore").encode()
 
 
 def build_close(stream_id: int, *, reset: bool = False, ret: int = 0, msg: str = "") -> bytes:
@@ -229,7 +239,7 @@ def build_close(stream_id: int, *, reset: bool = False, ret: int = 0, msg: str =
         (
             encode_varint_field(CloseMeta.CLOSE_TYPE, CLOSE_RESET) if reset else b"",
             encode_varint_field(CloseMeta.RET, ret) if ret else b"",
-            encode_len_field(CloseMeta.MSG, msg.encode(errors="replace")) if msg else b"",
+            encode_len_field(CloseMeta.MSG, _reason(msg)) if msg else b"",
         )
     )
     return build_frame(FrameType.STREAM, StreamFrame.CLOSE, stream_id, b"", meta)
