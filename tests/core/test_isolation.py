@@ -20,7 +20,7 @@ from metaprotocol.core.events import (
     WriteBufferLow,
 )
 from metaprotocol.core.outputs import CloseConnection, OpenUpstream, ReadDisable, ReadEnable, Write
-from metaprotocol.core.upstream_side import SHARE_THRESHOLD
+from metaprotocol.core.pools import SHARE_THRESHOLD
 from metaprotocol.testing import ANY, Playbook
 
 from .helpers import UP, bulk, cmd, config, error_reply, fifo_playbook, playbook, req, resp, route

@@ -7,7 +7,7 @@ from typing import ClassVar
 import pytest
 
 from metaprotocol.codecs.lengthprefixed import LengthPrefixedCodec, build_frame
-from metaprotocol.core import upstream_side
+from metaprotocol.core import pools
 from metaprotocol.core.codec import Ordering
 from metaprotocol.core.config import ClusterConfig, Endpoint, RetryPolicy, RouteAction
 from metaprotocol.core.events import Accepted, Closed, DataReceived, UpstreamConnected
@@ -129,7 +129,7 @@ def test_stream_frames_follow_their_init_to_one_upstream() -> None:
 def test_a_clients_pipelined_requests_stay_on_one_upstream_connection(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(upstream_side, "SHARE_THRESHOLD", 1)  # open a 2nd connection early
+    monkeypatch.setattr(pools, "SHARE_THRESHOLD", 1)  # open a 2nd connection early
     pb = fifo_playbook(config(codec="fifo"))
     pb >> Accepted(1, "main")
     pb >> Accepted(2, "main")

@@ -184,7 +184,7 @@ class ActiveRequest:
         self.upstream: Upstream | None = None
         self.upstream_id: int | None = None
         # The request timeout: an entry in a DeadlineQueue (the usual case), or a heap timer
-        # for an abandoned request's leftover deadline (see UpstreamSide._abandoned_on).
+        # for an abandoned request's leftover deadline (see UpstreamSide.abandoned_on).
         self.deadline_queue: DeadlineQueue | None = None
         self.timer: Timer | None = None
         self.pause_timer: Timer | None = None

@@ -1,0 +1,67 @@
+"""The router: a request's route, its cluster, its mirror copies (docs/architecture.md).
+The route-table walk and the weighted pick themselves are pure functions in routing.py."""
+
+from __future__ import annotations
+
+from metaprotocol.core.context import Context
+from metaprotocol.core.lifecycle import RequestState, advance
+from metaprotocol.core.message import ErrorType
+from metaprotocol.core.outputs import NoRouteMatched
+from metaprotocol.core.replies import Replies
+from metaprotocol.core.routing import match_route, pick_cluster
+from metaprotocol.core.sender import Sender
+from metaprotocol.core.state import ActiveRequest
+
+__all__ = ["Router"]
+
+
+class Router:
+    """Routes a request (``DECODED`` or ``FILTERING``) and hands it to the ``Sender``."""
+
+    __slots__ = ("ctx", "out", "replies", "sender")
+
+    def __init__(self, ctx: Context, replies: Replies, sender: Sender) -> None:
+        self.ctx = ctx
+        self.out = ctx.out
+        self.replies = replies
+        self.sender = sender
+
+    def route(self, req: ActiveRequest, now: float) -> None:
+        ctx = self.ctx
+        route = match_route(req.listener.routes, req.message.properties)
+        if route is None:
+            req.listener.counters.route_not_found += 1
+            if ctx.observe and req.downstream is not None:
+                self.out.append(NoRouteMatched(req.downstream.id))
+            self.replies.local_reply(req, ErrorType.ROUTE_NOT_FOUND, "no route matched", now)
+            return
+        req.route = route
+        action = route.action
+        name = action.cluster if action.cluster is not None else pick_cluster(action, ctx.random)
+        cluster = ctx.runtime.clusters.get(name) if name is not None else None
+        if cluster is None:
+            detail = f"cluster {name!r} not found"
+            self.replies.local_reply(req, ErrorType.CLUSTER_NOT_FOUND, detail, now)
+            return
+        req.cluster = cluster
+        advance(req, RequestState.ROUTED)
+        req.listener.route_counters[route.name].route_hit += req.message.count
+        if action.mirror:
+            for mirror in action.mirror:
+                if mirror.fraction >= 1.0 or ctx.random() < mirror.fraction:
+                    self.mirror(req, mirror.cluster, now)
+        self.sender.send(req, now)
+
+    def mirror(self, req: ActiveRequest, cluster_name: str, now: float) -> None:
+        """Send a copy of ``req`` to ``cluster_name``; its answer is dropped."""
+        cluster = self.ctx.runtime.clusters.get(cluster_name)
+        if cluster is None or req.route is None:
+            req.listener.counters.mirror_failed += 1
+            return
+        shadow = ActiveRequest(None, req.listener, req.message, now)
+        shadow.route = req.route
+        shadow.cluster = cluster
+        shadow.filter_index = len(req.listener.filters)
+        cluster.counters.mirror_sent += 1
+        advance(shadow, RequestState.ROUTED)
+        self.sender.send(shadow, now)
