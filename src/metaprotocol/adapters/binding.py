@@ -9,7 +9,25 @@ from typing import Any
 
 from metaprotocol.core.config import Config
 
-__all__ = ["ListenerChanges", "bind_listener_changes", "bind_socket", "bound_address"]
+__all__ = [
+    "ListenerChanges",
+    "bind_listener_changes",
+    "bind_socket",
+    "bound_address",
+    "peer_text",
+    "set_nodelay",
+]
+
+
+def set_nodelay(sock: socket.socket | None) -> None:
+    """Turn Nagle off on a TCP socket (requests and answers are small and waited for)."""
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def peer_text(peer: object) -> str:
+    """A peer address for ``Accepted``: ``host:port``, or as the loop gave it."""
+    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "")
 
 
 def bind_socket(host: str, port: int, reuse_port: bool) -> socket.socket:

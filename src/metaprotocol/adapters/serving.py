@@ -9,13 +9,19 @@ from __future__ import annotations
 import logging
 import os
 import random
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from metaprotocol.accesslog import AccessLog
 from metaprotocol.adapters.admin_core import AdminCore
-from metaprotocol.adapters.binding import ListenerChanges, bind_listener_changes
+from metaprotocol.adapters.binding import (
+    ListenerChanges,
+    bind_listener_changes,
+    bind_socket,
+    bound_address,
+)
 from metaprotocol.adapters.dispatcher import Core, Dispatcher, Driven
 from metaprotocol.adapters.external import ExternalCalls
 from metaprotocol.adapters.observers import Observers
@@ -177,6 +183,24 @@ class Serving:
             write=write,
         )
         return dispatcher
+
+    def bind(self, info: ServerInfo) -> tuple[dict[str, socket.socket], socket.socket | None]:
+        """Bind every listener, and the admin listener when it is served, at start; their
+        addresses go into ``info``. Raises, with nothing left bound, if one cannot be."""
+        bound: dict[str, socket.socket] = {}
+        admin: socket.socket | None = None
+        try:
+            for spec in self.config.listeners:
+                bound[spec.name] = sock = bind_socket(spec.host, spec.port, self.reuse_port)
+                info.addresses[spec.name] = bound_address(sock.getsockname())
+            if self.admin is not None and self.config.admin is not None:
+                admin = bind_socket(self.config.admin.host, self.config.admin.port, False)
+                info.admin_address = bound_address(admin.getsockname())
+        except BaseException:
+            for sock in bound.values():
+                sock.close()
+            raise
+        return bound, admin
 
     def started(self) -> None:
         """Arm the timers for anything the cores scheduled at start."""
