@@ -11,13 +11,23 @@ import csv
 import io
 import json
 import re
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["DriverError", "Load", "loadgen", "redis_benchmark", "wrk"]
+__all__ = [
+    "DriverError",
+    "Load",
+    "loadgen",
+    "redis_benchmark",
+    "redis_mset_mget",
+    "split_problem",
+    "wrk",
+]
 
 HERE = Path(__file__).resolve().parent
 
@@ -92,6 +102,89 @@ def redis_benchmark(
         p50_ms=sum(float(r["p50_latency_ms"]) for r in rows) / len(rows),
         p99_ms=sum(float(r["p99_latency_ms"]) for r in rows) / len(rows),
     )
+
+
+MGET_KEYS = 10  # as many keys as redis-benchmark's own MSET test writes
+
+
+def redis_mset_mget(port: int, *, requests: int, clients: int = 50) -> Load:
+    """``redis-benchmark -t mset`` (10 keys) and an MGET of 10 keys, both with
+    ``-r 100000`` so that the keys of one command fall on different shards. req/s and the
+    percentiles combine the two as ``redis_benchmark`` does."""
+    common = ["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-c", str(clients)]
+    common += ["-n", str(requests), "-r", "100000", "--csv"]
+    mget = ["MGET", *(["key:__rand_int__"] * MGET_KEYS)]
+    rows = []
+    started = time.perf_counter()
+    for argv in ([*common, "-t", "mset"], [*common, *mget]):
+        out = _run(argv, timeout=180)
+        found = [r for r in csv.DictReader(io.StringIO(out)) if r.get("rps")]
+        if len(found) != 1:
+            raise DriverError(f"redis-benchmark printed {len(found)} result rows:\n{out[-500:]}")
+        rows += found
+    wall = time.perf_counter() - started
+    seconds = sum(requests / float(r["rps"]) for r in rows)
+    total = requests * len(rows)
+    return Load(
+        requests=total,
+        seconds=min(seconds, wall),
+        rps=total / seconds,
+        p50_ms=sum(float(r["p50_latency_ms"]) for r in rows) / len(rows),
+        p99_ms=sum(float(r["p99_latency_ms"]) for r in rows) / len(rows),
+    )
+
+
+def _resp(*args: str) -> bytes:
+    out = b"*%d\r\n" % len(args)
+    for arg in args:
+        data = arg.encode()
+        out += b"$%d\r\n%s\r\n" % (len(data), data)
+    return out
+
+
+def _ask(port: int, *commands: tuple[str, ...]) -> bytes:
+    """Send ``commands`` pipelined to 127.0.0.1:port; all the raw reply bytes (read until
+    one reply line per command has arrived and nothing more comes for 0.2 s)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"".join(_resp(*c) for c in commands))
+        data = b""
+        sock.settimeout(0.2)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                if data.count(b"\r\n") >= len(commands):
+                    break
+                continue
+            if not chunk:
+                break
+            data += chunk
+        return data
+
+
+def split_problem(proxy: int, shards: Sequence[int], keys: int = 30) -> str | None:
+    """None when the proxy at ``proxy`` splits a multi-key MSET across ``shards``: every key
+    is then found by a single-key GET through the proxy and no shard holds them all. Else
+    why not (the scenario is skipped with that reason)."""
+    names = [f"split-probe:{i}" for i in range(keys)]
+    for port in shards:
+        _ask(port, ("FLUSHALL",))
+    reply = _ask(proxy, ("MSET", *(x for n in names for x in (n, "v-" + n))))
+    if not reply.startswith(b"+OK"):
+        return f"MSET through the proxy answered {reply[:80]!r}"
+    lost = [n for n in names if b"v-" + n.encode() not in _ask(proxy, ("GET", n))]
+    held = [_ask(port, ("DBSIZE",)) for port in shards]
+    for port in shards:
+        _ask(port, ("FLUSHALL",))
+    if lost:
+        return (
+            f"multi-key commands are not split across shards: after an MSET of {keys} keys, "
+            f"{len(lost)} were not found by a GET through the proxy (fan-out, issue 16)"
+        )
+    if f":{keys}\r\n".encode() in held:
+        return "every key of the probe landed on one shard: the keys did not spread"
+    return None
 
 
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}

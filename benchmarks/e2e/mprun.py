@@ -1,9 +1,10 @@
 """Fallback launcher: serve a metaprotocol config on one adapter until SIGTERM.
 
-``python benchmarks/e2e/mprun.py CONFIG --adapter asyncio|uvloop|trio|blocking``. The
+``python benchmarks/e2e/mprun.py CONFIG --adapter asyncio|uvloop|rloop|trio|blocking``. The
 benchmark prefers ``python -m metaprotocol run``; it uses this only when that command is not
-usable (``metaprotocol.runner`` missing), so the numbers come from the same adapters, and for
-A/B experiments on engine options (``--no-observe``) without touching ``src/``.
+usable (``metaprotocol.runner`` missing), so the numbers come from the same adapters, for
+A/B experiments on engine options (``--no-observe``) without touching ``src/``, and for
+``rloop`` (a Rust asyncio event loop, benchmark-only: the asyncio adapter on its loop).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ __all__ = ["main"]
 
 
 def _core(path: str, now: float, observe: bool) -> Any:
-    """The engine, built as the adapters do; ``observe=False`` drops observer events."""
+    """The engine with observer events on or off (what the ``--no-observe`` experiment
+    compares; without it the adapter builds its own, as ``metaprotocol run`` does)."""
     import random
 
     from metaprotocol.adapters.dispatch import resolve_config
@@ -31,7 +33,9 @@ async def _asyncio(path: str, observe: bool = True) -> None:
     from metaprotocol.adapters.asyncio import serve
 
     now = asyncio.get_running_loop().time()
-    handle = await serve(path, proxy=_core(path, now, observe))
+    # The adapter's own engine turns observer events on only for an access log or tracing
+    # (and merges Redis pipelines only without them): rloop is measured like uvloop.
+    handle = await serve(path, proxy=None if observe else _core(path, now, False))
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     await stop.wait()
@@ -65,7 +69,7 @@ def _blocking(path: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config")
-    parser.add_argument("--adapter", choices=("asyncio", "uvloop", "trio", "blocking"))
+    parser.add_argument("--adapter", choices=("asyncio", "uvloop", "rloop", "trio", "blocking"))
     parser.add_argument(
         "--no-observe",
         action="store_true",
@@ -78,6 +82,11 @@ def main() -> None:
         import uvloop
 
         uvloop.run(_asyncio(args.config, not args.no_observe))
+    elif args.adapter == "rloop":
+        import rloop
+
+        with asyncio.Runner(loop_factory=rloop.new_event_loop) as runner:
+            runner.run(_asyncio(args.config, not args.no_observe))
     elif args.adapter == "trio":
         import anyio
 

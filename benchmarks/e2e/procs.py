@@ -26,6 +26,7 @@ __all__ = [
     "Procs",
     "StartError",
     "cpu_seconds",
+    "cpu_times",
     "free_port",
     "group_pids",
     "raise_nofile",
@@ -164,12 +165,18 @@ def _stat_fields(pid: int) -> list[str] | None:
 
 def cpu_seconds(pgid: int) -> float:
     """utime + stime of every process of the group (all threads included), in seconds."""
-    ticks = 0
+    return sum(cpu_times(pgid))
+
+
+def cpu_times(pgid: int) -> tuple[float, float]:
+    """(user, kernel) CPU seconds of every process of the group (all threads included)."""
+    user = system = 0
     for pid in group_pids(pgid):
         fields = _stat_fields(pid)
         if fields is not None:
-            ticks += int(fields[11]) + int(fields[12])  # utime, stime (stat fields 14, 15)
-    return ticks / CLK_TCK
+            user += int(fields[11])  # utime (stat field 14)
+            system += int(fields[12])  # stime (stat field 15)
+    return user / CLK_TCK, system / CLK_TCK
 
 
 def rss_kib(pgid: int) -> int:

@@ -69,9 +69,12 @@ UPSTREAM: tuple[str, int] = ("127.0.0.1", 0)
 
 
 async def _serve(host: str, port: int) -> None:
-    server = await asyncio.get_running_loop().create_server(Pipe, host, port, backlog=4096)
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(Pipe, host, port, backlog=4096)
     async with server:
-        await server.serve_forever()
+        # Not server.serve_forever(): under rloop 0.5 it stops the listener (connections
+        # are refused from then on). The proxy's asyncio adapter does not call it either.
+        await loop.create_future()
 
 
 def main() -> None:
@@ -79,7 +82,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--listen", required=True, help="host:port")
     parser.add_argument("--upstream", required=True, help="host:port")
-    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
+    parser.add_argument("--loop", choices=("asyncio", "uvloop", "rloop"), default="asyncio")
     args = parser.parse_args()
     host, _, port = args.listen.rpartition(":")
     up_host, _, up_port = args.upstream.rpartition(":")
@@ -88,6 +91,11 @@ def main() -> None:
         import uvloop
 
         uvloop.run(_serve(host, int(port)))
+    elif args.loop == "rloop":
+        import rloop
+
+        with asyncio.Runner(loop_factory=rloop.new_event_loop) as runner:
+            runner.run(_serve(host, int(port)))
     else:
         asyncio.run(_serve(host, int(port)))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +26,9 @@ class Scenario:
 class Sample:
     load: Load
     cpu_seconds: float | None  # the proxy group's utime+stime during the load
+    user_seconds: float | None = None  # the same, user time only
+    kernel_seconds: float | None = None  # the same, kernel time only
+    upstream_seconds: float | None = None  # the upstream servers' utime+stime
 
 
 @dataclass
@@ -37,6 +40,9 @@ class Row:
     p50_ms: float = 0.0
     p99_ms: float = 0.0
     cpu_us: float | None = None
+    user_us: float | None = None
+    kernel_us: float | None = None
+    upstream_us: float | None = None
     errors: int = 0
     runs: int = 0
     rps_runs: list[float] = field(default_factory=list)
@@ -53,9 +59,23 @@ def summarise(scenario: str, target: str, kind: str, samples: Sequence[Sample]) 
     row.p50_ms = statistics.median(s.load.p50_ms for s in samples)
     row.p99_ms = statistics.median(s.load.p99_ms for s in samples)
     row.errors = sum(s.load.errors for s in samples)
-    cpus = [s.cpu_seconds * 1e6 / s.load.requests for s in samples if s.cpu_seconds is not None]
-    row.cpu_us = statistics.median(cpus) if cpus else None
+    row.cpu_us = _per_request(samples, lambda s: s.cpu_seconds)
+    row.user_us = _per_request(samples, lambda s: s.user_seconds)
+    row.kernel_us = _per_request(samples, lambda s: s.kernel_seconds)
+    row.upstream_us = _per_request(samples, lambda s: s.upstream_seconds)
     return row
+
+
+def _per_request(
+    samples: Sequence[Sample], seconds: Callable[[Sample], float | None]
+) -> float | None:
+    """Median over the rounds of CPU µs per request, None when it was not measured."""
+    values = [
+        value * 1e6 / s.load.requests
+        for s in samples
+        if (value := seconds(s)) is not None and s.load.requests
+    ]
+    return statistics.median(values) if values else None
 
 
 # Goals of issue 6: (scenario, peer, minimum throughput ratio, CPU must be <= peer's).
@@ -87,20 +107,21 @@ def _scenario_table(s: Scenario, rows: list[Row]) -> list[str]:
     out = [
         f"### {s.title}",
         "",
-        "| target | req/s | p50 ms | p99 ms | proxy CPU µs/req | vs direct | errors "
-        "| runs (req/s) |",
-        "|---|--:|--:|--:|--:|--:|--:|---|",
+        "| target | req/s | p50 ms | p99 ms | proxy CPU µs/req | user | kernel | upstream "
+        "| vs direct | errors | runs (req/s) |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
     ]
     for r in rows:
         vs = _ratio(r.rps, direct.rps) if direct is not None and r is not direct else ""
         runs = ", ".join(f"{v / 1000:.1f}k" for v in r.rps_runs)
         name = f"**{r.target}**" if r.kind == "metaprotocol" else r.target
         if r.note:
-            out.append(f"| {name} | skipped: {r.note} | | | | | | |")
+            out.append(f"| {name} | skipped: {r.note} | | | | | | | | | |")
             continue
         out.append(
             f"| {name} | {_fmt_rps(r.rps)} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | "
-            f"{_fmt_cpu(r.cpu_us)} | {vs} | {r.errors} | {runs} |"
+            f"{_fmt_cpu(r.cpu_us)} | {_fmt_cpu(r.user_us)} | {_fmt_cpu(r.kernel_us)} | "
+            f"{_fmt_cpu(r.upstream_us)} | {vs} | {r.errors} | {runs} |"
         )
     peers = [r for p in s.peers for r in rows if r.target == p and r.rps]
     ours = [r for r in rows if r.kind == "metaprotocol" and r.rps]

@@ -33,7 +33,7 @@ from types import FrameType
 from . import drivers, targets
 from .drivers import DriverError, Load
 from .memory import MemoryResult, idle_connections, inflight_requests
-from .procs import Procs, StartError, cpu_seconds, free_port, raise_nofile
+from .procs import Proc, Procs, StartError, cpu_times, free_port, raise_nofile
 from .profile import Profile, py_spy, record
 from .report import Row, Sample, Scenario, chart, markdown, summarise
 from .targets import Target
@@ -59,7 +59,9 @@ class Settings:
 FULL = Settings(3, 20_000, 100_000, 3, 50_000, 10_000, 5_000, 40_000)
 QUICK = Settings(1, 5_000, 30_000, 1, 20_000, 2_000, 1_000, 0)
 FORWARDER_CAP = 9_000  # 2 fds per connection under a 20k hard RLIMIT_NOFILE
-ADAPTERS = ("asyncio", "uvloop", "blocking", "trio")
+# rloop (a Rust asyncio event loop, ``pip install rloop``) runs the asyncio adapter through
+# the benchmark's own launcher (mprun.py); a target that does not start is a note.
+ADAPTERS = ("asyncio", "uvloop", "rloop", "blocking", "trio")
 PROFILES = (("redis-p1", "asyncio"), ("redis-p1", "uvloop"), ("redis-p16", "asyncio"))
 
 SCENARIOS = (
@@ -100,14 +102,22 @@ SCENARIOS = (
         "dubbo",
         ("rawfwd/uvloop", "rawfwd/asyncio", "haproxy-tcp"),
     ),
+    Scenario(
+        "redis-mset-mget",
+        "Redis, three shards: redis-benchmark -c 50 -r 100000, MSET and MGET of 10 random keys "
+        "(split across the shards)",
+        "redis-shards",
+        ("twemproxy",),
+    ),
 )
-GROUPS = ("redis", "redis-tls", "http", "thrift", "dubbo")
+GROUPS = ("redis", "redis-tls", "http", "thrift", "dubbo", "redis-shards")
 CODEC = {
     "redis": "redis",
     "redis-tls": "redis",
     "http": "http1",
     "thrift": "thrift",
     "dubbo": "dubbo",
+    "redis-shards": "redis",
 }
 
 Factory = Callable[[Procs, int], Target]  # (procs, upstream port) -> started target
@@ -170,18 +180,36 @@ def _factories(
         out.append(("mitmdump", targets.start_mitmdump))
     out.append(("rawfwd/uvloop", lambda p, u: targets.start_rawfwd(p, "uvloop", u)))
     out.append(("rawfwd/asyncio", lambda p, u: targets.start_rawfwd(p, "asyncio", u)))
+    if "rloop" in adapters:  # the same forwarder on rloop: its loop's own cost per request
+        out.append(("rawfwd/rloop", lambda p, u: targets.start_rawfwd(p, "rloop", u)))
     return out
 
 
-def _start_upstream(group: str, procs: Procs) -> int:
+def _start_upstream(group: str, procs: Procs) -> tuple[list[int], list[Proc]]:
+    """The group's upstream server(s), their ports and processes (``redis-shards``: three
+    redis-servers; the other groups one server)."""
     port = free_port()
     if group in ("redis", "redis-tls"):
-        targets.start_redis(procs, port)
-    elif group == "http":
-        targets.start_nginx_http(procs, port)
-    else:
-        targets.start_canned(procs, group, port)
-    return port
+        return [port], [targets.start_redis(procs, port)]
+    if group == "redis-shards":
+        ports = [port, free_port(), free_port()]
+        return ports, [targets.start_redis(procs, p) for p in ports]
+    if group == "http":
+        return [port], [targets.start_nginx_http(procs, port)]
+    return [port], [targets.start_canned(procs, group, port)]
+
+
+def _start_shards(adapter: str, ports: list[int], procs: Procs, upstream: int) -> Target:
+    return targets.start_metaprotocol(procs, adapter, "redis-shards", upstream, shards=ports)
+
+
+def _shard_factories(adapters: tuple[str, ...], ports: list[int]) -> list[tuple[str, Factory]]:
+    """Three Redis shards behind metaprotocol (``ring_hash`` on the key) and twemproxy."""
+    out: list[tuple[str, Factory]] = [
+        (f"metaprotocol/{a}", partial(_start_shards, a, ports)) for a in adapters
+    ]
+    out.append(("twemproxy", lambda p, u: targets.start_twemproxy(p, u, shards=ports)))
+    return out
 
 
 def _loads(s: Settings, ca: str) -> dict[str, Callable[[int], Load]]:
@@ -194,6 +222,7 @@ def _loads(s: Settings, ca: str) -> dict[str, Callable[[int], Load]]:
         "http": lambda port: drivers.wrk(port, "/index.html", seconds=s.wrk_seconds),
         "thrift": lambda port: drivers.loadgen("thrift", port, requests=s.rpc_requests),
         "dubbo": lambda port: drivers.loadgen("dubbo", port, requests=s.rpc_requests),
+        "redis-mset-mget": lambda port: drivers.redis_mset_mget(port, requests=s.redis_p1),
     }
 
 
@@ -202,6 +231,7 @@ _WARMUP: dict[str, Callable[[int], Load]] = {
     "http": lambda port: drivers.wrk(port, "/index.html", seconds=1),
     "thrift": lambda port: drivers.loadgen("thrift", port, requests=2000),
     "dubbo": lambda port: drivers.loadgen("dubbo", port, requests=2000),
+    "redis-shards": lambda port: drivers.redis_mset_mget(port, requests=1000),
 }
 
 
@@ -224,6 +254,7 @@ class Run:
         self.memory: list[MemoryResult] = []
         self.profile_md: list[str] = []
         self.tls = targets.make_certificates(procs.workdir)
+        self.upstream_pgids: list[int] = []  # the current group's upstream servers
 
     def log(self, text: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
@@ -234,10 +265,15 @@ class Run:
         scenarios = [s for s in SCENARIOS if s.group == group]
         ca = self.tls.ca
         loads = _loads(self.settings, ca)
-        upstream = _start_upstream(group, self.procs)
+        ports, servers = _start_upstream(group, self.procs)
+        upstream = ports[0]
+        self.upstream_pgids = [proc.pgid for proc in servers]
         if group == "redis-tls":  # the upstream is plaintext: no direct row
             started: list[Target] = []
             factories = _tls_factories(self.adapters, self.tls)
+        elif group == "redis-shards":  # no direct row either: a client cannot split MGET
+            started = []
+            factories = _shard_factories(self.adapters, ports)
         else:
             started = [Target("direct", "direct", upstream)]
             factories = _factories(group, self.adapters, self.experiments, self.compiled)
@@ -249,6 +285,13 @@ class Run:
                 continue
             self.kinds[target.name] = target.kind
             started.append(target)
+            if group == "redis-shards":
+                problem = drivers.split_problem(target.port, ports)
+                if problem is not None:
+                    self._skip(group, target.name, problem)
+                    started.pop()
+                    if target.proc is not None:
+                        self.procs.stop(target.proc)
         live = []
         for target in started:
             try:
@@ -288,18 +331,30 @@ class Run:
         if target.proc is not None and target.proc.popen.poll() is not None:
             self.failed[(key, target.name)] = f"exited: {target.proc.tail(3)}"
             return
-        before = cpu_seconds(target.proc.pgid) if target.proc is not None else None
+        before = cpu_times(target.proc.pgid) if target.proc is not None else None
+        upstream_before = sum(sum(cpu_times(pgid)) for pgid in self.upstream_pgids)
         try:
             result = load(target.port)
         except DriverError as exc:
             self.failed[(key, target.name)] = str(exc).splitlines()[0][:200]
             self.notes.append(f"{target.name} ({key}): {exc}")
             return
-        cpu = None
+        upstream = sum(sum(cpu_times(pgid)) for pgid in self.upstream_pgids) - upstream_before
+        sample = Sample(result, None, upstream_seconds=upstream)
         if target.proc is not None and before is not None:
-            cpu = cpu_seconds(target.proc.pgid) - before
-        self.samples.setdefault((key, target.name), []).append(Sample(result, cpu))
-        cpu_text = f", {cpu * 1e6 / result.requests:.1f} µs/req" if cpu is not None else ""
+            user, kernel = (a - b for a, b in zip(cpu_times(target.proc.pgid), before, strict=True))
+            sample = replace(
+                sample, cpu_seconds=user + kernel, user_seconds=user, kernel_seconds=kernel
+            )
+        self.samples.setdefault((key, target.name), []).append(sample)
+        cpu_text = ""
+        if sample.cpu_seconds is not None and result.requests:
+            per = 1e6 / result.requests
+            cpu_text = (
+                f", {sample.cpu_seconds * per:.1f} µs/req "
+                f"(user {(sample.user_seconds or 0.0) * per:.1f}, "
+                f"kernel {(sample.kernel_seconds or 0.0) * per:.1f})"
+            )
         self.log(f"  {key:9} {target.name:22} {result.rps:>10,.0f} req/s{cpu_text}")
 
     def rows(self) -> list[Row]:
@@ -462,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="1 round, small counts (< 2 min)")
     parser.add_argument("--rounds", type=int, help="override the number of rounds")
     parser.add_argument(
-        "--adapters", default=",".join(ADAPTERS), help="comma list (asyncio,uvloop,blocking,trio)"
+        "--adapters", default=",".join(ADAPTERS), help=f"comma list ({','.join(ADAPTERS)})"
     )
     parser.add_argument(
         "--groups", default=",".join(GROUPS), help=f"comma list of {','.join(GROUPS)}"
@@ -543,7 +598,9 @@ def main(argv: list[str] | None = None) -> int:
         "",
         *_machine(),
         "- every proxy single-threaded / one worker; proxy CPU = utime+stime of its process "
-        "group from /proc during the load, divided by the requests completed",
+        "group from /proc during the load, divided by the requests completed; user and kernel "
+        "are its two parts; upstream = utime+stime of the upstream server(s) per request (on "
+        "the direct row: the server's own cost)",
         "",
     ]
     chosen = [s for s in SCENARIOS if s.group in groups]

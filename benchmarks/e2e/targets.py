@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import shutil
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,7 @@ __all__ = [
     "make_certificates",
     "metaprotocol_config",
     "mitmdump_binary",
+    "shards_config",
     "start_canned",
     "start_haproxy",
     "start_metaprotocol",
@@ -211,9 +213,12 @@ backend be
     )
 
 
-def start_twemproxy(procs: Procs, upstream: int) -> Target:
+def start_twemproxy(procs: Procs, upstream: int, shards: Sequence[int] = ()) -> Target:
+    """nutcracker in front of ``upstream``, or of the ``shards`` (ketama on the key; it
+    splits MGET, MSET and DEL per shard)."""
     port = free_port()
     conf = procs.workdir / f"twemproxy-{port}.yml"
+    servers = "".join(f"    - 127.0.0.1:{p}:1\n" for p in shards or [upstream])
     conf.write_text(
         f"""bench:
   listen: 127.0.0.1:{port}
@@ -224,8 +229,7 @@ def start_twemproxy(procs: Procs, upstream: int) -> Target:
   timeout: 5000
   server_connections: 1
   servers:
-    - 127.0.0.1:{upstream}:1
-"""
+{servers}"""
     )
     argv = [
         "nutcracker",
@@ -335,6 +339,8 @@ _ROUTES = {
 
 def metaprotocol_config(codec: str, port: int, upstream: int, *, extra: str = "") -> str:
     """A one-listener YAML config: ``codec`` on ``port``, routed to 127.0.0.1:``upstream``."""
+    if codec == "redis-shards":
+        raise ValueError("redis-shards: use shards_config")
     return f"""listeners:
   - name: bench
     address: 127.0.0.1:{port}
@@ -342,6 +348,24 @@ def metaprotocol_config(codec: str, port: int, upstream: int, *, extra: str = ""
 {extra}{_ROUTES[codec]}clusters:
   - name: main
     endpoints: [127.0.0.1:{upstream}]
+"""
+
+
+def shards_config(port: int, shards: Sequence[int]) -> str:
+    """Redis on ``port`` in front of ``shards``: one ``ring_hash`` cluster hashed on the key
+    (so multi-key commands need the proxy to split them)."""
+    endpoints = ", ".join(f"127.0.0.1:{p}" for p in shards)
+    return f"""listeners:
+  - name: bench
+    address: 127.0.0.1:{port}
+    codec: redis
+    routes:
+      - name: shards
+        route: {{cluster: shards, hash_policy: [key]}}
+clusters:
+  - name: shards
+    endpoints: [{endpoints}]
+    lb_policy: ring_hash
 """
 
 
@@ -362,23 +386,30 @@ def start_metaprotocol(
     label: str = "",
     launcher_flags: tuple[str, ...] = (),
     python: str | None = None,
+    shards: Sequence[int] = (),
 ) -> Target:
     """``python -m metaprotocol run`` on a one-listener config; ``launcher_flags`` (A/B
     experiments such as ``--no-observe``) go through ``mprun.py`` instead. ``python`` is
     another interpreter with metaprotocol installed (the mypyc build): its target is named
-    ``metaprotocol[mypyc]/ADAPTER``."""
-    if python is not None:
-        port = free_port()
-        conf = procs.workdir / f"metaprotocol-mypyc-{codec}-{adapter}-{port}.yaml"
+    ``metaprotocol[mypyc]/ADAPTER``. Codec ``redis-shards``: Redis in front of ``shards``
+    (``shards_config``). Adapter ``rloop`` goes through ``mprun.py`` (the CLI has no such
+    adapter: it is the asyncio adapter on rloop's event loop)."""
+    port = free_port()
+    build = "" if python is None else "-mypyc"
+    conf = procs.workdir / f"metaprotocol{build}-{codec}-{adapter}{label}-{port}.yaml"
+    if codec == "redis-shards":
+        conf.write_text(shards_config(port, shards))
+    else:
         conf.write_text(metaprotocol_config(codec, port, upstream, extra=extra))
-        argv = [python, "-m", "metaprotocol", "run", str(conf), "--adapter", adapter]
-        argv += ["--log-level", "warning"]
+    if python is not None:
+        if adapter == "rloop":
+            argv = [python, str(HERE / "mprun.py"), str(conf), "--adapter", adapter]
+        else:
+            argv = [python, "-m", "metaprotocol", "run", str(conf), "--adapter", adapter]
+            argv += ["--log-level", "warning"]
         name = f"metaprotocol[mypyc]/{adapter}"
         return Target(name, "metaprotocol", port, _start(procs, name, argv, port))
-    port = free_port()
-    conf = procs.workdir / f"metaprotocol-{codec}-{adapter}{label}-{port}.yaml"
-    conf.write_text(metaprotocol_config(codec, port, upstream, extra=extra))
-    if launcher_flags:
+    if launcher_flags or adapter == "rloop":
         argv = [sys.executable, str(HERE / "mprun.py"), str(conf), "--adapter", adapter]
         argv += list(launcher_flags)
     elif _runner_available():
