@@ -42,9 +42,10 @@ GOALS: dict[str, int] = {
     "dubbo": 1_000_000,
     "thrift framed binary": 1_500_000,
     "redis": 1_000_000,
-    "http1 fast": 200_000,
+    "http1 fast": 500_000,
 }
-"""Decode goals in messages per second, printed next to the decode results."""
+"""Decode goals in messages per second (issue 18; meant for the compiled build), printed
+next to the decode results."""
 
 
 @dataclass(frozen=True)
@@ -211,13 +212,15 @@ def goal_text(case: Case, result: Result) -> str:
     goal = GOALS.get(case.label)
     if goal is None or result.operation != "decode":
         return ""
-    verdict = "met" if result.msgs_per_s >= goal else "**missed**"
+    verdict = "met" if result.best_msgs_per_s >= goal else "**missed**"
     return f">= {goal:,}/s: {verdict}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--seconds", type=float, default=0.5, help="time per measurement")
+    parser.add_argument(
+        "--seconds", type=float, default=0.5, help="CPU time per measurement (thread_time)"
+    )
     parser.add_argument(
         "--codec", action="append", default=[], help="only these case labels or codec names"
     )
@@ -239,13 +242,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         for result in results:
             operation = "decode + metadata" if result.operation == "decode" else result.operation
             rows.append(
-                f"| {case.label} | {operation} | {result.msgs_per_s:,.0f} | "
-                f"{result.mb_per_s:,.1f} | {goal_text(case, result)} |"
+                f"| {case.label} | {operation} | {result.best_msgs_per_s:,.0f} | "
+                f"{result.msgs_per_s:,.0f} | {result.mb_per_s:,.1f} | {goal_text(case, result)} |"
             )
         print(f"measured {case.label}", file=sys.stderr)
-    print(f"Python {sys.version.split()[0]}, {args.seconds}s per measurement\n")
-    print("| codec | operation | msgs/s | MB/s | goal |")
-    print("|---|---|---:|---:|---|")
+    print(
+        f"Python {sys.version.split()[0]}, {args.seconds}s of CPU time (thread_time) per "
+        "measurement, in batches of about 64 KiB; goals are checked on the best batch\n"
+    )
+    print("| codec | operation | msgs/s (best batch) | msgs/s (mean) | MB/s (mean) | goal |")
+    print("|---|---|---:|---:|---:|---|")
     for row in rows:
         print(row)
     if notes:

@@ -478,6 +478,9 @@ def test_measure_decode_counts_every_message_and_byte() -> None:
     assert result.messages % per_unit == 0
     assert result.messages >= per_unit
     assert result.total_bytes * per_unit == result.messages * len(b"".join(REQUESTS))
+    # The fastest batch is at least as fast as the mean over the run.
+    assert result.batch_messages % per_unit == 0 and result.batch_messages > 0
+    assert result.best_msgs_per_s >= result.msgs_per_s
     assert result.msgs_per_s == pytest.approx(result.messages / result.seconds)
     assert result.mb_per_s == pytest.approx(result.total_bytes / result.seconds / 1e6)
     assert "msgs/s" in str(result)
