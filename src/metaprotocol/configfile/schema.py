@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from importlib.metadata import entry_points
 from typing import Any, cast
 
+from metaprotocol.configfile.discovery import read_discovery, read_health_check
 from metaprotocol.configfile.routing import RoutingReader
 from metaprotocol.configfile.secrets import read_credentials, redacted
 from metaprotocol.configfile.tls import cluster_tls, listener_tls
@@ -80,6 +81,9 @@ _CLUSTER_KEYS = (
     "outlier_detection",
     "auth",
     "tls",
+    "discovery",
+    "dns_refresh",
+    "health_check",
 )
 _RATELIMIT_REDIS_KEYS = ("address", "auth", "db", "tls")
 _OPTION_PROBLEM_RE = re.compile(r"(?:\w+ codec_options\.)?(?P<key>\w+): (?P<rest>.+)", re.DOTALL)
@@ -131,6 +135,7 @@ class Checker(RoutingReader):
                 self.error(path, f"unknown cluster {name!r}{hint(name, known)}")
         if complete:
             self.check_upstream_logins(listeners, clusters)
+            self.check_health_probes(listeners, clusters)
         raw = redacted(copy.deepcopy(dict(top)))  # what /config_dump shows: no secrets
         tracing = self.optional(top, "tracing", "", self.tracing)
         return Config(listeners, clusters, admin, access_log, log_metadata, raw, redis, tracing)
@@ -157,6 +162,25 @@ class Checker(RoutingReader):
                     f"clusters[{with_auth[name]}].auth",
                     f"listener {listener.name!r} routes to this cluster with codec "
                     f"{listener.codec!r}, which cannot log in to its upstreams",
+                )
+
+    def check_health_probes(
+        self, listeners: tuple[ListenerConfig, ...], clusters: tuple[ClusterConfig, ...]
+    ) -> None:
+        """A cluster with ``health_check`` is probed in one protocol: the listeners routing
+        to it must share a codec (the probe is that codec's)."""
+        checked = {c.name: i for i, c in enumerate(clusters) if c.health_check is not None}
+        codecs: dict[str, dict[str, str]] = {}  # cluster -> codec -> a listener using it
+        for listener in listeners:
+            for name in _cluster_names(listener) & set(checked):
+                codecs.setdefault(name, {}).setdefault(listener.codec, listener.name)
+        for name, seen in sorted(codecs.items()):
+            if len(seen) > 1:
+                which = ", ".join(f"{lst!r} ({codec})" for codec, lst in sorted(seen.items()))
+                self.error(
+                    f"clusters[{checked[name]}].health_check",
+                    f"listeners of different codecs route to this cluster ({which}): "
+                    "its probe needs one protocol",
                 )
 
     def admin(self, value: object, path: str) -> AdminConfig | None:
@@ -388,6 +412,7 @@ class Checker(RoutingReader):
         connect = self.field(
             m, "connect_timeout", path, self.positive_duration, DEFAULT_CONNECT_TIMEOUT
         )
+        discovery, dns_refresh = read_discovery(self, m, path)
         return ClusterConfig(
             name=self.field(m, "name", path, self.string, ""),
             endpoints=self.optional(m, "endpoints", path, self.endpoints) or (),
@@ -400,6 +425,11 @@ class Checker(RoutingReader):
             outlier_detection=self.optional(m, "outlier_detection", path, self.outlier),
             auth=self.optional(m, "auth", path, self.credentials),
             tls=self.optional(m, "tls", path, lambda v, q: cluster_tls(self, v, q)),
+            discovery=discovery,
+            dns_refresh=dns_refresh,
+            health_check=self.optional(
+                m, "health_check", path, lambda v, q: read_health_check(self, v, q)
+            ),
         )
 
     def lb_policy(self, value: object, path: str) -> LbPolicy | None:

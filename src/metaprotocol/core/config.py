@@ -17,6 +17,7 @@ from metaprotocol.core.secrets import Credentials
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
+    "DEFAULT_DNS_REFRESH",
     "DEFAULT_IDLE_TIMEOUT",
     "DEFAULT_MAX_MESSAGE_SIZE",
     "DEFAULT_MAX_PENDING_REQUESTS",
@@ -28,10 +29,13 @@ __all__ = [
     "ClusterConfig",
     "ClusterTls",
     "Config",
+    "Discovery",
     "Endpoint",
     "FaultConfig",
     "FilterConfig",
     "GlobalRateLimitConfig",
+    "HealthCheck",
+    "HealthCheckRequest",
     "ListenerConfig",
     "ListenerTls",
     "LocalRateLimitCondition",
@@ -58,6 +62,7 @@ DEFAULT_MAX_MESSAGE_SIZE: Final = 8 * 1024 * 1024
 DEFAULT_MAX_PENDING_REQUESTS: Final = 1024
 DEFAULT_MAX_UPSTREAM_CONNECTIONS_PER_ENDPOINT: Final = 4
 DEFAULT_OUTPUT_BUFFER_LIMIT: Final = 32 * 1024 * 1024
+DEFAULT_DNS_REFRESH: Final = 30.0
 
 MatcherKind = Literal["exact", "prefix", "suffix", "regex", "present"]
 
@@ -296,6 +301,38 @@ class OutlierDetection:
     max_ejection_percent: float = 50.0
 
 
+@dataclass(frozen=True, slots=True)
+class HealthCheckRequest:
+    """What a codec's probe asks (``ProbesHealth`` in core/codec.py); codecs read what
+    applies to them: HTTP/1.1 sends ``GET path`` with ``Host: host`` (None: the endpoint's
+    ``host:port``); Redis (``PING``) and Dubbo (a heartbeat) need nothing."""
+
+    path: str = "/"
+    host: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheck:
+    """Active health checking of a cluster's endpoints (docs/configuration.md).
+
+    Every ``interval`` each endpoint gets a probe on a connection of its own (the codec's
+    probe, or a TCP connect for a codec without one); no good answer within ``timeout`` is a
+    failure. ``unhealthy_threshold`` failures in a row take an endpoint out,
+    ``healthy_threshold`` successes in a row bring it back (core/health.py).
+    """
+
+    interval: float = 5.0
+    timeout: float = 1.0
+    unhealthy_threshold: int = 3
+    healthy_threshold: int = 2
+    request: HealthCheckRequest = HealthCheckRequest()
+
+
+Discovery = Literal["static", "dns"]
+"""``static``: each hostname endpoint is resolved when a connection opens (one address);
+``dns``: every ``dns_refresh`` each name is resolved again and every A/AAAA record is an
+endpoint (metaprotocol.discovery)."""
+
 LbPolicy = Literal["round_robin", "random", "least_request", "ring_hash", "maglev"]
 
 
@@ -312,6 +349,9 @@ class ClusterConfig:
     # hook sends the login, e.g. Redis AUTH); a refused login is a connect failure.
     auth: Credentials | None = None
     tls: ClusterTls | None = None  # the adapter originates TLS to the endpoints
+    discovery: Discovery = "static"
+    dns_refresh: float = DEFAULT_DNS_REFRESH  # seconds between resolutions (discovery dns)
+    health_check: HealthCheck | None = None  # None: passive (outlier detection) only
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,12 +27,16 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import DecodeError, Message
 from xds.type.matcher.v3 import matcher_pb2, string_pb2
 
+from metaprotocol.configfile.discovery import PROBE_HOST_RE, PROBE_PATH_RE
 from metaprotocol.core.config import (
     CircuitBreakers,
     ClusterConfig,
     ClusterTls,
     Config,
+    Discovery,
     Endpoint,
+    HealthCheck,
+    HealthCheckRequest,
     LbPolicy,
     ListenerConfig,
     OutlierDetection,
@@ -83,6 +87,10 @@ _RESOLVED_TYPES = (
     cluster_pb2.Cluster.LOGICAL_DNS,
 )
 _EXCLUDED_HEALTH = (health_check_pb2.UNHEALTHY, health_check_pb2.DRAINING)
+# Envoy's default dns_refresh_rate: a STRICT_DNS cluster without one re-resolves this often.
+_ENVOY_DNS_REFRESH = 5.0
+# custom_health_check names whose probe is the codec's own (Envoy's Redis checker: PING).
+_CODEC_PROBE_CHECKERS = ("envoy.health_checkers.redis",)
 # Envoy's retry_on words that have a meaning here; the others are ignored.
 _RETRY_ON = {
     "connect-failure": "connect_failure",
@@ -178,6 +186,14 @@ def cluster_config(
         connect = _seconds(cluster.connect_timeout)
         if connect <= 0:
             raise XdsError(f"{what}: connect_timeout must be positive")
+    discovery: Discovery = "static"
+    dns_refresh = default.dns_refresh
+    if kind == cluster_pb2.Cluster.STRICT_DNS:
+        discovery, dns_refresh = "dns", _ENVOY_DNS_REFRESH
+        if cluster.HasField("dns_refresh_rate"):
+            dns_refresh = _seconds(cluster.dns_refresh_rate)
+            if dns_refresh <= 0:
+                raise XdsError(f"{what}: dns_refresh_rate must be positive")
     return ClusterConfig(
         name=cluster.name,
         endpoints=found,
@@ -186,7 +202,56 @@ def cluster_config(
         circuit_breakers=_breakers(cluster),
         outlier_detection=_outlier(cluster),
         tls=_tls(cluster, what) if cluster.HasField("transport_socket") else None,
+        discovery=discovery,
+        dns_refresh=dns_refresh,
+        health_check=_health_check(cluster, what),
     )
+
+
+def _health_check(cluster: cluster_pb2.Cluster, what: str) -> HealthCheck | None:
+    """``health_checks``: at most one; its probe is the codec's (docs/xds.md)."""
+    if not cluster.health_checks:
+        return None
+    if len(cluster.health_checks) > 1:
+        raise XdsError(f"{what}: only one health check is supported")
+    hc = cluster.health_checks[0]
+    where = f"{what}: health_checks[0]"
+    d = HealthCheck()
+    timeout, interval = _seconds(hc.timeout), _seconds(hc.interval)
+    if timeout <= 0 or interval <= 0:
+        raise XdsError(f"{where}: timeout and interval must be positive")
+    if timeout > interval:
+        raise XdsError(f"{where}: timeout must not exceed interval")
+    thresholds = []
+    for name, default in (
+        ("unhealthy_threshold", d.unhealthy_threshold),
+        ("healthy_threshold", d.healthy_threshold),
+    ):
+        value = getattr(hc, name).value if hc.HasField(name) else default
+        if value < 1:
+            raise XdsError(f"{where}: {name} must be at least 1")
+        thresholds.append(int(value))
+    request = d.request
+    checker = hc.WhichOneof("health_checker")
+    if checker == "http_health_check":
+        http = hc.http_health_check
+        path = http.path or "/"
+        if PROBE_PATH_RE.fullmatch(path) is None:
+            raise XdsError(f"{where}: http_health_check.path {path!r} is not an origin-form path")
+        if http.host and PROBE_HOST_RE.fullmatch(http.host) is None:
+            raise XdsError(f"{where}: http_health_check.host {http.host!r} is not a host")
+        request = HealthCheckRequest(path, http.host or None)
+    elif checker == "tcp_health_check":
+        tcp = hc.tcp_health_check
+        if tcp.HasField("send") or tcp.receive:
+            raise XdsError(f"{where}: tcp_health_check send/receive payloads are not supported")
+    elif checker == "custom_health_check":
+        if hc.custom_health_check.name not in _CODEC_PROBE_CHECKERS:
+            name = hc.custom_health_check.name
+            raise XdsError(f"{where}: custom_health_check {name!r} is not supported")
+    else:
+        raise XdsError(f"{where}: {checker or 'no health checker'} is not supported")
+    return HealthCheck(interval, timeout, thresholds[0], thresholds[1], request)
 
 
 def _breakers(cluster: cluster_pb2.Cluster) -> CircuitBreakers:
