@@ -18,7 +18,7 @@ def test_each_codec_declares_the_hooks_it_has() -> None:
     assert redis.decode_many and redis.preamble and redis.reply_status
     assert not redis.interim_reply and not redis.decode_eof
     dubbo = capabilities_of(get_codec("dubbo"))
-    assert dubbo == Capabilities(reply_status=True)
+    assert dubbo == Capabilities(reply_status=True, probe=True)
 
 
 def test_a_listener_keeps_its_codecs_capabilities() -> None:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 from metaprotocol.core.message import ErrorType, Message, Mutation, NeedData, ProtocolError
 
 if TYPE_CHECKING:
+    from metaprotocol.core.config import HealthCheckRequest
     from metaprotocol.core.secrets import Credentials
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "DecodesMany",
     "OpensWithPreamble",
     "Ordering",
+    "ProbesHealth",
     "ReportsReplyStatus",
     "SendsInterimReply",
     "Side",
@@ -66,9 +68,9 @@ class Codec(Protocol):
       protocol has no way to answer (the core then closes).
 
     Optional hooks are the small protocols below (``DecodesMany``, ``SendsInterimReply``,
-    ``DecodesAtEof``, ``OpensWithPreamble``, ``ReportsReplyStatus``): the core looks at the
-    codec class once per listener (``capabilities_of``) and keeps the answer in a
-    ``Capabilities`` record, never probing a codec per message.
+    ``DecodesAtEof``, ``OpensWithPreamble``, ``ReportsReplyStatus``, ``ProbesHealth``): the
+    core looks at the codec class once per listener (``capabilities_of``) and keeps the
+    answer in a ``Capabilities`` record, never probing a codec per message.
     """
 
     name: ClassVar[str]
@@ -146,6 +148,25 @@ class ReportsReplyStatus(Protocol):
     def reply_status(self, reply: bytes) -> str: ...
 
 
+@runtime_checkable
+class ProbesHealth(Protocol):
+    """Optional hook (upstream side): an active health check's probe.
+
+    ``probe_request`` is the bytes of one probe, written on a connection the proxy opened
+    for health checking only (after the ``preamble``, if any); ``request`` says what to ask
+    where the protocol can ask different things (HTTP: the path and Host; the core always
+    sets ``host``: the configured one, else the endpoint's ``host:port``). The codec counts
+    the probe as a request it sent, so the answer decodes like any response, and
+    ``probe_ok`` judges it: True when the endpoint is healthy (Redis ``+PONG``, a Dubbo
+    heartbeat answered OK, an HTTP 2xx). A codec without this hook is checked by
+    connecting only.
+    """
+
+    def probe_request(self, request: HealthCheckRequest) -> bytes: ...
+
+    def probe_ok(self, response: Message) -> bool: ...
+
+
 class CodecFactory(Protocol):
     """A codec class: ``factory(side, options, max_message_size)`` builds one codec."""
 
@@ -176,6 +197,7 @@ class Capabilities:
     decode_eof: bool = False  # DecodesAtEof
     preamble: bool = False  # OpensWithPreamble
     reply_status: bool = False  # ReportsReplyStatus
+    probe: bool = False  # ProbesHealth
 
 
 def capabilities_of(factory: CodecFactory) -> Capabilities:
@@ -186,6 +208,7 @@ def capabilities_of(factory: CodecFactory) -> Capabilities:
         decode_eof=isinstance(factory, DecodesAtEof),
         preamble=hasattr(factory, "preamble"),  # ``variant`` is set per instance
         reply_status=isinstance(factory, ReportsReplyStatus),
+        probe=isinstance(factory, ProbesHealth),
     )
 
 

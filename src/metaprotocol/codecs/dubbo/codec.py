@@ -86,6 +86,7 @@ from metaprotocol.codecs.dubbo.hessian2 import (
     write_string,
 )
 from metaprotocol.core.codec import Ordering, Side
+from metaprotocol.core.config import HealthCheckRequest
 from metaprotocol.core.message import (
     NEED_DATA,
     ErrorType,
@@ -176,6 +177,7 @@ class DubboCodec:
         self._max_message_size = max_message_size
         self._desc_counts: dict[str, int] = {}
         self._memo = ScanMemo()
+        self._probe_id = 0  # the id of the last health-check heartbeat sent
 
     # ------------------------------------------------------------ decoding
 
@@ -352,3 +354,25 @@ class DubboCodec:
         body = b"N" if serialization == SERIALIZATION_HESSIAN2 else frame[HEADER_SIZE:]
         request_id = int.from_bytes(frame[4:12], "big")  # the 8-byte id
         return build_header(FLAG_EVENT | serialization, STATUS_OK, request_id, len(body)) + body
+
+    # ------------------------------------------------------------ active health checks
+
+    def probe_request(self, request: HealthCheckRequest) -> bytes:
+        """Upstream side: a two-way Hessian2 heartbeat request with null data, as Java Dubbo's
+        ``HeartbeatHandler`` sends it (flag 0xe2, body ``N``); ids count up from 1 per
+        connection. ``request`` has nothing a Dubbo probe uses."""
+        self._probe_id = (self._probe_id + 1) % 2**64
+        flag = FLAG_REQUEST | FLAG_TWO_WAY | FLAG_EVENT | SERIALIZATION_HESSIAN2
+        return build_header(flag, 0, self._probe_id, 1) + b"N"
+
+    def probe_ok(self, response: Message) -> bool:
+        """Healthy: a heartbeat response (event flag, no request flag) to the last probe
+        with an OK status (20, or 0 as some providers answer heartbeats)."""
+        frame = response.frame
+        return (
+            response.type is MessageType.HEARTBEAT
+            and response.status is ResponseStatus.OK
+            and len(frame) >= HEADER_SIZE
+            and not frame[2] & FLAG_REQUEST
+            and response.request_id == self._probe_id
+        )

@@ -69,6 +69,7 @@ from metaprotocol.codecs.http1.fastparse import (
 )
 from metaprotocol.codecs.http1.reference import ReferenceRequestParser, ReferenceResponseParser
 from metaprotocol.core.codec import Ordering, Side
+from metaprotocol.core.config import HealthCheckRequest
 from metaprotocol.core.message import (
     NEED_DATA,
     ErrorType,
@@ -126,6 +127,7 @@ _PROTECTED: Final = frozenset({"content-length", "transfer-encoding"})
 # answered 501 or re-framed by the codec itself).
 _HOP_BY_HOP: Final = frozenset({"connection", "keep-alive", "proxy-connection", "te"})
 _MAX_DETAIL: Final = 200
+_PROBE_FIELD_RE: Final = re.compile(r"[\x21-\x7e]+")  # visible ASCII: no CR, LF or space
 
 
 def _expects_continue(properties: Mapping[str, str]) -> bool:
@@ -395,6 +397,30 @@ class Http1Codec:
 
     def encode_heartbeat_reply(self, heartbeat: Message) -> bytes | None:
         return None  # HTTP/1.1 has no heartbeats
+
+    # -- active health checks (optional hook ProbesHealth) ------------------------------------
+
+    def probe_request(self, request: HealthCheckRequest) -> bytes:
+        """Upstream side: ``GET request.path`` with ``Host: request.host``, kept alive (the
+        next probe reuses the connection); recorded like an encoded request so the answer
+        decodes in order."""
+        host = request.host or ""
+        if not (request.path.startswith("/") and _PROBE_FIELD_RE.fullmatch(request.path)):
+            raise ValueError(
+                f"http1: health check path must be an origin-form path, got {request.path!r}"
+            )
+        if not _PROBE_FIELD_RE.fullmatch(host):
+            raise ValueError(f"http1: health check host must be visible ASCII, got {host!r}")
+        self._pending.append(("GET", None))
+        return (
+            f"GET {request.path} HTTP/1.1\r\nHost: {host}\r\n"
+            "User-Agent: metaprotocol-health-check\r\n\r\n"
+        ).encode("ascii")
+
+    def probe_ok(self, response: Message) -> bool:
+        """Healthy: a 2xx answer."""
+        status = response.properties.get(":status", "")
+        return len(status) == 3 and status[0] == "2"
 
 
 def _positive(options: Mapping[str, Any], key: str, default: int, size: bool) -> int:

@@ -11,6 +11,7 @@ from metaprotocol.codecs.redis.commands import AUTH_ARITY_DETAIL, NOPROTO_DETAIL
 from metaprotocol.codecs.redis.reply import ReplyDecoder
 from metaprotocol.codecs.redis.request import RequestDecoder
 from metaprotocol.core.codec import Ordering, Side
+from metaprotocol.core.config import HealthCheckRequest
 from metaprotocol.core.message import (
     NEED_DATA,
     AuthenticationFailed,
@@ -48,6 +49,8 @@ _REASONS: Mapping[ErrorType, str] = {
 _NAMES_COMMAND: Final = frozenset({ErrorType.ROUTE_NOT_FOUND, ErrorType.CLUSTER_NOT_FOUND})
 _MAX_ERROR_TEXT: Final = 512  # keep local replies short whatever the detail
 _OK_REPLY: Final = b"+OK\r\n"
+_PING: Final = b"*1\r\n$4\r\nPING\r\n"  # as redis-cli sends it
+_PONG: Final = b"+PONG\r\n"  # RESP2 and RESP3 alike
 
 # What redis-server answers an unauthenticated client, and a refused login.
 NOAUTH_REPLY: Final = b"-NOAUTH Authentication required.\r\n"
@@ -315,6 +318,17 @@ class RedisCodec:
         version = data[1]
         self.variant = "resp3" if version == 3 else ""
         return _hello_reply(version)
+
+    # -- active health checks (optional hook ProbesHealth)
+
+    def probe_request(self, request: HealthCheckRequest) -> bytes:
+        """Upstream side: ``PING``; ``request`` has nothing a Redis probe uses."""
+        return _PING
+
+    def probe_ok(self, response: Message) -> bool:
+        """Healthy: the server answered ``+PONG`` (``-LOADING``, ``-NOAUTH``, ``-MASTERDOWN``
+        and any other answer are not)."""
+        return response.frame == _PONG
 
 
 def _password(credentials: Credentials) -> bytes:
