@@ -1,0 +1,5 @@
+"""Endpoint discovery outside the core: DNS re-resolution (``discovery: dns``).
+
+Resolution blocks, so adapters run it off their event loop and hand each changed endpoint
+set to the core as an event; see ``metaprotocol.discovery.dns``.
+"""
