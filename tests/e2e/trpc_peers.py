@@ -185,8 +185,6 @@ class TrpcEchoServer:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def serve(self, sock: socket.socket) -> None:
-        self._sock = sock
-        self.port = sock.getsockname()[1]
         while True:
             try:
                 conn, _ = sock.accept()
@@ -265,8 +263,9 @@ class TrpcEchoServer:
 def echo_server(name: str) -> Iterator[TrpcEchoServer]:
     server = TrpcEchoServer(name)
     sock = socket.create_server(("127.0.0.1", 0))
+    # Set before the thread starts: a test that ends at once must still close the socket.
+    server._sock, server.port = sock, sock.getsockname()[1]
     thread = threading.Thread(target=server.serve, args=(sock,), daemon=True)
-    server.port = sock.getsockname()[1]
     thread.start()
     try:
         yield server

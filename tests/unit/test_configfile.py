@@ -494,8 +494,6 @@ listeners.0.routes.0.route.mirror = [{cluster: main}, {cluster: x}]
 => listeners[0].routes[0].route.mirror[1].cluster: unknown cluster 'x'
 listeners.0.codec = fak
 => listeners[0].codec: unknown codec 'fak' (did you mean 'fake'?)
-listeners.0.codec = zzzz
-=> listeners[0].codec: unknown codec 'zzzz' (known: fake, nomut, validating)
 listeners.0.codec_options = {mode: c}
 => listeners[0].codec_options.mode: expected a or b, got 'c'
 listeners.0.codec_options = {x: 1}
@@ -614,6 +612,14 @@ def test_each_error_is_reported_at_its_path(edits: list[str], expected: str) -> 
     for line in edits:
         apply_edit(data, line)
     assert errors_of(data) == [expected]
+
+
+def test_an_unknown_codec_lists_the_given_codecs_and_the_registrys() -> None:
+    data = edited(lambda d: _listener(d).update(codec="zzzz"))
+    assert errors_of(data) == [
+        f"{L0}.codec: unknown codec 'zzzz' (known: dubbo, fake, http1, lengthprefixed, nomut, "
+        "redis, thrift, trpc, validating)"
+    ]
 
 
 def test_invalid_regex_names_the_pattern_and_the_reason() -> None:

@@ -55,9 +55,11 @@ def parse_config(
 ) -> Config:
     """Validate parsed YAML/JSON data into a ``Config``; raise ``ConfigError`` with every error.
 
-    Codec names are resolved with ``metaprotocol.codecs.registry.get_codec`` unless
-    ``codecs`` (name -> codec class) is given. ``source`` names the input in errors
-    about the whole document. The input is kept, deep-copied, in ``Config.raw``.
+    A listener's codec is looked up in ``codecs`` (name -> codec class, for programs that
+    bring their own) first, then with ``metaprotocol.codecs.registry.get_codec``: the
+    built-ins, the ``metaprotocol.codecs`` entry points, or a ``package.module:Class``
+    reference. ``source`` names the input in errors about the whole document. The input is
+    kept, deep-copied, in ``Config.raw``.
     """
     checker = Checker(source, codecs)
     try:

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from importlib.metadata import entry_points
 from typing import Any, cast
 
+from metaprotocol.codecs.registry import CodecReferenceError
 from metaprotocol.configfile.discovery import read_discovery, read_health_check
 from metaprotocol.configfile.routing import RoutingReader
 from metaprotocol.configfile.secrets import read_credentials, redacted
@@ -94,7 +95,8 @@ _OUTLIER_KEYS = ("consecutive_failures", "base_ejection_time", "max_ejection_per
 class Checker(RoutingReader):
     """Turns parsed YAML/JSON into a ``Config``, collecting every error on the way.
 
-    ``codecs`` (name -> codec class) replaces the codec registry, for tests and embedding.
+    ``codecs`` (name -> codec class) is consulted before the codec registry (built-ins,
+    entry points, ``module:Class`` references), for tests and embedding.
     """
 
     def __init__(self, source: str, codecs: Mapping[str, CodecFactory] | None = None) -> None:
@@ -333,29 +335,35 @@ class Checker(RoutingReader):
         codec_path = join_path(path, "codec")
         try:
             return self.lookup_codec(name)
+        except CodecReferenceError as exc:  # module:Class: says what is wrong with it
+            self.error(codec_path, str(exc))
         except (ImportError, AttributeError) as exc:  # a broken module or entry point
             self.error(codec_path, f"codec {name!r} failed to load: {exc}")
         except (LookupError, ValueError):
             names = self.codec_names()
             more = hint(name, names) or f" (known: {', '.join(names)})"
+            module, dot, attr = name.rpartition(".")
+            if dot and module and attr:  # a class named with a dot where the colon goes
+                more += f"; to load a codec class, write '{module}:{attr}'"
             self.error(codec_path, f"unknown codec {name!r}{more}")
         return None
 
     def lookup_codec(self, name: str) -> CodecFactory:
-        if self.codecs is not None:
+        if self.codecs is not None and name in self.codecs:
             return self.codecs[name]
         # Imported by name (not `from ... import`) so tests can stand in a registry module.
         registry = importlib.import_module("metaprotocol.codecs.registry")
         return cast(CodecFactory, registry.get_codec(name))
 
     def codec_names(self) -> list[str]:
-        if self.codecs is not None:
-            return sorted(self.codecs)
+        names = set(self.codecs or ())
         registry = importlib.import_module("metaprotocol.codecs.registry")
-        names = getattr(registry, "codec_names", None)
-        if callable(names):
-            return sorted(str(n) for n in names())
-        return sorted({ep.name for ep in entry_points(group="metaprotocol.codecs")})
+        listed = getattr(registry, "codec_names", None)
+        if callable(listed):
+            names.update(str(n) for n in listed())
+        else:
+            names.update(ep.name for ep in entry_points(group="metaprotocol.codecs"))
+        return sorted(names)
 
     def codec_options(
         self, codec: CodecFactory, options: Mapping[str, Any], max_size: int, path: str
