@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from metaprotocol.testing.codecbench import Result, measure_decode, measure_encode
     from metaprotocol.testing.conformance import CHECKS, CONFORMANCE_MUTATION, check_codec
-    from metaprotocol.testing.playbook import ANY, Playbook, PlaybookError
+    from metaprotocol.testing.playbook import ANY, Playbook, PlaybookError, placeholder
 
 __all__ = [
     "ANY",
@@ -23,12 +23,14 @@ __all__ = [
     "check_codec",
     "measure_decode",
     "measure_encode",
+    "placeholder",
 ]
 
 _HOME = {
     "ANY": "playbook",
     "Playbook": "playbook",
     "PlaybookError": "playbook",
+    "placeholder": "playbook",
     "CHECKS": "conformance",
     "CONFORMANCE_MUTATION": "conformance",
     "check_codec": "conformance",
