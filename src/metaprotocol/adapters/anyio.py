@@ -30,9 +30,10 @@ from typing import Any, assert_never
 
 import anyio
 import anyio.abc
-from anyio.abc import SocketListener
+from anyio.abc import SocketAttribute, SocketListener
 
 from metaprotocol.adapters.anyio_connections import Streams, close_quietly
+from metaprotocol.adapters.binding import bound_address
 from metaprotocol.adapters.dispatcher import Core, Dispatcher
 from metaprotocol.adapters.serving import ServerInfo, Serving
 from metaprotocol.core import outputs as out
@@ -268,15 +269,19 @@ async def serve(
         server = _Server(conn_tasks, config, proxy, reuse_port=reuse_port, admin=admin)
         handle, serving = Handle(server, tg), server.serving
         try:
-            bound, admin_sock = serving.bind(handle)
-            sockets = [*bound.items(), *([("", admin_sock)] if admin_sock else [])]
-            try:
-                listeners = [(name, await SocketListener.from_socket(s)) for name, s in sockets]
-            except BaseException:
-                for _, sock in sockets:
-                    sock.close()
-                raise
-            for name, listener in listeners:
+            specs = [(spec.name, spec.host, spec.port) for spec in serving.config.listeners]
+            if serving.admin is not None and (cfg := serving.config.admin) is not None:
+                specs.append(("", cfg.host, cfg.port))  # "": the admin listener
+            for name, host, port in specs:
+                listener = await anyio.create_tcp_listener(
+                    local_host=host, local_port=port, reuse_port=reuse_port and name != "",
+                    backlog=1024,
+                )  # fmt: skip
+                address = bound_address(listener.extra(SocketAttribute.local_address))
+                if name:
+                    handle.addresses[name] = address
+                else:
+                    handle.admin_address = address
                 handle._accept(name, listener)
             for timer in server.timers:
                 handle._start(timer.run)
