@@ -1,5 +1,6 @@
 """Behaviour the suite used to leave unguarded (each test fails if its code is deleted): a
-stream frame for a stream whose first frame still waits on a filter, a route's hash_policy
+stream frame for a stream whose first frame still waits on a filter (kept and sent after
+it, no longer refused and dropped), a route's hash_policy
 reaching the consistent-hashing balancers, and the max_connections / max_pending_requests
 circuit breakers."""
 
@@ -7,7 +8,6 @@ from __future__ import annotations
 
 import pytest
 
-from metaprotocol.codecs.trpc import build_frame as trpc_frame
 from metaprotocol.core.config import (
     CircuitBreakers,
     ClusterConfig,
@@ -37,26 +37,56 @@ def writes_to(out: list[Output], conn: int) -> list[bytes]:
     return [o.data for o in out if isinstance(o, Write) and o.conn == conn]
 
 
-def test_a_stream_frame_while_its_init_waits_on_a_filter_is_refused_and_dropped() -> None:
-    grl = GlobalRateLimitConfig("d", ("func",), requests_per_unit=5, timeout=1.0)
-    cfg = config(codec="trpc", routes=(route(func=FUNC),), filters=(grl,))
-    proxy = Proxy(cfg, now=0.0)
+def paused_stream(proxy: Proxy) -> ExternalCall:
+    """A tRPC stream whose INIT waits on the rate-limit service."""
     proxy.handle(Accepted(1, "main"), 0.0)
     out = proxy.handle(DataReceived(1, init(100)), 0.0)
     (call,) = [o for o in out if isinstance(o, ExternalCall)]
-    # The INIT is paused on the rate-limit service; a DATA frame of its stream arrives.
-    out = proxy.handle(DataReceived(1, data(100, b"too early")), 0.0)
-    assert not [o for o in out if isinstance(o, OpenUpstream)]
-    (refusal,) = writes_to(out, 1)  # answered (not silently lost), nothing sent upstream
-    assert b"unknown stream" in refusal
-    assert all(o.conn == 1 for o in out if isinstance(o, Write))
-    # Allowed: the INIT goes upstream alone; the refused frame never follows it.
+    return call
+
+
+def rate_limited_streams() -> Proxy:
+    grl = GlobalRateLimitConfig("d", ("func",), requests_per_unit=5, timeout=1.0)
+    return Proxy(config(codec="trpc", routes=(route(func=FUNC),), filters=(grl,)), now=0.0)
+
+
+def test_a_stream_frame_while_its_init_waits_on_a_filter_follows_the_init() -> None:
+    proxy = rate_limited_streams()
+    call = paused_stream(proxy)
+    # A DATA frame of the stream arrives while its INIT is still paused: it is kept, not
+    # refused (the client gets no error) and not sent ahead of the INIT.
+    out = proxy.handle(DataReceived(1, data(100, b"early")), 0.0)
+    assert out == []
     out = proxy.handle(ExternalCallCompleted(call.call, True), 0.0)
     (opened,) = [o for o in out if isinstance(o, OpenUpstream)]
-
     out = proxy.handle(UpstreamConnected(opened.conn), 0.0)
-    assert writes_to(out, opened.conn) == [init(100)]
-    assert trpc_frame(1, 2, 100, b"", b"too early") not in b"".join(writes_to(out, opened.conn))
+    # The INIT goes upstream, then the frame that waited for it, in the order sent.
+    assert b"".join(writes_to(out, opened.conn)) == init(100) + data(100, b"early")
+    assert writes_to(out, 1) == []
+    # A frame after that goes straight through.
+    out = proxy.handle(DataReceived(1, data(100, b"later")), 0.0)
+    assert writes_to(out, opened.conn) == [data(100, b"later")]
+
+
+def test_the_held_frames_of_a_stream_the_filter_refuses_go_nowhere() -> None:
+    proxy = rate_limited_streams()
+    call = paused_stream(proxy)
+    proxy.handle(DataReceived(1, data(100, b"early")), 0.0)
+    out = proxy.handle(ExternalCallCompleted(call.call, False), 0.0)  # over the limit
+    assert not [o for o in out if isinstance(o, OpenUpstream)]
+    (refusal,) = writes_to(out, 1)  # the stream's one answer: the limit's error reply
+    assert b"early" not in refusal
+    assert proxy.request_count() == 0
+
+
+def test_a_client_may_not_make_the_proxy_hold_unbounded_early_stream_data() -> None:
+    proxy = rate_limited_streams()
+    limit = proxy.config.listeners[0].max_message_size
+    paused_stream(proxy)
+    chunk = b"x" * (limit // 4)
+    outs = [proxy.handle(DataReceived(1, data(100, chunk)), 0.0) for _ in range(6)]
+    refusals = [w for out in outs for w in writes_to(out, 1)]
+    assert refusals and all(b"before the stream was opened" in w for w in refusals)
 
 
 def endpoints_of(proxy: Proxy, users: list[str]) -> list[str]:

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from metaprotocol.codecs.registry import get_codec
-from metaprotocol.core.codec import CodecFactory, Side
+from metaprotocol.core.codec import CodecFactory, DecodesMany, Side
 from metaprotocol.core.config import (
     CircuitBreakers,
     ClusterConfig,
@@ -17,6 +19,7 @@ from metaprotocol.core.downstream import Downstreams
 from metaprotocol.core.filterchain import FilterChain
 from metaprotocol.core.flow import FlowControl, Reason
 from metaprotocol.core.lifecycle import RequestState, advance
+from metaprotocol.core.merging import PipelineMerge
 from metaprotocol.core.message import NEED_DATA, ErrorType, Message
 from metaprotocol.core.outputs import (
     ExternalCall,
@@ -85,6 +88,7 @@ class Wiring:
         self.replies = Replies(ctx, self.lifecycle, self.flow)
         self.pools = Pools(ctx, self.flow)
         self.sender = Sender(ctx, self.lifecycle, self.replies, self.pools, self.flow)
+        self.merge = PipelineMerge(ctx.out)
 
 
 def test_context_attach_and_detach_keep_the_closed_field() -> None:
@@ -156,7 +160,7 @@ def test_pools_return_an_outcome_and_never_answer_the_client() -> None:
     pools = Pools(ctx, FlowControl(ctx.out))
     r = routed(ctx, request(client(ctx), req(1)))
     cluster = ctx.runtime.clusters["main"]
-    outcome = pools.acquire(pools.pool(r, cluster.endpoints[0]), r, 0.0)
+    outcome = pools.acquire(r, cluster.endpoints[0], 0.0)
     assert isinstance(outcome, Rejected) and outcome.error is ErrorType.OVER_LIMIT
     assert ctx.out == [] and not r.done  # the caller decides what the client gets
     assert ctx.stats.counter("upstream_cx_overflow", MAIN) == 1
@@ -172,10 +176,10 @@ def test_an_exclusive_pool_queues_a_request_when_it_may_not_open() -> None:
     ds = client(ctx)
     first, second = routed(ctx, request(ds, req(1))), routed(ctx, request(ds, req(2)))
     pool = pools.pool(first, ctx.runtime.clusters["main"].endpoints[0])
-    up = pools.acquire(pool, first, 0.0)
+    up = pools.acquire_from(pool, first, 0.0)
     assert isinstance(up, Upstream) and ctx.out == [OpenUpstream(-1, *UP)]
     up.fifo.append(first)  # busy with the first request
-    assert pools.acquire(pool, second, 0.0) is QUEUED
+    assert pools.acquire_from(pool, second, 0.0) is QUEUED
     assert list(pool.waiting) == [second] and second.state is RequestState.QUEUED
 
 
@@ -216,7 +220,9 @@ def test_filter_chain_pauses_on_an_external_call_then_routes() -> None:
 def test_upstream_side_matches_a_response_to_its_request() -> None:
     ctx = context()
     parts = Wiring(ctx)
-    side = UpstreamSide(ctx, parts.lifecycle, parts.replies, parts.pools, parts.sender, parts.flow)
+    side = UpstreamSide(
+        ctx, parts.lifecycle, parts.replies, parts.pools, parts.sender, parts.flow, parts.merge
+    )
     ds = client(ctx)
     r = routed(ctx, request(ds, req(9)))
     parts.sender.send(r, 0.0)
@@ -232,7 +238,9 @@ def test_downstreams_decode_a_request_and_hand_it_on() -> None:
     parts = Wiring(ctx)
     router = Router(ctx, parts.replies, parts.sender)
     chain = FilterChain(ctx, parts.replies, router)
-    downstreams = Downstreams(ctx, parts.lifecycle, parts.replies, parts.flow, chain, router)
+    downstreams = Downstreams(
+        ctx, parts.lifecycle, parts.replies, parts.flow, chain, router, parts.merge
+    )
     downstreams.accepted(1, "main", "", 0.0)
     ds = ctx.downstreams[1]
     ds.buffer += req(4)[:3]
@@ -243,3 +251,25 @@ def test_downstreams_decode_a_request_and_hand_it_on() -> None:
     assert ctx.out == [OpenUpstream(-1, *UP)]
     (r,) = ds.active
     assert r.state is RequestState.SENT
+
+
+def test_pipeline_merge_decides_a_run_and_joins_its_answers() -> None:
+    ctx = context(config(codec="redis"))
+    ds = client(ctx)
+    merge = PipelineMerge(ctx.out)
+    run = merge.begin(ds.listener, ctx.runtime.clusters)
+    pipeline = bytearray(cmd("GET", "a") + cmd("GET", "b") + cmd("GET", "c"))
+    merged = cast(DecodesMany, ds.codec).decode_many(pipeline, 100, run)
+    assert isinstance(merged, Message) and merged.count == 3
+    r = routed(ctx, ActiveRequest(ds, ds.listener, merged, 0.0))
+    pools = Pools(ctx, FlowControl(ctx.out))
+    up = pools.open(pools.pool(r, ctx.runtime.clusters["main"].endpoints[0]), 0.0)
+    ctx.out.clear()
+    first = up.codec.decode(bytearray(bulk("a")))
+    assert isinstance(first, Message)
+    assert merge.waits_for_more(r, first)
+    assert merge.answer_part(up, r, first)  # held: the caller checks the client's limit
+    assert ctx.out == [] and merge.answered_in_part(r) and ds.held == len(bulk("a"))
+    assert merge.whole(r, bulk("b") + bulk("c")) == bulk("a") + bulk("b") + bulk("c")
+    assert ds.held == 0
+    assert merge.error(r, b"-ERR x\r\n") == bulk("a") + b"-ERR x\r\n" * 2  # two still owed

@@ -54,6 +54,7 @@ def test_the_collaborators_depend_only_downwards() -> None:
     layers = [
         "context",
         "flow",
+        "merging",
         "requests",
         "replies",
         "pools",

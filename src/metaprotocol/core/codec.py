@@ -99,7 +99,7 @@ class DecodesMany(Protocol):
     """Optional hook: decode a pipelined run of messages as one merged message
     (``Message.count`` of them). Downstream: ``decode_many(buffer, limit, same_route)``, where
     ``same_route(first, other)`` says whether ``other`` may travel with ``first`` (see
-    core/routing.py ``MergeRun``); upstream: ``decode_many(buffer, limit)`` with ``limit`` the
+    core/merging.py ``MergeRun``); upstream: ``decode_many(buffer, limit)`` with ``limit`` the
     answers still owed to the oldest request (at most that many are merged)."""
 
     decode_many: Callable[..., Message | NeedData]

@@ -89,8 +89,8 @@ class Context:
     def retire_pool(self, pool: Pool) -> None:
         """No new requests go to ``pool``: it leaves its endpoint (it stays in ``pools``
         until its last connection and waiting request are gone: ``detach_upstream``)."""
-        pool.retired = True
-        if pool.endpoint.pools.get(pool.key) is pool:
+        if not pool.retired:
+            pool.retired = True
             del pool.endpoint.pools[pool.key]
         self._drop_pool_if_empty(pool)
 
@@ -112,9 +112,8 @@ class Context:
         up.closed = True
         del self.upstreams[up.id]
         pool = up.pool
-        if up in pool.connections:
-            pool.connections.remove(up)
-            pool.cluster.connections -= 1
+        pool.connections.remove(up)  # there since attach_upstream: it was not closed
+        pool.cluster.connections -= 1
         if up.connected:
             pool.cluster.counters.upstream_cx_active -= 1
         self._drop_pool_if_empty(pool)

@@ -11,6 +11,7 @@ from metaprotocol.core.context import Context
 from metaprotocol.core.filterchain import FilterChain
 from metaprotocol.core.flow import FlowControl, Reason
 from metaprotocol.core.lifecycle import RequestState, advance
+from metaprotocol.core.merging import MergeRun, PipelineMerge
 from metaprotocol.core.message import (
     NEED_DATA,
     AuthenticationFailed,
@@ -30,7 +31,6 @@ from metaprotocol.core.outputs import (
 from metaprotocol.core.replies import Replies
 from metaprotocol.core.requests import RequestLifecycle
 from metaprotocol.core.router import Router
-from metaprotocol.core.routing import MergeRun
 from metaprotocol.core.state import ActiveRequest, Downstream, ListenerRuntime
 from metaprotocol.core.tables import attach_request
 from metaprotocol.core.tracing import start_span
@@ -66,6 +66,7 @@ class Downstreams:
         flow: FlowControl,
         chain: FilterChain,
         router: Router,
+        merge: PipelineMerge,
     ) -> None:
         self.ctx = ctx
         self.out = ctx.out
@@ -75,7 +76,7 @@ class Downstreams:
         self.flow = flow
         self.chain = chain
         self.router = router
-        self.merge = MergeRun()  # what a codec's decode_many asks before merging a request
+        self.merge = merge
 
     def accepted(self, conn: int, listener_name: str, peer: str, now: float) -> None:
         listener = self.ctx.runtime.listeners.get(listener_name)
@@ -110,15 +111,12 @@ class Downstreams:
         # Pipelined requests taking the same route may be merged into one message (fewer
         # objects, one upstream write); not while observers want to see each request.
         many = None
+        run: MergeRun | None = None
         observe = self.observe
         before = 0  # the buffer's size before a decode (observed only: for the access log)
         if listener.batchable and not observe:
             many = cast(DecodesMany, codec).decode_many
-            # a new pass: same_route questions are about this listener
-            merge = self.merge
-            merge.routes = listener.routes
-            merge.clusters = self.ctx.runtime.clusters
-            merge.first = None
+            run = self.merge.begin(listener, self.ctx.runtime.clusters)
         gate = ds.gate
         while buffer and not ds.closing:
             if gate.reasons and Reason.OWN_WRITE_BUFFER_HIGH in gate.reasons:
@@ -130,7 +128,7 @@ class Downstreams:
             if observe:
                 before = len(buffer)
             try:
-                msg = codec.decode(buffer) if many is None else many(buffer, room, self.merge)
+                msg = codec.decode(buffer) if many is None else many(buffer, room, run)
             except ProtocolError as exc:
                 self._decode_failed(ds, exc, now, before)
                 continue
@@ -259,6 +257,11 @@ class Downstreams:
         """Data / close frames follow their stream's init frame to the same upstream."""
         sid = msg.request_id
         init = ds.streams.get(sid) if sid is not None else None
+        if init is not None and init.upstream is None and not init.done:
+            # Its init frame is not sent yet (a filter holds it, or it waits for a
+            # connection): the frame follows it when it goes (Sender.dispatch).
+            self._hold_frame(ds, init, msg, now)
+            return
         if init is None or init.upstream is None or init.upstream_id is None:
             if msg.type is MessageType.STREAM_CLOSE:
                 return  # the stream already ended (the server closed it first): nothing to do
@@ -275,6 +278,27 @@ class Downstreams:
             # A reset from the client ends the stream both ways: the server answers nothing
             # more for it, so its state goes now rather than at the request timeout.
             self.lifecycle.finish(init, "reset", None, now)
+
+    def _hold_frame(self, ds: Downstream, init: ActiveRequest, msg: Message, now: float) -> None:
+        """Keep a stream frame until its init frame is sent (at most max_message_size of
+        them: a client may not make the proxy hold more for a stream that is not open)."""
+        if msg.type is MessageType.STREAM_CLOSE and msg.status is ResponseStatus.ERROR:
+            # A reset from the client before the stream went anywhere: nothing to send.
+            self.lifecycle.finish(init, "reset", None, now)
+            return
+        early = init.early
+        if early is None:
+            early = init.early = []
+        held = sum(len(frame.frame) for frame in early) + len(msg.frame)
+        if held > ds.listener.config.max_message_size:
+            refused = ProtocolError(
+                "too much stream data before the stream was opened",
+                ErrorType.MESSAGE_TOO_LARGE,
+                fatal=False,
+            )
+            self._decode_failed(ds, refused, now)
+            return
+        early.append(msg)
 
     def ended(self, ds: Downstream, eof: bool, now: float) -> None:
         """The client closed (``eof``: half-closed, we close our side) or is gone."""

@@ -18,7 +18,7 @@ from metaprotocol.core.lifecycle import RequestState, advance
 from metaprotocol.core.message import ErrorType, MessageType
 from metaprotocol.core.outputs import CloseConnection, OpenUpstream, Routed
 from metaprotocol.core.runtime import Runtime
-from metaprotocol.core.state import ActiveRequest, Pool, Upstream
+from metaprotocol.core.state import ActiveRequest, ClusterRuntime, Pool, Upstream
 from metaprotocol.core.tables import attach_endpoint, attach_waiting
 from metaprotocol.core.timers import DeadlineQueue
 
@@ -71,6 +71,28 @@ class Pools:
         self.on_request_timeout: Callable[[ActiveRequest, float], None] = _no_timeout
         self.on_connect_timeout: Callable[[Upstream, float], None] = _no_timeout
 
+    def acquire(
+        self, req: ActiveRequest, endpoint: EndpointState, now: float
+    ) -> Upstream | Queued | Rejected:
+        """The connection to ``endpoint`` that takes ``req`` (possibly a new one, not
+        connected yet), or ``QUEUED`` (it waits in the pool), or ``Rejected`` (a breaker
+        tripped: the caller answers the client)."""
+        listener = req.listener
+        pool = None
+        if not listener.caps.preamble:  # no codec variants: the pool is the listener's
+            pool = endpoint.pools.get(listener.config.name)
+        if pool is None:
+            pool = self.pool(req, endpoint)
+        conns = pool.connections
+        if (
+            pool.ordering is Ordering.MULTIPLEXED
+            and len(conns) == 1
+            and conns[0].connected
+            and len(conns[0].inflight) < SHARE_THRESHOLD
+        ):
+            return conns[0]  # the common case: one warm shared connection
+        return self.acquire_from(pool, req, now)
+
     def pool(self, req: ActiveRequest, endpoint: EndpointState) -> Pool:
         """The pool of ``req``'s listener (and codec variant) to ``endpoint``."""
         listener = req.listener
@@ -87,19 +109,11 @@ class Pools:
             self.ctx.attach_pool(pool)
         return pool
 
-    def acquire(self, pool: Pool, req: ActiveRequest, now: float) -> Upstream | Queued | Rejected:
-        """The connection of ``pool`` that takes ``req`` (possibly a new one, not connected
-        yet), or ``QUEUED`` (it waits in the pool), or ``Rejected`` (a breaker tripped: the
-        caller answers the client)."""
-        conns = pool.connections
+    def acquire_from(
+        self, pool: Pool, req: ActiveRequest, now: float
+    ) -> Upstream | Queued | Rejected:
+        """``acquire`` once the pool is known."""
         ordering = pool.ordering
-        if (
-            ordering is Ordering.MULTIPLEXED
-            and len(conns) == 1
-            and conns[0].connected
-            and len(conns[0].inflight) < SHARE_THRESHOLD
-        ):
-            return conns[0]  # the common case: one warm shared connection
         ds = req.downstream
         if ordering is not Ordering.ORDERED or ds is None:
             return self._choose(pool, req, now)
@@ -229,25 +243,37 @@ class Pools:
         kept: set[Pool] = set()
         for name, cluster in new.clusters.items():
             previous = old.clusters.get(name)
-            if previous is None or previous.config.tls != cluster.config.tls:
-                continue  # new, or its connections must be opened with other TLS settings
-            before = {ep.label: ep for ep in previous.endpoints}
-            for ep in cluster.endpoints:
-                prior = before.get(ep.label)
-                if prior is None:
-                    continue
-                ep.consecutive_failures = prior.consecutive_failures
-                ep.ejected_until = prior.ejected_until
-                ep.ejection_count = prior.ejection_count
-                for key, pool in prior.pools.items():
-                    listener = new.listeners.get(pool.listener_name)
-                    if listener is None or listener.codec_factory is not pool.codec_factory:
-                        continue
-                    pool.cluster = cluster
-                    pool.endpoint = ep
-                    cluster.connections += len(pool.connections)
-                    ep.pools[key] = pool
-                    kept.add(pool)
+            if previous is not None:
+                kept |= self.carry_cluster(previous, cluster, new)
         for pool in list(self.ctx.pools):
             if pool not in kept:
                 self.retire(pool)
+
+    def carry_cluster(
+        self, previous: ClusterRuntime, cluster: ClusterRuntime, new: Runtime
+    ) -> set[Pool]:
+        """Move the pools and outlier state of ``previous``'s endpoints that remain in
+        ``cluster`` (its replacement) over to it; the pools moved. The caller retires the
+        others (``retire``). One cluster at a time: what a change of one cluster's endpoints
+        needs, not only a reload."""
+        kept: set[Pool] = set()
+        if previous.config.tls != cluster.config.tls:
+            return kept  # its connections must be opened with other TLS settings
+        before = {ep.label: ep for ep in previous.endpoints}
+        for ep in cluster.endpoints:
+            prior = before.get(ep.label)
+            if prior is None:
+                continue
+            ep.consecutive_failures = prior.consecutive_failures
+            ep.ejected_until = prior.ejected_until
+            ep.ejection_count = prior.ejection_count
+            for key, pool in prior.pools.items():
+                listener = new.listeners.get(pool.listener_name)
+                if listener is None or listener.codec_factory is not pool.codec_factory:
+                    continue
+                pool.cluster = cluster
+                pool.endpoint = ep
+                cluster.connections += len(pool.connections)
+                ep.pools[key] = pool
+                kept.add(pool)
+        return kept

@@ -25,6 +25,7 @@ from metaprotocol.core.downstream import Downstreams
 from metaprotocol.core.filterchain import FilterChain
 from metaprotocol.core.flow import FlowControl
 from metaprotocol.core.lifecycle import PendingCall
+from metaprotocol.core.merging import PipelineMerge
 from metaprotocol.core.outputs import Output
 from metaprotocol.core.pools import Pools
 from metaprotocol.core.replies import Replies
@@ -52,6 +53,7 @@ class Proxy:
         "filters",
         "flow",
         "lifecycle",
+        "merge",
         "pools",
         "replies",
         "router",
@@ -81,11 +83,12 @@ class Proxy:
         self.sender = Sender(ctx, self.lifecycle, self.replies, self.pools, self.flow)
         self.router = Router(ctx, self.replies, self.sender)
         self.filters = FilterChain(ctx, self.replies, self.router)
+        self.merge = PipelineMerge(ctx.out)
         self.upstream = UpstreamSide(
-            ctx, self.lifecycle, self.replies, self.pools, self.sender, self.flow
+            ctx, self.lifecycle, self.replies, self.pools, self.sender, self.flow, self.merge
         )
         self.downstream = Downstreams(
-            ctx, self.lifecycle, self.replies, self.flow, self.filters, self.router
+            ctx, self.lifecycle, self.replies, self.flow, self.filters, self.router, self.merge
         )
         # The edges that point up the graph, as callbacks (docs/architecture.md).
         self.replies.resume_reading = self.downstream.decode
@@ -172,8 +175,8 @@ class Proxy:
             heap = ctx.timers.heap
             if heap and heap[0][0] <= now:
                 ctx.timers.fire_due(now)
-            outputs = out.copy()
-            out.clear()
+            outputs = out[:]
+            del out[:]
             return outputs
         match event:
             case ev.Accepted(conn, listener, peer):
@@ -220,8 +223,8 @@ class Proxy:
             case ev.TimePassed():
                 pass
         ctx.timers.fire_due(now)
-        outputs = out.copy()
-        out.clear()
+        outputs = out[:]
+        del out[:]
         return outputs
 
     def next_deadline(self) -> float | None:
@@ -261,8 +264,8 @@ class Proxy:
 
     def _take_outputs(self) -> list[Output]:
         out = self.ctx.out
-        outputs = out.copy()
-        out.clear()
+        outputs = out[:]
+        del out[:]
         return outputs
 
     @property

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from metaprotocol.core.codec import Codec, Ordering
 from metaprotocol.core.context import Context
 from metaprotocol.core.flow import FlowControl, Reason
+from metaprotocol.core.merging import PipelineMerge
 from metaprotocol.core.message import ErrorType, Message, MessageType
 from metaprotocol.core.outputs import CloseConnection, LocalReplied, Write
 from metaprotocol.core.requests import RequestLifecycle
@@ -77,8 +78,8 @@ class Replies:
             self.lifecycle.finish(req, "local_error", error, now)
             return
         reply = self.error_reply(ds.codec, req.message, error, detail)
-        owed = req.remaining  # a merged message: one error reply per request still owed
-        req.listener.counters.local_response_error += owed
+        # A merged message: one error reply per request still owed (PipelineMerge.error).
+        req.listener.counters.local_response_error += req.remaining
         if self.observe:
             self.out.append(LocalReplied(ds.id, error, detail))
         if reply is None:
@@ -86,13 +87,7 @@ class Replies:
             if not ds.closed:
                 self.close(ds, flush=True)
             return
-        if owed > 1:
-            reply *= owed
-        partial = req.partial
-        if partial:  # the answers that came before the failure go first
-            ds.held -= sum(len(part) for part in partial)
-            reply = b"".join((*partial, reply))
-        self.answer(req, reply, "local_error", error, now)
+        self.answer(req, PipelineMerge.error(req, reply), "local_error", error, now)
 
     def answer(
         self,

@@ -3,17 +3,19 @@ request lifecycle")."""
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Final, cast
 
 from metaprotocol.core.codec import ReportsReplyStatus
 from metaprotocol.core.context import Context
-from metaprotocol.core.lifecycle import STATE_OF_STATUS, advance
+from metaprotocol.core.lifecycle import STATE_OF_STATUS, RequestState, advance
 from metaprotocol.core.message import ErrorType
 from metaprotocol.core.outputs import RequestCompleted
 from metaprotocol.core.state import ActiveRequest, Downstream
 from metaprotocol.core.tables import detach_endpoint, detach_request, detach_upstream_tables
 
 __all__ = ["RequestLifecycle"]
+
+_ANSWERED: Final = RequestState.ANSWERED  # the first final state
 
 
 class RequestLifecycle:
@@ -40,12 +42,19 @@ class RequestLifecycle:
         state through ``STATE_OF_STATUS``) and detach it from every table. Returns the
         observer event (appended to the outputs unless ``emit`` is False); ``reply`` is what
         the client gets for it, if anything."""
-        if req.done:
+        if req.state >= _ANSWERED:  # done already (``req.done``, without the call)
             return None
         advance(req, STATE_OF_STATUS[status])
         pool = req.pool
         endpoint = pool.endpoint.label if pool is not None and self.observe else ""
-        self.stop_timers(req)
+        queue = req.deadline_queue  # its timeout: a deadline queue entry or its own timer
+        if queue is not None:
+            queue.discard(req)
+            req.deadline_queue = None
+        timer = req.timer
+        if timer is not None:
+            timer.cancel()
+            req.timer = None
         if req.pause_timer is not None or req.call is not None:
             self.stop_waiting(req)
         if status != "oneway" and (req.upstream is not None or pool is not None):
@@ -91,18 +100,6 @@ class RequestLifecycle:
         if emit:
             self.out.append(completed)
         return completed
-
-    @staticmethod
-    def stop_timers(req: ActiveRequest) -> None:
-        """Cancel the request's timeout (its deadline queue entry or its own timer)."""
-        queue = req.deadline_queue
-        if queue is not None:
-            queue.discard(req)
-            req.deadline_queue = None
-        timer = req.timer
-        if timer is not None:
-            timer.cancel()
-            req.timer = None
 
     def stop_waiting(self, req: ActiveRequest) -> None:
         """Forget a filter's pause (timer or external call) for a finished request."""

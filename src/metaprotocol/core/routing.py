@@ -1,19 +1,13 @@
-"""Routing: the first-match walk over a route table, the merge decision for pipelined
-requests, a cluster from an action (weighted picks) and the consistent-hash key."""
+"""Routing: the first-match walk over a route table, a cluster from an action (weighted
+picks) and the consistent-hash key. Pure functions; the ``Router`` (router.py) uses them."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Final
 
 from metaprotocol.core.config import RouteAction, RouteConfig
 
-if TYPE_CHECKING:
-    from metaprotocol.core.state import ClusterRuntime
-
-__all__ = ["MergeRun", "hash_key", "match_route", "pick_cluster"]
-
-_NO_LIMIT: Final = 2**62
+__all__ = ["hash_key", "match_route", "pick_cluster"]
 
 
 def match_route(routes: tuple[RouteConfig, ...], properties: dict[str, str]) -> RouteConfig | None:
@@ -31,43 +25,6 @@ def match_route(routes: tuple[RouteConfig, ...], properties: dict[str, str]) -> 
         else:
             return candidate
     return None
-
-
-class MergeRun:
-    """The ``same_route(first, other)`` a codec's ``decode_many`` calls: may the request
-    with properties ``other`` join the merged message that ``first`` started?
-
-    Only if both take the same route, and only while the route's cluster has room under its
-    ``max_requests`` circuit breaker, so a merged message is admitted exactly when its
-    requests, sent one by one, would have been. The engine sets ``routes``, ``clusters``
-    and ``first = None`` before each decode pass over a connection's buffer.
-    """
-
-    __slots__ = ("clusters", "first", "room", "route", "routes")
-
-    def __init__(self) -> None:
-        self.routes: tuple[RouteConfig, ...] = ()
-        self.clusters: dict[str, ClusterRuntime] = {}
-        self.first: dict[str, str] | None = None
-        self.route: RouteConfig | None = None
-        self.room = 0  # requests the run may still take
-
-    def __call__(self, first: dict[str, str], other: dict[str, str]) -> bool:
-        routes = self.routes
-        if first is not self.first:  # a new run: route its first request
-            self.first = first
-            route = self.route = match_route(routes, first)
-            cluster = self.clusters.get(route.action.cluster or "") if route else None
-            if cluster is None:
-                self.room = _NO_LIMIT  # answered with an error per request anyway
-            else:
-                limit = cluster.config.circuit_breakers.max_requests
-                self.room = limit - cluster.active_requests - 1
-        route = self.route
-        if route is None or self.room <= 0 or match_route(routes, other) is not route:
-            return False
-        self.room -= 1
-        return True
 
 
 def pick_cluster(action: RouteAction, random: Callable[[], float]) -> str | None:

@@ -70,8 +70,8 @@ class Sender:
         if endpoint is None:
             self.replies.local_reply(req, ErrorType.NO_HEALTHY_UPSTREAM, "no healthy upstream", now)
             return
-        outcome = self.pools.acquire(self.pools.pool(req, endpoint), req, now)
-        if isinstance(outcome, Upstream):
+        outcome = self.pools.acquire(req, endpoint, now)
+        if type(outcome) is Upstream:
             self.dispatch(req, outcome, now)
         elif isinstance(outcome, Rejected):
             self.replies.local_reply(req, outcome.error, outcome.detail, now)
@@ -126,6 +126,8 @@ class Sender:
         else:
             attach_sent(up, req, up_id)
             advance(req, RequestState.SENT)
+        if req.early is not None:  # stream frames that came while it waited
+            data = b"".join([data, *self._follow(req, up, up_id)])
         if up.connected:
             self.out.append(Write(up.id, data))
         else:
@@ -134,6 +136,20 @@ class Sender:
             self.flow.resume_upstream(up)
         if up.write_high and req.downstream is not None:
             self.flow.hold_feeder(up, req.downstream)
+
+    def _follow(self, req: ActiveRequest, up: Upstream, up_id: int | None) -> list[bytes]:
+        """The stream frames held for ``req`` until it was sent, encoded for ``up``."""
+        early = req.early or []
+        req.early = None
+        sid = req.message.request_id
+        new_id = up_id if up_id != sid else None
+        frames: list[bytes] = []
+        for frame in early:
+            try:
+                frames.append(up.codec.encode(frame, request_id=new_id))
+            except Exception:  # a codec bug (the init frame encoded): the frame is lost
+                self.stats.inc("codec_error")
+        return frames
 
 
 def _encode_traced(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from metaprotocol.core.codec import Capabilities, Codec, CodecFactory, Ordering, capabilities_of
 from metaprotocol.core.flow import ReadGate
@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from metaprotocol.core.stats import Labels
     from metaprotocol.core.timers import DeadlineQueue, Timer
     from metaprotocol.core.tracing import TraceSpan
+
+_ANSWERED: Final = RequestState.ANSWERED  # the first final state
 
 __all__ = [
     "ActiveRequest",
@@ -146,6 +148,7 @@ class ActiveRequest:
         "cluster",
         "deadline_queue",
         "downstream",
+        "early",
         "endpoint",
         "filter_index",
         "listener",
@@ -201,11 +204,14 @@ class ActiveRequest:
         # came already (kept until the last, so the client gets them in one piece).
         self.remaining = message.count
         self.partial: list[bytes] | None = None
+        # A stream's frames that came before its init frame was sent (Sender.dispatch sends
+        # them right after it).
+        self.early: list[Message] | None = None
 
     @property
     def done(self) -> bool:
         """Answered, failed or abandoned: nothing more happens to it."""
-        return self.state >= RequestState.ANSWERED
+        return self.state >= _ANSWERED
 
 
 class Downstream:

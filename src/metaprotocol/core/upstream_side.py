@@ -7,10 +7,11 @@ from __future__ import annotations
 from typing import Final, cast
 
 from metaprotocol.core.balancer import EndpointState
-from metaprotocol.core.codec import Codec, DecodesAtEof, DecodesMany, Ordering, codec_failure
+from metaprotocol.core.codec import Codec, DecodesAtEof, Ordering, codec_failure
 from metaprotocol.core.context import Context
 from metaprotocol.core.flow import FlowControl
 from metaprotocol.core.lifecycle import RequestState, advance
+from metaprotocol.core.merging import PipelineMerge
 from metaprotocol.core.message import (
     NEED_DATA,
     ErrorType,
@@ -27,17 +28,15 @@ from metaprotocol.core.sender import Sender
 from metaprotocol.core.state import ActiveRequest, Upstream
 from metaprotocol.core.tables import detach_endpoint, detach_upstream_tables
 
-__all__ = ["PARTIAL_FLUSH", "UpstreamSide"]
+__all__ = ["UpstreamSide"]
 
-# Answers to a merged message are written in one piece, unless they pass this many bytes
-# while nothing before them is owed: then what came so far goes out.
-PARTIAL_FLUSH: Final = 256 * 1024
+_ANSWERED: Final = RequestState.ANSWERED  # the first final state (``req.done``)
 
 
 class UpstreamSide:
     """Everything that happens on upstream connections after a request was written."""
 
-    __slots__ = ("ctx", "flow", "lifecycle", "out", "pools", "replies", "sender")
+    __slots__ = ("ctx", "flow", "lifecycle", "merge", "out", "pools", "replies", "sender")
 
     def __init__(
         self,
@@ -47,6 +46,7 @@ class UpstreamSide:
         pools: Pools,
         sender: Sender,
         flow: FlowControl,
+        merge: PipelineMerge,
     ) -> None:
         self.ctx = ctx
         self.out = ctx.out
@@ -55,6 +55,7 @@ class UpstreamSide:
         self.pools = pools
         self.sender = sender
         self.flow = flow
+        self.merge = merge
 
     # -- connection events -------------------------------------------------------------------
 
@@ -144,7 +145,7 @@ class UpstreamSide:
         while buffer:
             try:
                 if fifo and fifo[0].remaining > 1:  # answers to a merged message: merge them
-                    msg = cast(DecodesMany, codec).decode_many(buffer, fifo[0].remaining)
+                    msg = self.merge.decode_answers(codec, buffer, fifo[0])
                 else:
                     msg = codec.decode(buffer)
             except Exception as exc:  # ProtocolError, or a codec bug: the same way out
@@ -183,6 +184,7 @@ class UpstreamSide:
         if msg.properties.get("push") == "1":
             return  # out-of-band (RESP3 push): not an answer to any request
         cluster_counters = up.pool.cluster.counters
+        merge = self.merge
         if up.pool.ordering is Ordering.MULTIPLEXED:
             rid = msg.request_id
             req = up.inflight.pop(rid, None) if rid is not None else None
@@ -196,14 +198,14 @@ class UpstreamSide:
                 self.gone(up, ErrorType.BAD_RESPONSE, "unsolicited response", now)
                 return
             req = fifo[0]
-            if req.remaining > msg.count:  # a merged message still waits for more answers
-                self._partial_response(up, req, msg)
+            if merge.waits_for_more(req, msg):  # a merged message: not all its answers yet
+                if merge.answer_part(up, req, msg) and req.downstream is not None:
+                    self.replies.held_too_much(req.downstream)
                 return
             fifo.popleft()
-            if req.message.count > 1:
-                up.merged_extra -= req.message.count - 1
+            merge.taken_off(up, req)
         n = msg.count
-        if req is None or req.done:
+        if req is None or req.state >= _ANSWERED:  # late, or its client went away
             if req is not None and req.timer is not None:  # an abandoned request's deadline
                 req.timer.cancel()
                 req.timer = None
@@ -242,10 +244,8 @@ class UpstreamSide:
                 detail = f"{ds.codec.name} codec failed to encode the response"
                 self.replies.local_reply(req, ErrorType.UNSPECIFIED, detail, now)
             else:
-                partial = req.partial
-                if partial:
-                    ds.held -= sum(len(part) for part in partial)
-                    data = b"".join((*partial, data))
+                if req.partial:  # the first answers of a merged message go first
+                    data = merge.whole(req, data)
                 # The server closing its connection does not close the client's: upstream
                 # connections are shared, and the codec keeps the answer consistent with it.
                 self.replies.answer(req, data, "ok" if ok else "error", None, now)
@@ -263,38 +263,6 @@ class UpstreamSide:
             self.ctx.stats.inc("codec_error")
             return None
 
-    def _partial_response(self, up: Upstream, req: ActiveRequest, msg: Message) -> None:
-        """Some of the answers a merged message waits for: kept until the last one."""
-        n = msg.count
-        req.remaining -= n
-        if req.done:
-            up.pool.cluster.counters.response_dropped += n
-            return
-        counters = req.listener.counters
-        counters.response += n
-        if msg.status is ResponseStatus.OK:
-            counters.response_success += n
-        else:
-            counters.response_error += n
-        ds = req.downstream
-        if ds is None:
-            return
-        data = ds.codec.encode(msg)  # merged messages are never mutated
-        partial = req.partial
-        if partial is None:
-            partial = req.partial = []  # not None, even once emptied: it is partly answered
-        partial.append(data)
-        ds.held += len(data)
-        slots = ds.slots
-        if ds.held > PARTIAL_FLUSH and (req.slot is None or (slots and slots[0] is req.slot)):
-            # Nothing before it is still owed: the client gets these parts now, rather than
-            # the proxy holding up to max_pending_requests answers for it.
-            ds.held -= sum(len(part) for part in partial)
-            self.out.append(Write(ds.id, b"".join(partial)))
-            partial.clear()
-        else:
-            self.replies.held_too_much(ds)
-
     def _closing(self, up: Upstream, now: float) -> None:
         """The server announced it closes after this response: requests pipelined behind it
         were never processed, so they go out again on another connection (no retry counted)."""
@@ -304,7 +272,7 @@ class UpstreamSide:
         self.pools.close(up, flush=False)
         for req in unanswered:
             req.upstream = None
-            if req.partial is not None:  # partly answered: the rest cannot go out again
+            if self.merge.answered_in_part(req):  # the rest cannot go out again
                 detail = "upstream connection closed"
                 self.replies.local_reply(req, ErrorType.UPSTREAM_RESET, detail, now)
                 continue
@@ -378,7 +346,7 @@ class UpstreamSide:
             and retries.allows(reason, req.message.properties)
             and req.message.type is not MessageType.ONEWAY
             and req.downstream is not None
-            and req.partial is None  # a partly answered merged message is not sent again
+            and not self.merge.answered_in_part(req)  # its rest cannot go out again
         ):
             req.attempts += 1
             if ep is not None:
@@ -420,7 +388,7 @@ class UpstreamSide:
             # back: close it (as Envoy and twemproxy do); what it still carried fails. First,
             # and without this request: a retry of it must not land on the same connection.
             up.fifo.remove(req)
-            up.merged_extra -= req.message.count - 1
+            self.merge.taken_off(up, req)
             detail = "upstream connection closed after a request timed out"
             self._reset(up, detail, now)
         if not req.done:
@@ -462,7 +430,7 @@ class UpstreamSide:
         was reset through no fault of its own: once, for a plain two-way request with nothing
         answered yet, when its route's retry policy allows retrying it after a reset (so its
         ``non_idempotent`` rule, if any, does not match it)."""
-        if req.resent or req.done or req.downstream is None or req.partial is not None:
+        if req.resent or req.done or req.downstream is None or self.merge.answered_in_part(req):
             return False
         if req.message.type is not MessageType.REQUEST:
             return False
