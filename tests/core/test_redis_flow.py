@@ -9,7 +9,7 @@ from metaprotocol.testing import placeholder
 
 from .helpers import UP, cmd, config, playbook
 
-HELLO3_REPLY_HEAD = b"%7\r\n$6\r\nserver\r\n$5\r\nredis\r\n"
+HELLO3_REPLY_HEAD = b"%7\r\n$6\r\nserver\r\n$12\r\nmetaprotocol\r\n"
 
 
 def test_resp3_client_gets_its_own_upstream_connection_opened_with_hello() -> None:

@@ -8,7 +8,7 @@ it encodes requests and decodes responses. Codecs are pure: no IO, no clock.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
@@ -25,12 +25,16 @@ __all__ = [
     "DeclaresAlpn",
     "DecodesAtEof",
     "DecodesMany",
+    "FanOut",
+    "NarrowsHashInput",
     "OpensWithPreamble",
     "Ordering",
+    "PartFailed",
     "ProbesHealth",
     "ReportsReplyStatus",
     "SendsInterimReply",
     "Side",
+    "SplitsRequests",
     "capabilities_of",
     "codec_failure",
 ]
@@ -68,9 +72,10 @@ class Codec(Protocol):
       protocol has no way to answer (the core then closes).
 
     Optional hooks are the small protocols below (``DecodesMany``, ``SendsInterimReply``,
-    ``DecodesAtEof``, ``OpensWithPreamble``, ``ReportsReplyStatus``, ``ProbesHealth``): the
-    core looks at the codec class once per listener (``capabilities_of``) and keeps the
-    answer in a ``Capabilities`` record, never probing a codec per message.
+    ``DecodesAtEof``, ``OpensWithPreamble``, ``ReportsReplyStatus``, ``ProbesHealth``,
+    ``SplitsRequests``, ``NarrowsHashInput``): the core looks at the codec class once per
+    listener (``capabilities_of``) and keeps the answer in a ``Capabilities`` record, never
+    probing a codec per message.
     """
 
     name: ClassVar[str]
@@ -167,6 +172,68 @@ class ProbesHealth(Protocol):
     def probe_ok(self, response: Message) -> bool: ...
 
 
+@dataclass(frozen=True, slots=True)
+class PartFailed:
+    """The outcome of a fan-out part that got no answer: why (``error``: ``TIMEOUT``,
+    ``UPSTREAM_RESET``, ``CONNECT_FAILURE``, ``NO_HEALTHY_UPSTREAM``, ``ROUTE_NOT_FOUND``...)
+    and the core's detail, as it would have passed them to ``encode_error``."""
+
+    error: ErrorType
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class FanOut:
+    """One client request as several sub-requests (``parts``) and how their outcomes
+    become the client's one answer (``merge``).
+
+    Each part is a request ``Message`` of its own (frame and properties), routed, sent,
+    timed out and retried like any request. When every part has an outcome, the core
+    calls ``merge(outcomes)`` once, ``outcomes[i]`` being the response ``Message`` to
+    ``parts[i]`` (an error reply from the upstream is a response too) or a ``PartFailed``;
+    the bytes it returns are the client's reply. ``merge`` decides how errors merge, and
+    must not raise.
+    """
+
+    parts: tuple[Message, ...]
+    merge: Callable[[Sequence[Message | PartFailed]], bytes]
+
+
+@runtime_checkable
+class SplitsRequests(Protocol):
+    """Optional hook (downstream side): split a request whose keys live on different
+    upstream targets (Redis ``MGET`` over shards).
+
+    ``target(properties)`` is the core's answer to "where would a request with these
+    properties go" (route match, then the cluster's hash or slot): any hashable id, equal
+    for equal destinations. The codec asks it per key (properties shaped like its own
+    requests', e.g. ``{"command": "MGET", "key": "a"}``) and groups the keys by target.
+
+    - None: send the request whole, routed by its own properties (one target, or no keys).
+    - ``FanOut``: the parts, one per target in first-seen order (a single part when the
+      request's own properties would route it elsewhere than its keys).
+    - a non-fatal ``ProtocolError(request=request)``: the command cannot be split and its
+      keys span targets (Redis ``MSETNX``: a ``CROSSSLOT`` error); the core answers it with
+      ``encode_error`` like any non-fatal decode error.
+
+    The core asks only for single requests (``count == 1``), never for merged runs.
+    """
+
+    def split(
+        self, request: Message, target: Callable[[Mapping[str, str]], Hashable]
+    ) -> FanOut | None: ...
+
+
+@runtime_checkable
+class NarrowsHashInput(Protocol):
+    """Optional hook: the part of a property's value that consistent hashing sees, for
+    ``ring_hash`` and ``maglev`` routes' ``hash_policy`` and a split's ``target``. Redis
+    returns a key's hash tag (``{user:1}:cart`` -> ``user:1``) so keys sharing a tag
+    share a shard; the property itself (what routes match) is unchanged."""
+
+    def hash_input(self, name: str, value: str) -> str: ...
+
+
 class CodecFactory(Protocol):
     """A codec class: ``factory(side, options, max_message_size)`` builds one codec."""
 
@@ -198,6 +265,8 @@ class Capabilities:
     preamble: bool = False  # OpensWithPreamble
     reply_status: bool = False  # ReportsReplyStatus
     probe: bool = False  # ProbesHealth
+    split: bool = False  # SplitsRequests
+    hash_input: bool = False  # NarrowsHashInput
 
 
 def capabilities_of(factory: CodecFactory) -> Capabilities:
@@ -209,6 +278,8 @@ def capabilities_of(factory: CodecFactory) -> Capabilities:
         preamble=hasattr(factory, "preamble"),  # ``variant`` is set per instance
         reply_status=isinstance(factory, ReportsReplyStatus),
         probe=isinstance(factory, ProbesHealth),
+        split=isinstance(factory, SplitsRequests),
+        hash_input=isinstance(factory, NarrowsHashInput),
     )
 
 

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any, ClassVar, Final
 
 from mypy_extensions import mypyc_attr
 
+from metaprotocol import __version__
 from metaprotocol.codecs.redis.commands import AUTH_ARITY_DETAIL, NOPROTO_DETAIL, QUIT_DETAIL
 from metaprotocol.codecs.redis.reply import ReplyDecoder
 from metaprotocol.codecs.redis.request import RequestDecoder
-from metaprotocol.core.codec import Ordering, Side
+from metaprotocol.codecs.redis.slots import hash_tag
+from metaprotocol.codecs.redis.split import CROSSSLOT_DETAIL, CROSSSLOT_REPLY, split_request
+from metaprotocol.core.codec import FanOut, Ordering, Side
 from metaprotocol.core.config import HealthCheckRequest
 from metaprotocol.core.message import (
     NEED_DATA,
@@ -270,8 +273,9 @@ class RedisCodec:
 
     def encode_error(self, request: Message | None, error: ErrorType, detail: str) -> bytes | None:
         """``-ERR <reason>\\r\\n``; the answer to QUIT (see commands.py) is ``+OK``;
-        ``UNAUTHENTICATED`` is ``-NOAUTH`` (``-WRONGPASS`` for a refused login) and
-        ``PERMISSION_DENIED`` is ``-NOPERM``, as redis-server answers them."""
+        ``UNAUTHENTICATED`` is ``-NOAUTH`` (``-WRONGPASS`` for a refused login),
+        ``PERMISSION_DENIED`` is ``-NOPERM`` and a command that cannot be split across
+        targets gets ``-CROSSSLOT`` (split.py), as redis-server answers them."""
         if error is ErrorType.UNAUTHENTICATED:
             return WRONGPASS_REPLY if detail == _WRONGPASS_DETAIL else NOAUTH_REPLY
         if error is ErrorType.PERMISSION_DENIED:
@@ -281,6 +285,8 @@ class RedisCodec:
             return _OK_REPLY
         if error is ErrorType.BAD_REQUEST and detail == NOPROTO_DETAIL:
             return b"-NOPROTO unsupported protocol version\r\n"
+        if error is ErrorType.BAD_REQUEST and detail == CROSSSLOT_DETAIL:
+            return CROSSSLOT_REPLY
         if error is ErrorType.BAD_REQUEST and detail:
             text = detail
         else:
@@ -293,6 +299,19 @@ class RedisCodec:
                 text = f"{text}: {detail}"
         text = _clean(text)[:_MAX_ERROR_TEXT]
         return b"-ERR " + text.encode("utf-8", "replace") + b"\r\n"
+
+    def split(
+        self, request: Message, target: Callable[[Mapping[str, str]], Hashable]
+    ) -> FanOut | None:
+        """Downstream side: split a multi-key command whose keys land on several targets
+        (optional hook, see split.py and core/codec.py ``SplitsRequests``)."""
+        return split_request(request, target, self.encode_error)
+
+    @staticmethod
+    def hash_input(name: str, value: str) -> str:
+        """What consistent hashing sees of a property (optional hook): a ``key``'s hash
+        tag (slots.py), so ``{user:1}:a`` and ``{user:1}:b`` land on one shard."""
+        return hash_tag(value) if name == "key" else value
 
     def reply_status(self, reply: bytes) -> str:
         """``OK``, or the error prefix (``ERR``, ``WRONGTYPE``, ``MOVED``...) of a simple or
@@ -342,12 +361,18 @@ def _command(arguments: list[bytes]) -> bytes:
     return b"".join(parts)
 
 
+_SERVER: Final = b"metaprotocol"
+_VERSION: Final = __version__.encode()
+
+
 def _hello_reply(version: int) -> bytes:
     """What redis-server answers to HELLO, as the proxy: a map in RESP3, a flat array in
-    RESP2 (https://redis.io/docs/latest/commands/hello/)."""
+    RESP2 (https://redis.io/docs/latest/commands/hello/). ``server`` and ``version`` name
+    the proxy itself (``metaprotocol`` and the package version), never a Redis version it
+    would only be pretending to be."""
     fields = [
-        (b"server", b"$5\r\nredis\r\n"),
-        (b"version", b"$5\r\n7.0.0\r\n"),
+        (b"server", b"$%d\r\n%s\r\n" % (len(_SERVER), _SERVER)),
+        (b"version", b"$%d\r\n%s\r\n" % (len(_VERSION), _VERSION)),
         (b"proto", b":%d\r\n" % version),
         (b"id", b":0\r\n"),
         (b"mode", b"$10\r\nstandalone\r\n"),
