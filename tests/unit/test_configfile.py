@@ -446,7 +446,7 @@ listeners.0.idle_timout = 1s
 clusters.0.zzz = 1
 => clusters[0].zzz: unknown key (expected one of: name, endpoints, lb_policy, \
 connect_timeout, max_connections_per_endpoint, circuit_breakers, outlier_detection, auth, tls, \
-discovery, dns_refresh, health_check)
+discovery, dns_refresh, health_check, redis_cluster)
 cluster = []
 => cluster: unknown key (did you mean 'clusters'?)
 listeners.0.max_pending_requests = many

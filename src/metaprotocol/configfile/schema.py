@@ -11,6 +11,10 @@ from typing import Any, cast
 
 from metaprotocol.codecs.registry import CodecReferenceError
 from metaprotocol.configfile.discovery import read_discovery, read_health_check
+from metaprotocol.configfile.redis_cluster import (
+    check_redis_cluster_listeners,
+    read_redis_cluster,
+)
 from metaprotocol.configfile.routing import RoutingReader
 from metaprotocol.configfile.secrets import read_credentials, redacted
 from metaprotocol.configfile.tls import cluster_tls, listener_tls
@@ -85,6 +89,7 @@ _CLUSTER_KEYS = (
     "discovery",
     "dns_refresh",
     "health_check",
+    "redis_cluster",
 )
 _RATELIMIT_REDIS_KEYS = ("address", "auth", "db", "tls")
 _OPTION_PROBLEM_RE = re.compile(r"(?:\w+ codec_options\.)?(?P<key>\w+): (?P<rest>.+)", re.DOTALL)
@@ -138,6 +143,9 @@ class Checker(RoutingReader):
         if complete:
             self.check_upstream_logins(listeners, clusters)
             self.check_health_probes(listeners, clusters)
+            check_redis_cluster_listeners(
+                self, listeners, clusters, self.lookup_codec, _cluster_names
+            )
         raw = redacted(copy.deepcopy(dict(top)))  # what /config_dump shows: no secrets
         tracing = self.optional(top, "tracing", "", self.tracing)
         return Config(listeners, clusters, admin, access_log, log_metadata, raw, redis, tracing)
@@ -437,6 +445,9 @@ class Checker(RoutingReader):
             dns_refresh=dns_refresh,
             health_check=self.optional(
                 m, "health_check", path, lambda v, q: read_health_check(self, v, q)
+            ),
+            redis_cluster=self.optional(
+                m, "redis_cluster", path, lambda v, q: read_redis_cluster(self, m, v, q)
             ),
         )
 

@@ -23,6 +23,7 @@ __all__ = [
     "DEFAULT_MAX_PENDING_REQUESTS",
     "DEFAULT_MAX_UPSTREAM_CONNECTIONS_PER_ENDPOINT",
     "DEFAULT_OUTPUT_BUFFER_LIMIT",
+    "DEFAULT_REDIS_CLUSTER_REFRESH_INTERVAL",
     "DEFAULT_REQUEST_TIMEOUT",
     "AdminConfig",
     "CircuitBreakers",
@@ -44,6 +45,8 @@ __all__ = [
     "OutlierDetection",
     "PluginFilterConfig",
     "RateLimitRedisConfig",
+    "ReadFrom",
+    "RedisClusterConfig",
     "RetryPolicy",
     "RouteAction",
     "RouteConfig",
@@ -63,6 +66,7 @@ DEFAULT_MAX_PENDING_REQUESTS: Final = 1024
 DEFAULT_MAX_UPSTREAM_CONNECTIONS_PER_ENDPOINT: Final = 4
 DEFAULT_OUTPUT_BUFFER_LIMIT: Final = 32 * 1024 * 1024
 DEFAULT_DNS_REFRESH: Final = 30.0
+DEFAULT_REDIS_CLUSTER_REFRESH_INTERVAL: Final = 30.0
 
 MatcherKind = Literal["exact", "prefix", "suffix", "regex", "present"]
 
@@ -334,6 +338,21 @@ Discovery = Literal["static", "dns"]
 endpoint (metaprotocol.discovery)."""
 
 LbPolicy = Literal["round_robin", "random", "least_request", "ring_hash", "maglev"]
+ReadFrom = Literal["primary", "replica_preferred"]
+
+
+@dataclass(frozen=True, slots=True)
+class RedisClusterConfig:
+    """A cluster that is a Redis Cluster (``redis_cluster``, docs/configuration.md): its
+    ``endpoints`` are seed nodes, the slot map is learnt from them at start and every
+    ``refresh_interval`` seconds, and with ``read_from: replica_preferred`` reads go to a
+    healthy replica of the key's shard when there is one.
+
+    Parsed and validated; the engine does not route by slot yet (issue 16's core wiring).
+    """
+
+    refresh_interval: float = DEFAULT_REDIS_CLUSTER_REFRESH_INTERVAL
+    read_from: ReadFrom = "primary"
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,6 +371,8 @@ class ClusterConfig:
     discovery: Discovery = "static"
     dns_refresh: float = DEFAULT_DNS_REFRESH  # seconds between resolutions (discovery dns)
     health_check: HealthCheck | None = None  # None: passive (outlier detection) only
+    # A Redis Cluster: ``endpoints`` are seeds, nodes are picked by key slot (None: not one).
+    redis_cluster: RedisClusterConfig | None = None
 
 
 @dataclass(frozen=True, slots=True)
