@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from metaprotocol.codecs.redis.commands import NON_POOLABLE_COMMANDS
-from metaprotocol.codecs.redis.keys import KEY_SPECS, SPLITS, key_positions
+from metaprotocol.codecs.redis.keys import KEY_SPECS, READ_COMMANDS, SPLITS, key_positions
 from metaprotocol.codecs.redis.values import RespError
 from tests.e2e.redis_clusters import command
 from tests.e2e.servers import redis_server
@@ -104,3 +104,25 @@ def test_every_multi_key_command_of_the_server_is_accounted_for(port: int) -> No
             multi_key.add(name.decode().upper())
     missing = multi_key - set(KEY_SPECS) - NON_POOLABLE_COMMANDS - set(NOT_IN_THE_TABLE)
     assert missing == set()
+
+
+def _keyed_readonly(flags: object, first: object) -> bool:
+    assert isinstance(flags, list) and isinstance(first, int)
+    return "readonly" in flags and (first > 0 or "movablekeys" in flags)
+
+
+def test_read_commands_are_the_servers_keyed_readonly_commands(port: int) -> None:
+    reply = command(port, "COMMAND")
+    assert isinstance(reply, list)
+    reads = set()
+    for entry in reply:
+        assert isinstance(entry, list) and isinstance(entry[0], bytes)
+        subcommands = entry[9] if len(entry) > 9 else []
+        assert isinstance(subcommands, list)
+        keyed = [(entry[2], entry[3])]
+        for sub in subcommands:
+            assert isinstance(sub, list)
+            keyed.append((sub[2], sub[3]))
+        if any(_keyed_readonly(flags, first) for flags, first in keyed):
+            reads.add(entry[0].decode().upper())
+    assert reads == READ_COMMANDS

@@ -20,7 +20,15 @@ from typing import Final
 
 from metaprotocol.core.message import Message
 
-__all__ = ["KEY_SPECS", "SPLITS", "KeySpec", "Merge", "arguments_of", "key_positions"]
+__all__ = [
+    "KEY_SPECS",
+    "READ_COMMANDS",
+    "SPLITS",
+    "KeySpec",
+    "Merge",
+    "arguments_of",
+    "key_positions",
+]
 
 
 class Merge(enum.Enum):
@@ -117,6 +125,25 @@ SPLITS: Final[dict[str, Merge]] = {
     "TOUCH": Merge.SUM,
 }
 """The commands split per target, and how their parts' answers merge."""
+
+
+READ_COMMANDS: Final = frozenset({
+    "BITCOUNT", "BITFIELD_RO", "BITPOS", "DUMP", "EVALSHA_RO", "EVAL_RO", "EXISTS",
+    "EXPIRETIME", "FCALL_RO", "GEODIST", "GEOHASH", "GEOPOS", "GEORADIUSBYMEMBER_RO",
+    "GEORADIUS_RO", "GEOSEARCH", "GET", "GETBIT", "GETRANGE", "HEXISTS", "HGET", "HGETALL",
+    "HKEYS", "HLEN", "HMGET", "HRANDFIELD", "HSCAN", "HSTRLEN", "HVALS", "LCS", "LINDEX",
+    "LLEN", "LPOS", "LRANGE", "MEMORY", "MGET", "OBJECT", "PEXPIRETIME", "PFCOUNT", "PTTL",
+    "SCARD", "SDIFF", "SINTER", "SINTERCARD", "SISMEMBER", "SMEMBERS", "SMISMEMBER",
+    "SORT_RO", "SRANDMEMBER", "SSCAN", "STRLEN", "SUBSTR", "SUNION", "TOUCH", "TTL", "TYPE",
+    "XINFO", "XLEN", "XPENDING", "XRANGE", "XREAD", "XREVRANGE", "ZCARD", "ZCOUNT", "ZDIFF",
+    "ZINTER", "ZINTERCARD", "ZLEXCOUNT", "ZMSCORE", "ZRANDMEMBER", "ZRANGE", "ZRANGEBYLEX",
+    "ZRANGEBYSCORE", "ZRANK", "ZREVRANGE", "ZREVRANGEBYLEX", "ZREVRANGEBYSCORE", "ZREVRANK",
+    "ZSCAN", "ZSCORE", "ZUNION",
+})  # fmt: skip
+"""Commands with keys that only read them (redis's ``readonly`` flag): what a Redis Cluster
+with ``read_from: replica_preferred`` may send to a replica. ``MEMORY``, ``OBJECT`` and
+``XINFO`` stand for their keyed subcommands (``MEMORY USAGE``, ``OBJECT ENCODING``,
+``XINFO STREAM``...), all read-only."""
 
 
 def key_positions(spec: KeySpec, arguments: Sequence[bytes]) -> list[int] | None:
