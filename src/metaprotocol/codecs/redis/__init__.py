@@ -26,7 +26,13 @@ or reply aggregate, default 4Mi), ``max_nesting_depth`` (reply aggregates, defau
 (``Credentials``): clients must log in to the proxy with ``AUTH`` or ``HELLO <v> AUTH``,
 answered by the codec; other commands before that get ``-NOAUTH``, wrong credentials
 ``-WRONGPASS``. Upstream, ``preamble`` logs in with a cluster's credentials (``AUTH``, or
-``HELLO 3 AUTH`` on RESP3 connections); a refusal is a connect failure.
+``HELLO 3 AUTH`` on RESP3 connections); a refusal is a connect failure. An upstream variant
+naming ``readonly`` (``"readonly"``, ``"resp3+readonly"``) also sends ``READONLY``, which a
+Redis Cluster replica needs before it serves reads.
+
+Sharding (not yet called by the engine): ``split`` splits multi-key commands per target
+(split.py, keys.py), ``hash_input`` gives a key's hash tag (slots.py); cluster.py reads
+slot maps and MOVED / ASK redirections.
 """
 
 from __future__ import annotations

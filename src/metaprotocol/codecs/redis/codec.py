@@ -54,6 +54,7 @@ _MAX_ERROR_TEXT: Final = 512  # keep local replies short whatever the detail
 _OK_REPLY: Final = b"+OK\r\n"
 _PING: Final = b"*1\r\n$4\r\nPING\r\n"  # as redis-cli sends it
 _PONG: Final = b"+PONG\r\n"  # RESP2 and RESP3 alike
+_VARIANT_WORDS: Final = frozenset({"resp3", "readonly"})  # what an upstream variant may name
 
 # What redis-server answers an unauthenticated client, and a refused login.
 NOAUTH_REPLY: Final = b"-NOAUTH Authentication required.\r\n"
@@ -143,7 +144,7 @@ class RedisCodec:
         # Downstream: the credentials clients log in with (None: no login needed).
         self._auth = _credentials(options) if side is Side.DOWNSTREAM else None
         self._authenticated = self._auth is None
-        self._opening = ""  # upstream: the command a new connection opened with
+        self._opening: list[str] = []  # upstream: opening commands still to be answered
         self.side = side
         # Downstream: which kind of upstream connection this client needs ("" or "resp3",
         # after HELLO 3); the core keeps separate pools per variant.
@@ -222,37 +223,49 @@ class RedisCodec:
     # -- upstream: what a new connection opens with
 
     def preamble(self, variant: str, credentials: Credentials | None = None) -> bytes:
-        """Upstream side: what a new connection of ``variant`` sends first (optional hook):
-        ``HELLO 3`` for ``resp3`` connections, with ``AUTH <user> <password>`` when the
-        cluster has ``auth``; a plain connection with ``auth`` sends ``AUTH`` alone.
+        """Upstream side: what a new connection of ``variant`` sends first (optional hook).
 
-        The reply to it is consumed here and never reaches the core; an error reply (a
-        refused login) raises ``ProtocolError(CONNECT_FAILURE)``: a connect failure.
+        ``variant`` is ``""`` or words joined by ``+``: ``resp3`` opens with ``HELLO 3``
+        (with ``AUTH <user> <password>`` when the cluster has ``auth``), otherwise ``auth``
+        sends ``AUTH`` alone; ``readonly`` then sends ``READONLY`` (a Redis Cluster replica
+        serves reads of its shard's slots only to connections that asked for it).
+
+        The replies are consumed here and never reach the core; an error reply (a refused
+        login) raises ``ProtocolError(CONNECT_FAILURE)``: a connect failure.
         """
-        if variant == "resp3":
+        words = set(variant.split("+")) if variant else set()
+        if words - _VARIANT_WORDS:
+            raise ValueError(f"redis: unknown upstream variant {variant!r}")
+        opening: list[tuple[str, list[bytes]]] = []
+        if "resp3" in words:
             arguments = [b"HELLO", b"3"]
             if credentials is not None:
                 arguments += [b"AUTH", credentials.user.encode(), _password(credentials)]
-        elif variant == "" and credentials is not None:
+            opening.append(("HELLO 3", arguments))
+        elif credentials is not None:
             arguments = [b"AUTH", _password(credentials)]
             if credentials.username is not None:
                 arguments.insert(1, credentials.username.encode())
-        else:
-            raise ValueError(f"redis: unknown upstream variant {variant!r}")
-        self._opening = "HELLO 3" if variant else "AUTH"
+            opening.append(("AUTH", arguments))
+        if "readonly" in words:
+            opening.append(("READONLY", [b"READONLY"]))
+        if not opening:
+            raise ValueError(f"redis: nothing to send first on a {variant!r} connection")
+        self._opening = [name for name, _ in opening]
         self.decode = self._skip_preamble_reply
-        return _command(arguments)
+        return b"".join(_command(arguments) for _, arguments in opening)
 
     def _skip_preamble_reply(self, buffer: bytearray) -> Message | NeedData:
         reply = self._reply_decode(buffer)
         if reply is NEED_DATA:
             return reply
-        self.decode = self._reply_decode
+        name = self._opening.pop(0)
+        if not self._opening:
+            self.decode = self._reply_decode
         if isinstance(reply, Message) and reply.status is ResponseStatus.ERROR:
+            self.decode = self._reply_decode
             text = _clean(reply.frame[1:81].decode("utf-8", "replace")).strip()
-            raise ProtocolError(
-                f"upstream refused {self._opening}: {text}", ErrorType.CONNECT_FAILURE
-            )
+            raise ProtocolError(f"upstream refused {name}: {text}", ErrorType.CONNECT_FAILURE)
         return self.decode(buffer)
 
     def encode(
