@@ -144,6 +144,8 @@ def test_the_first_failed_part_decides_the_answer() -> None:
         (("MSET", "a", "1", "b", "2"), b":1\r\n"),
         (("DEL", "a", "b"), b"+OK\r\n"),
         (("DEL", "a", "b"), b":x\r\n"),
+        (("DEL", "a", "b"), b":--5\r\n"),
+        (("DEL", "a", "b"), b":-\r\n"),
     ],
 )
 def test_an_answer_of_the_wrong_shape_is_a_bad_response(
@@ -287,3 +289,39 @@ def test_hello_names_the_proxy_and_its_version() -> None:
         assert fields[b"server"] == b"metaprotocol"
         assert fields[b"version"] == __version__.encode()
         assert fields[b"proto"] == version
+
+
+# Outcomes are whole replies (the upstream side framed them), of any shape.
+FRAMES = st.one_of(
+    st.integers(-(2**70), 2**70).map(lambda n: b":%d\r\n" % n),
+    st.binary(max_size=9).map(lambda b: b"$%d\r\n%s\r\n" % (len(b), b)),
+    st.sampled_from([b"+OK\r\n", b":3\r\n", b"*1\r\n$1\r\nx\r\n",
+                     b"*1\r\n_\r\n", b"-ERR x\r\n", b"!3\r\nERR\r\n",
+                     b"*-1\r\n", b"$-1\r\n", b"*1\r\n*1\r\n:1\r\n"]),
+)  # fmt: skip
+OUTCOMES = st.one_of(
+    FRAMES.map(reply),
+    st.builds(PartFailed, st.sampled_from(list(ErrorType)), st.text(max_size=30)),
+)
+
+
+@given(
+    st.sampled_from(["MGET", "MSET", "DEL", "EXISTS", "MSETNX", "EVAL", "XREAD", "BITOP"]),
+    st.lists(st.binary(max_size=6), max_size=8),
+    st.data(),
+)
+def test_split_and_merge_never_fail_on_what_peers_send(
+    command: str, arguments: list[bytes], data: st.DataObject
+) -> None:
+    """Whatever a client sends, split answers None, a FanOut or a non-fatal ProtocolError;
+    whatever the upstreams answer, merge returns one well-formed RESP reply."""
+    try:
+        fan = split(pack(command, *arguments))
+    except ProtocolError as exc:
+        assert not exc.fatal and exc.request is not None
+        return
+    if fan is None:
+        return
+    assert fan.parts
+    outcomes = data.draw(st.lists(OUTCOMES, min_size=len(fan.parts), max_size=len(fan.parts)))
+    read_value(fan.merge(outcomes))  # one complete reply, nothing after it

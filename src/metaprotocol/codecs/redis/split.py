@@ -184,7 +184,8 @@ class _Merger:
 
     def _integer(self, frame: bytes) -> int:
         digits = frame[1:-2]
-        if frame[:1] != b":" or frame[-2:] != b"\r\n" or not digits.lstrip(b"-").isdigit():
+        magnitude = digits[1:] if digits[:1] == b"-" else digits
+        if frame[:1] != b":" or frame[-2:] != b"\r\n" or not magnitude.isdigit():
             raise self._bad(f"expected an integer, got {frame[:40]!r}")
         return int(digits)
 
