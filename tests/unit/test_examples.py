@@ -11,6 +11,7 @@ import yaml
 
 from metaprotocol.cli import main
 from metaprotocol.configfile import load_config, routing, schema, secrets
+from metaprotocol.configfile import redis_cluster as redis_cluster_keys
 from metaprotocol.configfile import tls as tls_keys
 from metaprotocol.configfile import xds as xds_keys
 
@@ -140,6 +141,8 @@ def test_configuration_docs_name_every_key() -> None:
         *routing.MATCHER_KINDS,
         *routing.RETRY_ON,
         *schema.LB_POLICIES,
+        *redis_cluster_keys.REDIS_CLUSTER_KEYS,
+        *redis_cluster_keys.READ_FROM,
         "invert",
         "weight",
         "fraction",

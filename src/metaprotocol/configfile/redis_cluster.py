@@ -15,10 +15,15 @@ from metaprotocol.core.config import (
     RedisClusterConfig,
 )
 
-__all__ = ["READ_FROM", "check_redis_cluster_listeners", "read_redis_cluster"]
+__all__ = [
+    "READ_FROM",
+    "REDIS_CLUSTER_KEYS",
+    "check_redis_cluster_listeners",
+    "read_redis_cluster",
+]
 
 READ_FROM: tuple[ReadFrom, ...] = ("primary", "replica_preferred")
-_KEYS = ("refresh_interval", "read_from")
+REDIS_CLUSTER_KEYS = ("refresh_interval", "read_from")
 
 
 def read_redis_cluster(
@@ -27,7 +32,7 @@ def read_redis_cluster(
     """``redis_cluster: {refresh_interval, read_from}`` (``{}``: the defaults) of the
     cluster mapping ``cluster`` at ``path``'s parent. A cluster's ``lb_policy`` does not
     apply to a Redis Cluster (the key's slot picks the node), so naming one is an error."""
-    m = reader.mapping(value, path, _KEYS)
+    m = reader.mapping(value, path, REDIS_CLUSTER_KEYS)
     if m is None:
         return None
     if cluster.get("lb_policy") is not None:
