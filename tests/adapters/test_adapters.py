@@ -6,6 +6,7 @@ import contextlib
 import http.client
 import json
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import TypeVar
@@ -20,6 +21,7 @@ from metaprotocol.core.events import (
     Closed,
     DataReceived,
     EofReceived,
+    ExternalCallCompleted,
     UpstreamConnectFailed,
     WriteBufferGrew,
     WriteBufferHigh,
@@ -400,3 +402,27 @@ def test_reload_that_cannot_bind_changes_nothing(adapter: str) -> None:
         sock.sendall(b"hi")
         assert _recv_exactly(sock, 2) == b"hi"
         sock.close()
+
+
+def test_a_periodic_job_runs_off_the_loop_and_its_outcome_reaches_the_core(adapter: str) -> None:
+    core = FakeCore(_config())
+    loop_threads: list[str] = []
+    job_threads: list[str] = []
+
+    def job() -> str:
+        job_threads.append(threading.current_thread().name)
+        return "resolved"
+
+    def event(result: str | None, error: str) -> ExternalCallCompleted:
+        loop_threads.append(threading.current_thread().name)
+        return ExternalCallCompleted(77, result, error)
+
+    with start_proxy(_config(), adapter, proxy=core) as running:
+        loop_thread = running.call(lambda: threading.current_thread().name)
+        running.call(lambda: running.serving.every(0.01, job, event, name="discover"))
+        _wait(running, lambda: [e for _, e in core.events if isinstance(e, ExternalCallCompleted)])
+        fed = running.call(
+            lambda: [e for _, e in core.events if isinstance(e, ExternalCallCompleted)]
+        )
+    assert fed[0] == ExternalCallCompleted(77, "resolved", "")
+    assert job_threads[0] == "discover" and loop_threads[0] == loop_thread

@@ -6,7 +6,10 @@ import queue
 import threading
 from collections.abc import Callable
 
-from metaprotocol.adapters.jobs import Periodic, WorkerThread
+import anyio
+import pytest
+
+from metaprotocol.adapters.jobs import Periodic, WorkerThread, running_loop_post
 
 TIMEOUT = 10.0
 
@@ -68,3 +71,25 @@ def test_a_periodic_job_repeats_until_closed() -> None:
     finally:
         periodic.close(TIMEOUT)
     assert outcomes[:3] == [(1, ""), (None, "resolver down"), (3, "")]
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_the_running_loops_post_runs_a_function_on_the_loops_thread(backend: str) -> None:
+    ran: list[str] = []
+
+    async def main() -> None:
+        post = running_loop_post()
+        done = anyio.Event()
+
+        def on_loop() -> None:
+            ran.append(threading.current_thread().name)
+            done.set()
+
+        thread = threading.Thread(target=post, args=(on_loop,), name="poster")
+        thread.start()
+        with anyio.fail_after(TIMEOUT):
+            await done.wait()
+        thread.join()
+
+    anyio.run(main, backend=backend)
+    assert ran == [threading.current_thread().name]

@@ -132,3 +132,27 @@ def test_drain_reports_once_when_the_core_has_drained_and_refuses_reloads() -> N
     assert app.respond("GET", "/ready")[0] == 503
     with pytest.raises(RuntimeError):
         serving.reload(_config("a"))
+
+
+def test_a_job_off_the_loop_feeds_its_outcome_to_the_core_until_closed() -> None:
+    import queue
+    from collections.abc import Callable
+
+    from metaprotocol.core.events import ExternalCallCompleted
+
+    posted: queue.Queue[Callable[[], None]] = queue.Queue()
+    core = FakeCore(_config("a"))
+    serving = Serving(
+        _config("a"), core, clock=lambda: 5.0, execute=lambda i: None,
+        timer=lambda fire: _Timer(), post=posted.put,
+    )  # fmt: skip
+    serving.every(0.0, lambda: "10.0.0.7", lambda r, e: ExternalCallCompleted(9, r, e))
+    posted.get(timeout=10)()  # the loop's turn
+    assert core.events[-1] == (5.0, ExternalCallCompleted(9, "10.0.0.7", ""))
+    serving.close()
+    seen = len(core.events)
+    while not posted.empty():  # posted before the close: dropped, not fed
+        posted.get()()
+    assert len(core.events) == seen
+    with pytest.raises(RuntimeError):  # an adapter that gave no post
+        _serving(_config("a"))[0].every(1.0, lambda: None, lambda r, e: None)

@@ -35,6 +35,7 @@ from anyio.abc import SocketAttribute, SocketListener
 from metaprotocol.adapters.anyio_connections import Streams, close_quietly
 from metaprotocol.adapters.binding import bound_address
 from metaprotocol.adapters.dispatcher import Core, Dispatcher
+from metaprotocol.adapters.jobs import running_loop_post
 from metaprotocol.adapters.serving import ServerInfo, Serving
 from metaprotocol.core import outputs as out
 from metaprotocol.core.config import Config
@@ -76,7 +77,7 @@ class _Server:
         self.timers: list[Timer] = []
         self.serving = serving = Serving.start(
             config, proxy, clock=anyio.current_time, execute=self.execute,
-            timer=self.timer, **options,
+            timer=self.timer, post=running_loop_post(), **options,
         )  # fmt: skip
         self.dispatcher = serving.dispatcher
         self.io = Streams(tg, serving)  # the connections
@@ -198,7 +199,7 @@ class Handle(ServerInfo):
         server.io.close_all()
         if server.limiter is not None:
             await server.limiter.aclose()
-        serving.close_logs()
+        serving.close()
         await self._stop_accepting()
         if self._admin_listener is not None:
             await close_quietly(self._admin_listener)

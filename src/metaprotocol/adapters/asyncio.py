@@ -52,8 +52,8 @@ class _Server:
         self.tasks: set[asyncio.Task[None]] = set()
         self.limiter: AsyncioRedisRateLimiter | None = None
         self.serving = serving = Serving.start(
-            config, proxy, clock=loop.time, execute=self.execute,
-            timer=lambda fire: Timer(loop, fire), write=self.queue_write, **options,
+            config, proxy, clock=loop.time, execute=self.execute, write=self.queue_write,
+            timer=lambda fire: Timer(loop, fire), post=loop.call_soon_threadsafe, **options,
         )  # fmt: skip
         self.dispatcher = serving.dispatcher
         if (redis := serving.config.global_ratelimit_redis) is not None:
@@ -270,7 +270,7 @@ class Handle(ServerInfo):
             await server.limiter.aclose()
         for listener in servers:
             await listener.wait_closed()
-        serving.close_logs()
+        serving.close()
         await asyncio.sleep(0)  # let aborted transports run connection_lost
 
 

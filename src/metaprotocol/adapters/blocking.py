@@ -124,8 +124,9 @@ class _Loop:
         self.wake_w.setblocking(False)
         self.sel.register(self.wake_r, _R, None)
         self.serving = serving = Serving.start(
-            config, proxy, clock=time.monotonic, execute=self.execute, timer=self.timer, **options
-        )
+            config, proxy, clock=time.monotonic, execute=self.execute, timer=self.timer,
+            post=self.call_soon_threadsafe, **options,
+        )  # fmt: skip
         self.dispatcher = serving.dispatcher
         self.io = Connections(self.sel, serving)
         self.limiter: BlockingRedisRateLimiter | None = None
@@ -247,7 +248,7 @@ class _Loop:
         self.wake_w.close()
         if self.limiter is not None:
             self.limiter.close()
-        self.serving.close_logs()
+        self.serving.close()
 
 
 def serve_forever(

@@ -11,18 +11,40 @@ DNS names, refreshing a Redis Cluster slot map) whose result the core takes as a
 from __future__ import annotations
 
 import concurrent.futures
+import sys
 import threading
 from collections.abc import Callable
 from functools import partial
 from typing import Generic, TypeVar
 
-__all__ = ["Done", "Periodic", "Post", "WorkerThread"]
+__all__ = ["Done", "Periodic", "Post", "WorkerThread", "running_loop_post"]
 
 T = TypeVar("T")
-Post = Callable[[Callable[[], None]], None]
+Post = Callable[[Callable[[], None]], object]
 """The loop's thread-safe "run this on the loop's thread soon"."""
 Done = Callable[[T | None, str], None]
 """Called on the loop's thread with ``(result, "")`` or ``(None, error)``."""
+
+
+def running_loop_post() -> Post:
+    """The running event loop's ``Post``, for code under anyio: trio's token, else asyncio's
+    loop, the function run in a task of its own there (anyio needs one to find its
+    backend). Call it on the loop's thread."""
+    trio = sys.modules.get("trio")
+    if trio is not None:
+        try:
+            post: Post = trio.lowlevel.current_trio_token().run_sync_soon
+            return post
+        except RuntimeError:  # trio is imported, but this is not a trio run
+            pass
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+
+    async def run(fn: Callable[[], None]) -> None:
+        fn()
+
+    return lambda fn: loop.call_soon_threadsafe(lambda: loop.create_task(run(fn)))
 
 
 def _outcome(fn: Callable[[], T]) -> tuple[T | None, str]:
@@ -75,7 +97,10 @@ class Periodic(Generic[T]):
             result, error = _outcome(self._fn)
             if self._stop.is_set():
                 return
-            self._post(partial(self._done, result, error))
+            try:
+                self._post(partial(self._done, result, error))
+            except (RuntimeError, OSError):  # the loop is gone: nobody to tell
+                return
             self._stop.wait(self.interval)
 
     def close(self, timeout: float | None = None) -> None:

@@ -1,6 +1,7 @@
 """What every adapter does the same way, whatever its loop (docs/architecture.md,
-"Adapters"): a core and its dispatcher built from a config, the observers, the external
-calls, the TLS contexts, the admin endpoint's core, reload and drain. An adapter makes one
+"Adapters"): a core and its dispatcher built from a config (``loading``), the observers,
+the external calls, the TLS contexts, the admin endpoint's core, reload, drain, and jobs
+off the loop. An adapter makes one
 ``Serving`` and keeps only its IO: sockets, tasks, its timer.
 """
 
@@ -8,11 +9,10 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from metaprotocol.accesslog import AccessLog
 from metaprotocol.adapters.admin_core import AdminCore
@@ -24,9 +24,12 @@ from metaprotocol.adapters.binding import (
 )
 from metaprotocol.adapters.dispatcher import Core, Dispatcher, Driven
 from metaprotocol.adapters.external import ExternalCalls
+from metaprotocol.adapters.jobs import Periodic, Post
+from metaprotocol.adapters.loading import build_core, global_ratelimit_redis, resolve_config
 from metaprotocol.adapters.observers import Observers
 from metaprotocol.admin import AdminApp
-from metaprotocol.core.config import Config, RateLimitRedisConfig
+from metaprotocol.core.config import Config
+from metaprotocol.core.events import Event
 from metaprotocol.core.outputs import Instruction
 from metaprotocol.core.stats import EndpointStatus
 from metaprotocol.metrics import with_endpoints
@@ -44,33 +47,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("metaprotocol")
-
-
-def resolve_config(config: Config | str | os.PathLike[str]) -> Config:
-    """A ``Config`` as is, or one loaded from a YAML/JSON file path."""
-    if isinstance(config, Config):
-        return config
-    from metaprotocol.configfile import load_config
-
-    loaded: Config = load_config(os.fspath(config))
-    return loaded
-
-
-def build_core(config: Config, now: float) -> Core:
-    from metaprotocol.core.proxy import Proxy
-
-    # The core takes randomness as an argument (weighted clusters, mirror fractions, faults).
-    # Observer events cost about a fifth of the per-request CPU: only the access log and
-    # tracing need them here (an embedding program that watches events passes its own Proxy).
-    observe = config.access_log is not None or config.tracing is not None
-    proxy: Core = Proxy(config, now=now, random=random.Random().random, observe=observe)
-    return proxy
-
-
-def global_ratelimit_redis(config: Config | None) -> RateLimitRedisConfig | None:
-    """Where the global rate limiter's Redis lives and how to log in (``global_ratelimit_redis``),
-    if set."""
-    return None if config is None else config.global_ratelimit_redis
+T = TypeVar("T")
 
 
 @dataclass
@@ -125,10 +102,13 @@ class Serving:
         execute: Callable[[Instruction], None],
         timer: Callable[[Callable[[float], None]], Timer],
         write: Callable[[int, bytes], None] | None = None,
+        post: Post | None = None,
         reuse_port: bool = False,
         admin: bool = True,
     ) -> None:
         self.config = config
+        self.post = post  # the loop's thread-safe call-soon, for jobs off the loop
+        self.jobs: list[Periodic[Any]] = []
         self.core = core
         self.reuse_port = reuse_port
         self.tls = TlsContexts(config)
@@ -157,6 +137,7 @@ class Serving:
         execute: Callable[[Instruction], None],
         timer: Callable[[Callable[[float], None]], Timer],
         write: Callable[[int, bytes], None] | None = None,
+        post: Post | None = None,
         reuse_port: bool = False,
         admin: bool = True,
     ) -> Serving:
@@ -165,7 +146,7 @@ class Serving:
         cfg = resolve_config(config)
         core = proxy if proxy is not None else build_core(cfg, clock())
         return cls(
-            cfg, core, clock=clock, execute=execute, timer=timer, write=write,
+            cfg, core, clock=clock, execute=execute, timer=timer, write=write, post=post,
             reuse_port=reuse_port, admin=admin,
         )  # fmt: skip
 
@@ -256,6 +237,38 @@ class Serving:
             self.dispatcher.after_burst = None
             if self.on_drained is not None:
                 self.on_drained()
+
+    # -- jobs off the loop ----------------------------------------------------------------
+
+    def every(
+        self,
+        interval: float,
+        job: Callable[[], T],
+        event: Callable[[T | None, str], Event | None],
+        name: str = "metaprotocol-job",
+    ) -> Periodic[T]:
+        """Run the blocking ``job`` every ``interval`` seconds (the first time at once) on a
+        thread of its own; on the loop's thread, ``event(result, error)`` turns each outcome
+        into an event for the core (None: nothing to feed). The place for discovery jobs
+        (docs/architecture.md, "Adapters"); stopped by ``close``."""
+        if self.post is None:
+            raise RuntimeError("this adapter gave no way to post from a thread")
+
+        def done(result: T | None, error: str) -> None:
+            if not self.closed and (happened := event(result, error)) is not None:
+                self.dispatcher.feed(happened)
+
+        job_thread = Periodic(interval, job, done, self.post, name).start()
+        self.jobs.append(job_thread)
+        return job_thread
+
+    def close(self) -> None:
+        """Stop the jobs (one running now finishes on its own; its outcome is dropped), then
+        close the logs."""
+        self.closed = True
+        for job in self.jobs:
+            job.close(timeout=0)
+        self.close_logs()
 
     def close_logs(self) -> None:
         """Write out and close the access log; export the spans still queued."""
