@@ -187,6 +187,31 @@ def test_all_vectors_fed_byte_at_a_time_on_one_connection() -> None:
     assert buf == b""
 
 
+def test_one_connection_remembers_only_equal_prefixes_and_attachments() -> None:
+    """The codec remembers the last request's prefix (service, method...) and attachments
+    per connection; a request that differs anywhere in them, even at the same lengths, is
+    read afresh."""
+    c = codec()
+    frames = [
+        request_frame(),
+        request_frame(),  # both remembered parts equal
+        request_frame(attachments={"group": "g2"}),  # same length, other value
+        request_frame(method="sayHo"),  # same length, other method
+        request_frame(method="sayHo", attachments={"group": "g2", "x": "y"}),
+        request_frame(service="org.apache.dubbo.samples.api.GreetingsServicf"),
+        request_frame(args=b"\x03eve"),  # other arguments, same attachments
+    ]
+    for frame in frames:
+        expected = parse_request(frame)
+        props = decode_one(frame, c).properties
+        assert props == {
+            **{k.lower(): v for k, v in expected.attachments.items()},
+            "interface": expected.service,
+            "version": expected.version,
+            "method": expected.method,
+        }
+
+
 def test_two_frames_in_one_buffer_decode_in_order() -> None:
     a, b = request_frame(request_id=1), request_frame(request_id=2, version="2.0.0")
     buf = bytearray(a + b)
