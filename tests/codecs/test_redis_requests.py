@@ -420,3 +420,25 @@ def test_an_empty_command_travels_with_the_next_one() -> None:
     messages = feed(downstream(), frames)
     assert [m.frame for m in messages] == [frames[0], frames[1] + frames[2]]
     assert messages[1].properties == {"command": "GET", "key": "b"}
+
+
+@pytest.mark.parametrize("size", [9, 10, 42, 99, 100])
+def test_bulk_lengths_around_two_digits(size: int) -> None:
+    """One-, two- and three-digit bulk lengths (two digits have a path of their own), whole
+    and fed a byte at a time."""
+    key = "k" * size
+    frame = pack("GET", key) + pack("SET", key, "v" * size)
+    for chunks in ([frame], [frame[i : i + 1] for i in range(len(frame))]):
+        messages = feed(downstream(), chunks)
+        assert [m.properties for m in messages] == [
+            {"command": "GET", "key": key},
+            {"command": "SET", "key": key},
+        ]
+        assert b"".join(m.frame for m in messages) == frame
+
+
+@pytest.mark.parametrize("length", [b"05", b"1x", b"x1", b"+5", b"5 "])
+def test_bad_two_character_bulk_lengths_are_refused(length: bytes) -> None:
+    buffer = bytearray(b"*2\r\n$3\r\nGET\r\n$" + length + b"\r\n" + b"k" * 20 + b"\r\n")
+    with pytest.raises(ProtocolError, match="invalid bulk length"):
+        downstream().decode(buffer)

@@ -196,6 +196,14 @@ class RequestDecoder:
                     end = start + buffer[pos + 1] - 0x30
                     if buffer[pos + 3] != _LF or not start <= end <= start + 9:
                         raise _bad(f"invalid bulk length {bytes(buffer[pos + 1 : pos + 3])!r}")
+                elif (
+                    buffer[pos + 3] == _CR  # two digits (10-99; no leading zero), also common
+                    and buffer[pos + 4] == _LF
+                    and 0x31 <= buffer[pos + 1] <= 0x39
+                    and 0x30 <= buffer[pos + 2] <= 0x39
+                ):
+                    start = pos + 5
+                    end = start + (buffer[pos + 1] - 0x30) * 10 + buffer[pos + 2] - 0x30
                 else:
                     eol = buffer.find(b"\r\n", pos + 1, pos + _HEADER_WINDOW)
                     if eol < 0:
