@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeVar
 
@@ -280,11 +280,10 @@ class Serving:
     # -- admin ----------------------------------------------------------------------------
 
     def admin_app(self) -> AdminApp:
-        empty: Mapping[str, Any] = {}
         return AdminApp(
             ready=lambda: not self.draining,
             snapshot=lambda: with_endpoints(self.core.stats.snapshot(), self.endpoints()),
-            config_raw=lambda: empty if self.config is None else self.config.raw,
+            config_raw=lambda: self.config.raw,
             endpoints=self.endpoints,
         )
 
