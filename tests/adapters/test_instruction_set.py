@@ -24,6 +24,7 @@ from metaprotocol.core.outputs import (
     Output,
     ReadDisable,
     ReadEnable,
+    RefreshSlotMap,
     Write,
 )
 from metaprotocol.core.stats import EndpointStatus, Stats
@@ -35,6 +36,7 @@ ONE_OF_EACH: list[Output] = [
     ReadDisable(1),
     ReadEnable(1),
     ExternalCall(1, "global_ratelimit", None),
+    RefreshSlotMap("cache"),
 ]
 
 
@@ -83,7 +85,7 @@ def test_the_dispatcher_executes_every_instruction_and_observes_the_rest() -> No
 
 
 class _Unknown:
-    """What a seventh instruction would look like to an adapter that was not taught it."""
+    """What an eighth instruction would look like to an adapter that was not taught it."""
 
 
 @pytest.mark.parametrize(

@@ -93,3 +93,24 @@ def test_the_running_loops_post_runs_a_function_on_the_loops_thread(backend: str
 
     anyio.run(main, backend=backend)
     assert ran == [threading.current_thread().name]
+
+
+def test_wake_brings_the_next_run_forward() -> None:
+    loop = _Loop()
+    runs: list[int] = []
+
+    def job() -> int:
+        runs.append(len(runs))
+        return len(runs)
+
+    outcomes: list[int | None] = []
+    periodic = Periodic(3600.0, job, lambda r, e: outcomes.append(r), loop.post, "slots")
+    periodic.min_gap = 0.0
+    periodic.start()
+    try:
+        loop.run_one()  # the first run, at once
+        periodic.wake()  # without it the next would come in an hour
+        loop.run_one()
+    finally:
+        periodic.close(TIMEOUT)
+    assert outcomes == [1, 2]

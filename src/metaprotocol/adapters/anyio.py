@@ -102,8 +102,8 @@ class _Server:
                 self.io.open(conn, host, port, tls)
             case out.CloseConnection(conn, flush):
                 self.io.close(conn, flush)
-            case out.ExternalCall():
-                self.serving.calls.start(instruction)
+            case out.ExternalCall() | out.RefreshSlotMap():
+                self.serving.execute(instruction)
             case _:
                 assert_never(instruction)
 

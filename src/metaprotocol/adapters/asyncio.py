@@ -109,8 +109,8 @@ class _Server:
                 proto.connect_task = self.spawn(self.connect(proto, host, port, tls))
             case out.CloseConnection(conn, flush):
                 self.close_connection(conn, flush)
-            case out.ExternalCall():
-                self.serving.calls.start(instruction)
+            case out.ExternalCall() | out.RefreshSlotMap():
+                self.serving.execute(instruction)
             case _:
                 assert_never(instruction)
 

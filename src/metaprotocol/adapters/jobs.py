@@ -85,7 +85,9 @@ class Periodic(Generic[T]):
     ) -> None:
         self.interval = interval
         self._fn, self._done, self._post = fn, done, post
+        self.min_gap = 0.1  # between a run and one asked for with ``wake``
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
 
     def start(self) -> Periodic[T]:
@@ -101,11 +103,19 @@ class Periodic(Generic[T]):
                 self._post(partial(self._done, result, error))
             except (RuntimeError, OSError):  # the loop is gone: nobody to tell
                 return
-            self._stop.wait(self.interval)
+            if self._wake.wait(self.interval) and not self._stop.is_set():
+                self._wake.clear()  # asks that came during the run fold into this one
+                self._stop.wait(self.min_gap)
+
+    def wake(self) -> None:
+        """Run now rather than at the end of the interval (thread-safe; while a run is in
+        progress, one more run follows it, at least ``min_gap`` seconds after it)."""
+        self._wake.set()
 
     def close(self, timeout: float | None = None) -> None:
         """Stop: no outcome is posted after this returns (a run in progress is waited for
         up to ``timeout``; its outcome is dropped)."""
         self._stop.set()
+        self._wake.set()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout)

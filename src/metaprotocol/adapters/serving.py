@@ -27,10 +27,11 @@ from metaprotocol.adapters.external import ExternalCalls
 from metaprotocol.adapters.jobs import Periodic, Post
 from metaprotocol.adapters.loading import build_core, global_ratelimit_redis, resolve_config
 from metaprotocol.adapters.observers import Observers
+from metaprotocol.adapters.slotmaps import SlotMapJobs
 from metaprotocol.admin import AdminApp
 from metaprotocol.core.config import Config
 from metaprotocol.core.events import Event
-from metaprotocol.core.outputs import Instruction
+from metaprotocol.core.outputs import ExternalCall, Instruction, RefreshSlotMap
 from metaprotocol.core.stats import EndpointStatus
 from metaprotocol.metrics import with_endpoints
 from metaprotocol.tls import TlsContexts
@@ -109,6 +110,7 @@ class Serving:
         self.config = config
         self.post = post  # the loop's thread-safe call-soon, for jobs off the loop
         self.jobs: list[Periodic[Any]] = []
+        self.slot_maps = SlotMapJobs()  # Redis Cluster slot maps (adapters/slotmaps.py)
         self.core = core
         self.reuse_port = reuse_port
         self.tls = TlsContexts(config)
@@ -184,10 +186,16 @@ class Serving:
         return bound, admin
 
     def started(self) -> None:
-        """Arm the timers for anything the cores scheduled at start."""
+        """Arm the timers for anything the cores scheduled at start; start the jobs."""
         self.dispatcher.apply([])
         if self.admin is not None:
             self.admin.apply([])
+        self.slot_maps.start(self.every if self.post is not None else None, self.config)
+
+    def execute(self, instruction: ExternalCall | RefreshSlotMap) -> None:  # shared by all
+        if isinstance(instruction, RefreshSlotMap):
+            return self.slot_maps.refresh(instruction.cluster)
+        self.calls.start(instruction)
 
     # -- reload ---------------------------------------------------------------------------
 
@@ -216,6 +224,7 @@ class Serving:
         self.config = config
         self.tls = prepared.tls
         self.dispatcher.apply(outputs)
+        self.slot_maps.update(config)
 
     # -- drain and close ------------------------------------------------------------------
 
@@ -248,9 +257,8 @@ class Serving:
         name: str = "metaprotocol-job",
     ) -> Periodic[T]:
         """Run the blocking ``job`` every ``interval`` seconds (the first time at once) on a
-        thread of its own; on the loop's thread, ``event(result, error)`` turns each outcome
-        into an event for the core (None: nothing to feed). The place for discovery jobs
-        (docs/architecture.md, "Adapters"); stopped by ``close``."""
+        thread of its own; on the loop's thread ``event(result, error)`` makes each outcome
+        an event for the core (None: none). For discovery jobs; stopped by ``close``."""
         if self.post is None:
             raise RuntimeError("this adapter gave no way to post from a thread")
 
@@ -263,8 +271,7 @@ class Serving:
         return job_thread
 
     def close(self) -> None:
-        """Stop the jobs (one running now finishes on its own; its outcome is dropped), then
-        close the logs."""
+        """Stop the jobs (one running now finishes, its outcome dropped); close the logs."""
         self.closed = True
         for job in self.jobs:
             job.close(timeout=0)

@@ -348,7 +348,7 @@ class RedisClusterConfig:
     ``refresh_interval`` seconds, and with ``read_from: replica_preferred`` reads go to a
     healthy replica of the key's shard when there is one.
 
-    Parsed and validated; the engine does not route by slot yet (issue 16's core wiring).
+    The engine routes by slot and follows MOVED / ASK: core/slotrouting.py.
     """
 
     refresh_interval: float = DEFAULT_REDIS_CLUSTER_REFRESH_INTERVAL

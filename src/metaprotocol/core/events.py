@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from metaprotocol.codecs.redis.cluster import SlotMap
+
 __all__ = [
     "Accepted",
     "Closed",
@@ -17,6 +19,7 @@ __all__ = [
     "EofReceived",
     "Event",
     "ExternalCallCompleted",
+    "SlotMapChanged",
     "TimePassed",
     "UpstreamConnectFailed",
     "UpstreamConnected",
@@ -104,6 +107,16 @@ class ExternalCallCompleted:
 
 
 @dataclass(frozen=True, slots=True)
+class SlotMapChanged:
+    """A Redis Cluster's slot map was fetched (``redis_cluster``: at start, every
+    ``refresh_interval`` and when the core asked with ``RefreshSlotMap``): requests to
+    ``cluster`` go to the nodes it names from now on."""
+
+    cluster: str
+    slot_map: SlotMap
+
+
+@dataclass(frozen=True, slots=True)
 class TimePassed:
     """Time moved on; the ``now`` passed to ``handle`` is what matters."""
 
@@ -119,5 +132,6 @@ Event = (
     | WriteBufferGrew
     | WriteBufferLow
     | ExternalCallCompleted
+    | SlotMapChanged
     | TimePassed
 )

@@ -26,6 +26,7 @@ __all__ = [
     "Output",
     "ReadDisable",
     "ReadEnable",
+    "RefreshSlotMap",
     "RequestCompleted",
     "Routed",
     "Write",
@@ -83,7 +84,25 @@ class ExternalCall:
     payload: Any
 
 
-Instruction = Write | OpenUpstream | CloseConnection | ReadDisable | ReadEnable | ExternalCall
+@dataclass(frozen=True, slots=True)
+class RefreshSlotMap:
+    """Fetch the slot map of Redis Cluster ``cluster`` now (a node answered ``-MOVED``, or
+    could not be reached), rather than at the next ``refresh_interval``. The adapter runs
+    its slot-map job at once (repeated asks while one runs fold into one) and feeds the
+    result as ``SlotMapChanged``."""
+
+    cluster: str
+
+
+Instruction = (
+    Write
+    | OpenUpstream
+    | CloseConnection
+    | ReadDisable
+    | ReadEnable
+    | ExternalCall
+    | RefreshSlotMap
+)
 
 # The closed set of instruction types, derived from the union so the two cannot drift apart:
 # ``isinstance(output, INSTRUCTION_TYPES)`` tells an instruction from an observer event.

@@ -18,6 +18,7 @@ from metaprotocol.core.lifecycle import RequestState, advance
 from metaprotocol.core.message import ErrorType, MessageType
 from metaprotocol.core.outputs import CloseConnection, OpenUpstream, Routed
 from metaprotocol.core.runtime import Runtime
+from metaprotocol.core.slotrouting import READONLY_VARIANT
 from metaprotocol.core.state import ActiveRequest, ClusterRuntime, Pool, Upstream
 from metaprotocol.core.tables import attach_endpoint, attach_waiting
 from metaprotocol.core.timers import DeadlineQueue
@@ -101,6 +102,9 @@ class Pools:
         variant: str = ""
         if ds is not None and listener.caps.preamble:
             variant = cast(OpensWithPreamble, ds.codec).variant
+        hop = req.hop
+        if hop is not None and hop.readonly:  # a Redis Cluster replica read
+            variant = f"{variant}+{READONLY_VARIANT}" if variant else READONLY_VARIANT
         key = listener.config.name if not variant else f"{listener.config.name}/{variant}"
         pool = endpoint.pools.get(key)
         if pool is None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
+from metaprotocol.codecs.redis.cluster import SlotMap
 from metaprotocol.core import events as ev
 from metaprotocol.core.codec import CodecFactory
 from metaprotocol.core.config import Config, TracingConfig
@@ -220,12 +221,24 @@ class Proxy:
                         self.flow.upstream_drained(up)
             case ev.ExternalCallCompleted(call, result, error):
                 self.filters.call_completed(call, result, error, now)
+            case ev.SlotMapChanged(cluster, slot_map):
+                self.slot_map_changed(cluster, slot_map)
             case ev.TimePassed():
                 pass
         ctx.timers.fire_due(now)
         outputs = out[:]
         del out[:]
         return outputs
+
+    def slot_map_changed(self, name: str, slot_map: SlotMap) -> None:
+        """A Redis Cluster's new slot map (core/slotrouting.py); the pools of nodes it no
+        longer names are retired (they close once their requests are answered)."""
+        cluster = self.ctx.runtime.clusters.get(name)
+        if cluster is None or cluster.slots is None:
+            return  # gone, or no longer a Redis Cluster, since a reload
+        for ep in cluster.slots.changed(slot_map):
+            for pool in list(ep.pools.values()):
+                self.pools.retire(pool)
 
     def next_deadline(self) -> float | None:
         return self.ctx.timers.next_deadline()
@@ -241,6 +254,11 @@ class Proxy:
         old = ctx.runtime
         ctx.runtime = new
         ctx.tracing = config.tracing
+        for name, cluster in new.clusters.items():  # a Redis Cluster keeps its slot map
+            previous = old.clusters.get(name)
+            known = previous.slots.slot_map if previous and previous.slots else None
+            if cluster.slots is not None and known is not None:
+                cluster.slots.changed(known)
         for ds in list(ctx.downstreams.values()):
             listener = new.listeners.get(ds.listener.config.name)
             if listener is None:  # the listener is gone: its connections drain, as on SIGTERM

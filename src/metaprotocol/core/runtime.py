@@ -6,8 +6,9 @@ from collections.abc import Callable
 
 from metaprotocol.core.balancer import EndpointState, make_balancer
 from metaprotocol.core.codec import CodecFactory
-from metaprotocol.core.config import ClusterConfig, Config
+from metaprotocol.core.config import ClusterConfig, Config, RouteConfig
 from metaprotocol.core.filters import build_filters
+from metaprotocol.core.slotrouting import SlotRouting
 from metaprotocol.core.state import ClusterRuntime, ListenerRuntime
 from metaprotocol.core.stats import EndpointStatus, Stats
 
@@ -35,6 +36,12 @@ class Runtime:
         self.clusters: dict[str, ClusterRuntime] = {
             cc.name: _build_cluster(cc, stats, random) for cc in config.clusters
         }
+        # Each key of a pipelined run may live on another Redis Cluster node: no merging.
+        slotted = {name for name, c in self.clusters.items() if c.slots is not None}
+        if slotted:
+            for listener in self.listeners.values():
+                if any(_clusters_of(r) & slotted for r in listener.routes):
+                    listener.batchable = False
 
     def endpoint_statuses(self, now: float) -> list[EndpointStatus]:
         """Every endpoint of every cluster, in config order: health and load right now."""
@@ -61,4 +68,16 @@ class Runtime:
 def _build_cluster(cc: ClusterConfig, stats: Stats, random: Callable[[], float]) -> ClusterRuntime:
     endpoints = [EndpointState(e) for e in cc.endpoints]
     balancer = make_balancer(cc.lb_policy, endpoints, random)
-    return ClusterRuntime(cc, endpoints, balancer, (("cluster", cc.name),), stats)
+    cluster = ClusterRuntime(cc, endpoints, balancer, (("cluster", cc.name),), stats)
+    if cc.redis_cluster is not None:
+        cluster.slots = SlotRouting(cc, endpoints)
+    return cluster
+
+
+def _clusters_of(route: RouteConfig) -> set[str]:
+    action = route.action
+    names = {w.cluster for w in action.weighted_clusters}
+    names.update(m.cluster for m in action.mirror)
+    if action.cluster is not None:
+        names.add(action.cluster)
+    return names

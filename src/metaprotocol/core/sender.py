@@ -16,6 +16,7 @@ from metaprotocol.core.pools import Pools, Rejected
 from metaprotocol.core.replies import Replies
 from metaprotocol.core.requests import RequestLifecycle
 from metaprotocol.core.routing import hash_key
+from metaprotocol.core.slotrouting import ASKING, ClusterHop
 from metaprotocol.core.state import ActiveRequest, Pool, Upstream
 from metaprotocol.core.tables import attach_sent
 from metaprotocol.core.tracing import TraceSpan, with_traceparent
@@ -62,8 +63,19 @@ class Sender:
             return
         action = route.action
         endpoints = cluster.endpoints
-        if len(endpoints) == 1 and not req.tried and endpoints[0].ejected_until <= now:
-            endpoint: EndpointState | None = endpoints[0]  # one endpoint: nothing to balance
+        slots = cluster.slots
+        endpoint: EndpointState | None = None
+        if slots is not None:  # a Redis Cluster: the key's slot picks the node
+            endpoint, replica = slots.pick(req.hop, req.message.properties, req.tried)
+            if replica or (req.hop is not None and req.hop.readonly):
+                hop = req.hop
+                if hop is None:
+                    hop = req.hop = ClusterHop(None)
+                hop.readonly = replica
+        if endpoint is not None:
+            pass
+        elif len(endpoints) == 1 and not req.tried and endpoints[0].ejected_until <= now:
+            endpoint = endpoints[0]  # one endpoint: nothing to balance
         else:
             key = hash_key(action, req.message.properties) if action.hash_policy else None
             endpoint = cluster.balancer.pick(now, key, req.tried)
@@ -110,6 +122,9 @@ class Sender:
                 data = _encode_traced(up.codec, msg, new_id, mutation, req.span)
             else:
                 data = up.codec.encode(msg, request_id=new_id, mutation=mutation)
+            hop = req.hop
+            if hop is not None and hop.asking:  # after -ASK: ASKING, then the command
+                data = ASKING + data
         except ProtocolError as exc:
             self.replies.local_reply(req, exc.error_type, str(exc), now)
             return

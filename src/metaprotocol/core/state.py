@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from metaprotocol.core.balancer import Balancer, EndpointState
     from metaprotocol.core.config import ClusterConfig, ListenerConfig, RouteConfig
     from metaprotocol.core.filters import Filter
+    from metaprotocol.core.slotrouting import ClusterHop, SlotRouting
     from metaprotocol.core.stats import Labels
     from metaprotocol.core.timers import DeadlineQueue, Timer
     from metaprotocol.core.tracing import TraceSpan
@@ -106,6 +107,7 @@ class ClusterRuntime:
         "endpoints",
         "labels",
         "outcomes",
+        "slots",
     )
 
     def __init__(
@@ -127,6 +129,8 @@ class ClusterRuntime:
         self.labels = labels
         self.active_requests = 0
         self.connections = 0
+        # A Redis Cluster (``redis_cluster``): its slot map and nodes (core/slotrouting.py).
+        self.slots: SlotRouting | None = None
 
 
 class ReplySlot:
@@ -151,6 +155,7 @@ class ActiveRequest:
         "early",
         "endpoint",
         "filter_index",
+        "hop",
         "listener",
         "message",
         "partial",
@@ -198,6 +203,8 @@ class ActiveRequest:
         self.filter_index = 0
         self.slot: ReplySlot | None = None
         self.span: TraceSpan | None = None  # tracing on and the request sampled
+        # A Redis Cluster request redirected (MOVED/ASK) or read from a replica.
+        self.hop: ClusterHop | None = None
         # Where it is in its lifecycle (core/lifecycle.py): moved only by ``advance``.
         self.state = RequestState.DECODED
         # A merged message (``message.count`` > 1): answers still owed, and the ones that

@@ -254,6 +254,8 @@ class ClusterCounters(CounterBlock):
     FIELDS = (
         "mirror_sent",
         "outlier_ejection",
+        "redis_cluster_ask",
+        "redis_cluster_moved",
         "response_decoding_error",
         "response_dropped",
         "response_mutation_failed",
@@ -271,6 +273,8 @@ class ClusterCounters(CounterBlock):
     )
     mirror_sent: int
     outlier_ejection: int
+    redis_cluster_ask: int  # -ASK answers followed (ASKING + the command on the named node)
+    redis_cluster_moved: int  # -MOVED answers followed (resent, slot map refetched)
     response_decoding_error: int
     response_dropped: int
     response_mutation_failed: int

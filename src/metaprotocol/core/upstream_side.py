@@ -20,11 +20,18 @@ from metaprotocol.core.message import (
     ProtocolError,
     ResponseStatus,
 )
-from metaprotocol.core.outputs import CloseConnection, EndpointConnectFailed, EndpointEjected, Write
+from metaprotocol.core.outputs import (
+    CloseConnection,
+    EndpointConnectFailed,
+    EndpointEjected,
+    RefreshSlotMap,
+    Write,
+)
 from metaprotocol.core.pools import Pools
 from metaprotocol.core.replies import Replies
 from metaprotocol.core.requests import RequestLifecycle
 from metaprotocol.core.sender import Sender
+from metaprotocol.core.slotrouting import ClusterHop
 from metaprotocol.core.state import ActiveRequest, Upstream
 from metaprotocol.core.tables import detach_endpoint, detach_upstream_tables
 
@@ -67,6 +74,8 @@ class UpstreamSide:
         self.out.append(
             EndpointConnectFailed(pool.cluster.config.name, pool.endpoint.label, detail)
         )
+        if pool.cluster.slots is not None:  # a Redis Cluster node is down: ask who serves
+            self.out.append(RefreshSlotMap(pool.cluster.config.name))
         self.gone(up, ErrorType.CONNECT_FAILURE, "connect failed", now)
 
     def connect_timeout(self, up: Upstream, now: float) -> None:
@@ -198,6 +207,10 @@ class UpstreamSide:
                 self.gone(up, ErrorType.BAD_RESPONSE, "unsolicited response", now)
                 return
             req = fifo[0]
+            hop = req.hop
+            if hop is not None and hop.asking:  # the +OK to ASKING (core/slotrouting.py)
+                hop.asking = False
+                return
             if merge.waits_for_more(req, msg):  # a merged message: not all its answers yet
                 if merge.answer_part(up, req, msg) and req.downstream is not None:
                     self.replies.held_too_much(req.downstream)
@@ -205,6 +218,18 @@ class UpstreamSide:
             fifo.popleft()
             merge.taken_off(up, req)
         n = msg.count
+        if (
+            msg.status is ResponseStatus.ERROR
+            and req is not None
+            and req.state < _ANSWERED
+            and req.downstream is not None
+            and req.cluster is not None
+            and req.cluster.slots is not None
+        ):
+            hop = req.cluster.slots.redirected(msg.frame, up.pool.endpoint.endpoint.host, req.hop)
+            if hop is not None:  # -MOVED or -ASK: the client never sees it
+                self._redirect(up, req, hop, now)
+                return
         if req is None or req.state >= _ANSWERED:  # late, or its client went away
             if req is not None and req.timer is not None:  # an abandoned request's deadline
                 req.timer.cancel()
@@ -253,6 +278,25 @@ class UpstreamSide:
         if closes and pool.ordering is not Ordering.MULTIPLEXED:
             self._closing(up, now)
         elif pool.retired or pool.waiting:
+            self._after_freed(up, now)
+
+    def _redirect(self, up: Upstream, req: ActiveRequest, hop: ClusterHop, now: float) -> None:
+        """Send ``req`` again to the node a ``-MOVED`` / ``-ASK`` named (its deadline keeps
+        running); after ``MOVED`` the adapter is asked to refetch the slot map."""
+        cluster = req.cluster
+        assert cluster is not None
+        req.hop = hop
+        req.upstream = None
+        detach_endpoint(req)
+        if hop.asking:
+            cluster.counters.redis_cluster_ask += 1
+        else:
+            cluster.counters.redis_cluster_moved += 1
+            self.out.append(RefreshSlotMap(cluster.config.name))
+        advance(req, RequestState.ROUTED)
+        self.sender.send(req, now)
+        pool = up.pool
+        if pool.retired or pool.waiting:
             self._after_freed(up, now)
 
     def _encode_unmutated(self, codec: Codec, msg: Message, restore: int | None) -> bytes | None:
