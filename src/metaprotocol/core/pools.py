@@ -79,9 +79,12 @@ class Pools:
         connected yet), or ``QUEUED`` (it waits in the pool), or ``Rejected`` (a breaker
         tripped: the caller answers the client)."""
         listener = req.listener
+        ds = req.downstream
         pool = None
-        if not listener.caps.preamble:  # no codec variants: the pool is the listener's
-            pool = endpoint.pools.get(listener.config.name)
+        if not (
+            listener.caps.preamble and ds is not None and cast(OpensWithPreamble, ds.codec).variant
+        ):
+            pool = endpoint.pools.get(listener.config.name)  # no variant: the listener's pool
         if pool is None:
             pool = self.pool(req, endpoint)
         conns = pool.connections
