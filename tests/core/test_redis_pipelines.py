@@ -138,7 +138,7 @@ def test_answers_arriving_in_pieces_reach_the_client_in_order() -> None:
 def test_answers_of_other_kinds_are_framed_one_by_one() -> None:
     proxy = two_clusters()
     pb = Playbook(proxy)
-    connected(pb, cmd("MGET", "a", "b") + cmd("HGETALL", "h") + cmd("GET", "c"))
+    connected(pb, cmd("LRANGE", "a", "0", "-1") + cmd("HGETALL", "h") + cmd("GET", "c"))
     array = b"*2\r\n" + bulk("A") + b"$-1\r\n"
     pb >> DataReceived(-1, array + b"*0\r\n" + b"$-1\r\n")
     pb << Write(1, array + b"*0\r\n" + b"$-1\r\n")

@@ -11,6 +11,11 @@ Rules
 - ``SENT``: encoded for an upstream connection (written, or queued until it is connected).
 - A sent or queued request goes back to ``ROUTED`` when it is retried (another endpoint) or
   resent (the connection was reset through no fault of its own).
+- ``SPLIT``: the codec split the request into parts (a fan-out, ``SplitsRequests``); each
+  part is a child request of its own (``ActiveRequest.parent``), created ``DECODED`` and
+  going through these same states; the parent waits in ``SPLIT`` until its last part has
+  an outcome, then it is ``ANSWERED`` (or ``FAILED`` if a part failed) with the merged
+  reply, or ``ABANDONED`` with its parts when its client goes away.
 - ``ANSWERED`` (its response went to the client, or a one-way request was sent), ``FAILED``
   (the proxy answered it with an error, or could not) and ``ABANDONED`` (its client went
   away, or reset its stream) are final: ``ActiveRequest.done``.
@@ -44,19 +49,26 @@ class RequestState(enum.IntEnum):
     ROUTED = 2
     QUEUED = 3
     SENT = 4
-    ANSWERED = 5
-    FAILED = 6
-    ABANDONED = 7
+    SPLIT = 5
+    ANSWERED = 6
+    FAILED = 7
+    ABANDONED = 8
 
 
 RULES: Final[Mapping[RequestState, tuple[RequestState, ...]]] = {
     RequestState.DECODED: (
         RequestState.FILTERING,
         RequestState.ROUTED,
+        RequestState.SPLIT,
         RequestState.FAILED,
         RequestState.ABANDONED,
     ),
-    RequestState.FILTERING: (RequestState.ROUTED, RequestState.FAILED, RequestState.ABANDONED),
+    RequestState.FILTERING: (
+        RequestState.ROUTED,
+        RequestState.SPLIT,
+        RequestState.FAILED,
+        RequestState.ABANDONED,
+    ),
     RequestState.ROUTED: (
         RequestState.QUEUED,
         RequestState.SENT,
@@ -75,6 +87,7 @@ RULES: Final[Mapping[RequestState, tuple[RequestState, ...]]] = {
         RequestState.FAILED,
         RequestState.ABANDONED,
     ),
+    RequestState.SPLIT: (RequestState.ANSWERED, RequestState.FAILED, RequestState.ABANDONED),
     RequestState.ANSWERED: (),
     RequestState.FAILED: (),
     RequestState.ABANDONED: (),

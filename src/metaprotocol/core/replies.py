@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from metaprotocol.core.codec import Codec, Ordering
+from metaprotocol.core.codec import Codec, Ordering, PartFailed
 from metaprotocol.core.context import Context
+from metaprotocol.core.fanout import merged_status
 from metaprotocol.core.flow import FlowControl, Reason
 from metaprotocol.core.merging import PipelineMerge
 from metaprotocol.core.message import ErrorType, Message, MessageType
@@ -72,7 +73,11 @@ class Replies:
     # -- answers -----------------------------------------------------------------------------
 
     def local_reply(self, req: ActiveRequest, error: ErrorType, detail: str, now: float) -> None:
-        """Answer ``req`` with the codec's error reply (and finish it)."""
+        """Answer ``req`` with the codec's error reply (and finish it); a part of a split
+        request has failed instead (``part_done``)."""
+        if req.parent is not None:
+            self.part_done(req, PartFailed(error, detail), "local_error", error, now)
+            return
         ds = req.downstream
         if ds is None or req.message.type is MessageType.ONEWAY:
             self.lifecycle.finish(req, "local_error", error, now)
@@ -125,6 +130,47 @@ class Replies:
             self.flow.enable(ds, Reason.TOO_MANY_PENDING)
             self.resume_reading(ds, now)
         self.maybe_finish_close(ds)
+
+    def part_done(
+        self,
+        child: ActiveRequest,
+        outcome: Message | PartFailed,
+        status: str,
+        error: ErrorType | None,
+        now: float,
+    ) -> None:
+        """A part of a split request has its outcome (its response, or ``PartFailed``): it
+        ends, and when it is its parent's last, the codec's ``merge`` of all the outcomes is
+        the parent's answer, written in the parent's place in the reply order."""
+        parent = child.parent
+        assert parent is not None
+        self.lifecycle.finish(child, status, error, now)
+        split = parent.split
+        if split is None or parent.done:
+            return  # the client went away: the parent and its parts are abandoned
+        split.outcomes[child.part] = outcome
+        split.left -= 1
+        if split.left:
+            return
+        outcomes = [o for o in split.outcomes if o is not None]
+        try:
+            data = split.merge(outcomes)
+        except Exception:  # a codec bug: the client still gets its one answer
+            self.ctx.stats.inc("codec_error")
+            self.local_reply(parent, ErrorType.UNSPECIFIED, "codec failed to merge", now)
+            return
+        merged, merged_error = merged_status(outcomes)
+        # The client's request got one answer: counted once, however many parts it had.
+        counters = parent.listener.counters
+        if merged == "local_error":
+            counters.local_response_error += 1
+        else:
+            counters.response += 1
+            if merged == "ok":
+                counters.response_success += 1
+            else:
+                counters.response_error += 1
+        self.answer(parent, data, merged, merged_error, now)
 
     def ordered_reply(self, ds: Downstream, reply: bytes, close_after: bool = False) -> None:
         """A reply to something that is not a request (a heartbeat, a refused frame): on an
@@ -190,13 +236,19 @@ class Replies:
             ds.idle_timer.cancel()
         owed: list[tuple[Upstream, ActiveRequest, float | None]] = []
         finish = self.lifecycle.finish
-        for req in list(ds.active):
-            up = req.upstream
-            queue = req.deadline_queue
-            deadline = queue.entries.get(req) if queue is not None else None
-            finish(req, "abandoned", None, now if now is not None else req.start)
-            if up is not None and up.pool.ordering is not Ordering.MULTIPLEXED:
-                owed.append((up, req, deadline))
+        for request in list(ds.active):
+            split = request.split
+            # A split request's parts go with it (they are in no table of the client's).
+            live = [request] if split is None else [*split.children, request]
+            for req in live:
+                if req.done:
+                    continue
+                up = req.upstream
+                queue = req.deadline_queue
+                deadline = queue.entries.get(req) if queue is not None else None
+                finish(req, "abandoned", None, now if now is not None else req.start)
+                if up is not None and up.pool.ordering is not Ordering.MULTIPLEXED:
+                    owed.append((up, req, deadline))
         # Once every request of this client is finished: what else waits on those
         # connections is then other clients' requests only.
         for up, req, deadline in owed:

@@ -45,6 +45,11 @@ class RequestLifecycle:
         if req.state >= _ANSWERED:  # done already (``req.done``, without the call)
             return None
         advance(req, STATE_OF_STATUS[status])
+        split = req.split
+        if split is not None:  # its parts end with it (they normally ended first)
+            for child in split.children:
+                if not child.done:
+                    self.finish(child, "abandoned", None, now)
         pool = req.pool
         endpoint = pool.endpoint.label if pool is not None and self.observe else ""
         queue = req.deadline_queue  # its timeout: a deadline queue entry or its own timer
@@ -66,6 +71,13 @@ class RequestLifecycle:
             detach_request(ds, req)
         duration = now - req.start
         cluster = req.cluster
+        if req.parent is not None:
+            # A part of a split request: its cluster counts it; the client's request (the
+            # listener's duration, the access log) is the parent, counted once.
+            if cluster is not None:
+                cluster.duration.observe(duration)
+                cluster.outcomes[status] = cluster.outcomes.get(status, 0) + 1
+            return None
         if n == 1:
             req.listener.duration.observe(duration)
             if cluster is not None:

@@ -3,20 +3,25 @@ The route-table walk and the weighted pick themselves are pure functions in rout
 
 from __future__ import annotations
 
+from typing import cast
+
+from metaprotocol.core.codec import SplitsRequests, codec_failure
 from metaprotocol.core.context import Context
+from metaprotocol.core.fanout import SplitTarget, child_request
 from metaprotocol.core.lifecycle import RequestState, advance
-from metaprotocol.core.message import ErrorType
+from metaprotocol.core.message import ErrorType, MessageType, ProtocolError
 from metaprotocol.core.outputs import NoRouteMatched
 from metaprotocol.core.replies import Replies
 from metaprotocol.core.routing import match_route, pick_cluster
 from metaprotocol.core.sender import Sender
-from metaprotocol.core.state import ActiveRequest
+from metaprotocol.core.state import ActiveRequest, Split
 
 __all__ = ["Router"]
 
 
 class Router:
-    """Routes a request (``DECODED`` or ``FILTERING``) and hands it to the ``Sender``."""
+    """Routes a request (``DECODED`` or ``FILTERING``) and hands it to the ``Sender``; a
+    request the codec splits (``fan_out``) is routed as its parts instead."""
 
     __slots__ = ("ctx", "out", "replies", "sender")
 
@@ -28,6 +33,15 @@ class Router:
 
     def route(self, req: ActiveRequest, now: float) -> None:
         ctx = self.ctx
+        if (
+            req.listener.caps.split
+            and req.parent is None
+            and req.message.count == 1
+            and req.message.type is MessageType.REQUEST
+            and req.downstream is not None
+            and self.fan_out(req, now)
+        ):
+            return
         route = match_route(req.listener.routes, req.message.properties)
         if route is None:
             req.listener.counters.route_not_found += 1
@@ -51,6 +65,37 @@ class Router:
                 if mirror.fraction >= 1.0 or ctx.random() < mirror.fraction:
                     self.mirror(req, mirror.cluster, now)
         self.sender.send(req, now)
+
+    def fan_out(self, req: ActiveRequest, now: float) -> bool:
+        """Ask the codec to split ``req`` by target (``SplitsRequests``); True if it is taken
+        care of here: split into parts, each routed as a request of its own (the parent waits
+        in ``SPLIT`` for ``Replies.part_done``), or answered with the codec's refusal."""
+        ds = req.downstream
+        assert ds is not None
+        codec = ds.codec
+        target = SplitTarget(req.listener, self.ctx.runtime.clusters, now)
+        try:
+            fan = cast(SplitsRequests, codec).split(req.message, target)
+        except ProtocolError as exc:  # it cannot be split (Redis MSETNX across shards)
+            self.replies.local_reply(req, exc.error_type, str(exc), now)
+            return True
+        except Exception as bug:  # a codec bug: the request is answered, not lost
+            # (its own name: mypyc gives ``exc`` the first clause's type)
+            self.ctx.stats.inc("codec_error")
+            failure = codec_failure(codec, "split", bug)
+            self.replies.local_reply(req, failure.error_type, str(failure), now)
+            return True
+        if fan is None or not fan.parts:
+            return False
+        children = [child_request(req, part, i, now) for i, part in enumerate(fan.parts)]
+        req.split = Split(fan.merge, children)
+        advance(req, RequestState.SPLIT)
+        req.listener.counters.request_split += 1
+        for child in children:
+            if req.done:  # answered already (a part's merge failed, the client went away)
+                break
+            self.route(child, now)
+        return True
 
     def mirror(self, req: ActiveRequest, cluster_name: str, now: float) -> None:
         """Send a copy of ``req`` to ``cluster_name``; its answer is dropped."""

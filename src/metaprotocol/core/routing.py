@@ -43,11 +43,20 @@ def pick_cluster(action: RouteAction, random: Callable[[], float]) -> str | None
     return weighted[-1].cluster
 
 
-def hash_key(action: RouteAction, properties: Mapping[str, str]) -> str | None:
-    """The consistent-hashing key built from the route's ``hash_policy`` metadata keys."""
+def hash_key(
+    action: RouteAction,
+    properties: Mapping[str, str],
+    narrow: Callable[[str, str], str] | None = None,
+) -> str | None:
+    """The consistent-hashing key built from the route's ``hash_policy`` metadata keys.
+    ``narrow(name, value)``: the part of each value that hashing sees (the codec's
+    ``NarrowsHashInput.hash_input``: a Redis key's hash tag), when the codec has one."""
     if not action.hash_policy:
         return None
     parts = [properties.get(k) for k in action.hash_policy]
     if all(p is None for p in parts):
         return None
+    if narrow is not None:
+        names = action.hash_policy
+        return "\x1f".join("" if p is None else narrow(names[i], p) for i, p in enumerate(parts))
     return "\x1f".join(p or "" for p in parts)

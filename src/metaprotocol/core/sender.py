@@ -8,6 +8,7 @@ from typing import Final
 from metaprotocol.core.balancer import EndpointState
 from metaprotocol.core.codec import Codec, Ordering, codec_failure
 from metaprotocol.core.context import Context
+from metaprotocol.core.fanout import narrowing
 from metaprotocol.core.flow import FlowControl
 from metaprotocol.core.lifecycle import RequestState, advance
 from metaprotocol.core.message import ErrorType, Message, MessageType, Mutation, ProtocolError
@@ -77,7 +78,11 @@ class Sender:
         elif len(endpoints) == 1 and not req.tried and endpoints[0].ejected_until <= now:
             endpoint = endpoints[0]  # one endpoint: nothing to balance
         else:
-            key = hash_key(action, req.message.properties) if action.hash_policy else None
+            key = (
+                hash_key(action, req.message.properties, narrowing(req.listener))
+                if action.hash_policy
+                else None
+            )
             endpoint = cluster.balancer.pick(now, key, req.tried)
         if endpoint is None:
             self.replies.local_reply(req, ErrorType.NO_HEALTHY_UPSTREAM, "no healthy upstream", now)

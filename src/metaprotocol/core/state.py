@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Final
 
-from metaprotocol.core.codec import Capabilities, Codec, CodecFactory, Ordering, capabilities_of
+from metaprotocol.core.codec import (
+    Capabilities,
+    Codec,
+    CodecFactory,
+    Ordering,
+    PartFailed,
+    capabilities_of,
+)
 from metaprotocol.core.flow import ReadGate
 from metaprotocol.core.lifecycle import RequestState
 from metaprotocol.core.message import Message
@@ -29,6 +37,7 @@ __all__ = [
     "ListenerRuntime",
     "Pool",
     "ReplySlot",
+    "Split",
     "Upstream",
 ]
 
@@ -158,6 +167,8 @@ class ActiveRequest:
         "hop",
         "listener",
         "message",
+        "parent",
+        "part",
         "partial",
         "pause_timer",
         "pool",
@@ -166,6 +177,7 @@ class ActiveRequest:
         "route",
         "slot",
         "span",
+        "split",
         "start",
         "state",
         "timer",
@@ -214,11 +226,34 @@ class ActiveRequest:
         # A stream's frames that came before its init frame was sent (Sender.dispatch sends
         # them right after it).
         self.early: list[Message] | None = None
+        # A fan-out (docs/architecture.md): the parent holds its parts' ``split``; each part
+        # is a child request with its ``parent`` and its index (``part``) among the parts.
+        self.split: Split | None = None
+        self.parent: ActiveRequest | None = None
+        self.part = 0
 
     @property
     def done(self) -> bool:
         """Answered, failed or abandoned: nothing more happens to it."""
         return self.state >= _ANSWERED
+
+
+class Split:
+    """A request split into parts (core/fanout.py): the codec's ``merge``, the parts as child
+    requests, their outcomes so far (a response ``Message`` or a ``PartFailed``, None while
+    pending) and how many are still pending."""
+
+    __slots__ = ("children", "left", "merge", "outcomes")
+
+    def __init__(
+        self,
+        merge: Callable[[Sequence[Message | PartFailed]], bytes],
+        children: list[ActiveRequest],
+    ) -> None:
+        self.merge = merge
+        self.children = children
+        self.outcomes: list[Message | PartFailed | None] = [None] * len(children)
+        self.left = len(children)
 
 
 class Downstream:

@@ -216,6 +216,7 @@ class ListenerCounters(CounterBlock):
         "request_decoding_success",
         "request_merged",
         "request_oneway",
+        "request_split",
         "request_twoway",
         "response",
         "response_error",
@@ -240,6 +241,7 @@ class ListenerCounters(CounterBlock):
     request_decoding_success: int
     request_merged: int  # requests that travelled inside a merged pipeline message
     request_oneway: int
+    request_split: int  # requests the codec split into parts for several targets (fan-out)
     request_twoway: int
     response: int
     response_error: int

@@ -237,13 +237,14 @@ class UpstreamSide:
             cluster_counters.response_dropped += n  # late (timed out) or abandoned
             self._after_freed(up, now)
             return
-        counters = req.listener.counters
-        counters.response += n
         ok = msg.status is ResponseStatus.OK
-        if ok:
-            counters.response_success += n
-        else:
-            counters.response_error += n
+        if req.parent is None:  # a part's response is counted once, as its parent's answer
+            counters = req.listener.counters
+            counters.response += n
+            if ok:
+                counters.response_success += n
+            else:
+                counters.response_error += n
         if req.endpoint is not None:
             req.endpoint.consecutive_failures = 0
         # The server closes after this response (HTTP "Connection: close").
@@ -251,6 +252,8 @@ class UpstreamSide:
         ds = req.downstream
         if ds is None:  # a mirror copy: nobody waits for it
             self.lifecycle.finish(req, "ok" if ok else "error", None, now)
+        elif req.parent is not None:  # a part of a split request: its parent merges it
+            self.replies.part_done(req, msg, "ok" if ok else "error", None, now)
         else:
             orig = req.message.request_id
             uid = req.upstream_id

@@ -37,6 +37,7 @@ from metaprotocol.codecs.redis.commands import (
     refusal_reason,
     uses_block_option,
 )
+from metaprotocol.codecs.redis.keys import KEY_SPECS
 from metaprotocol.core.message import (
     NEED_DATA,
     ErrorType,
@@ -61,6 +62,10 @@ _OK: Final = ResponseStatus.OK
 
 # Commands needing more than a lookup: refused ones, QUIT and XREAD with BLOCK.
 _SPECIAL: Final = NON_POOLABLE_COMMANDS | CONDITIONALLY_BLOCKING_COMMANDS | {"QUIT"}
+# Never merged into a pipelined run: the special ones, and those with several keys (keys.py
+# KEY_SPECS), whose ``key`` property names their first key only, while the split hook
+# (split.py) routes each key by itself.
+_UNMERGED: Final = _SPECIAL | frozenset(KEY_SPECS)
 
 _COMMAND_NAMES: dict[bytes, str] = {}  # raw first argument -> upper-cased name
 _COMMAND_CACHE_LIMIT: Final = 4096  # clients could send endless distinct names: stop caching then
@@ -272,6 +277,8 @@ class RequestDecoder:
             return first
         if first.codec_data is not None:
             return first  # an inline command: encode sends its RESP array, alone
+        if first.properties.get("command") in KEY_SPECS:
+            return first  # several keys: split per target, never carried by the first one
         first_properties = first.properties
         # Scanned as bytes (indexing them is much cheaper than a bytearray's once compiled),
         # and only a window: a long pipeline is merged over several calls, never copied whole.
@@ -341,7 +348,7 @@ class RequestDecoder:
             if index == 0:
                 raw = buffer[start:end]
                 name = _COMMAND_NAMES.get(raw) or command_name(raw)
-                if name in _SPECIAL:
+                if name in _UNMERGED:
                     return None  # decode() looks at it on its own
                 command = name
             elif index == 1:
