@@ -19,6 +19,7 @@ from metaprotocol.core.events import (
     Accepted,
     Closed,
     DataReceived,
+    SlotMapChanged,
     UpstreamConnected,
 )
 from metaprotocol.core.lifecycle import RequestState
@@ -27,6 +28,10 @@ from metaprotocol.core.proxy import Proxy
 from metaprotocol.testing.playbook import Playbook
 
 from .helpers import UP, bulk, cmd, config
+from .test_redis_cluster_routing import A as NODE_A
+from .test_redis_cluster_routing import B as NODE_B
+from .test_redis_cluster_routing import C as NODE_C
+from .test_redis_cluster_routing import cluster_playbook, slot_map
 
 SESSIONS_UP = ("10.0.0.2", 9000)
 NIL = b"$-1\r\n"
@@ -282,3 +287,36 @@ def test_hash_tagged_keys_share_a_shard_and_go_whole() -> None:
     pb >> UpstreamConnected(opened.conn)
     pb << Write(opened.conn, cmd("MGET", *keys))  # one shard: the command goes whole
     assert proxy.runtime.listeners["main"].counters.request_split == 0
+
+
+def test_a_redis_cluster_splits_per_slot_not_per_node() -> None:
+    """Keys "a" (slot 15495, node C), "c" (7365, B), "b" (3300, A) and "bar" (5061, A): four
+    slots, so four parts, two of them to node A (redis-server refuses keys of two slots in
+    one command even when it owns both)."""
+    pb = cluster_playbook()
+    pb >> SlotMapChanged("redis", slot_map())
+    pb >> DataReceived(1, cmd("MGET", "a", "b", "c", "bar"))
+    opened = {}
+    for _ in range(3):
+        up = pb.take()
+        assert isinstance(up, OpenUpstream)
+        opened[(up.host, up.port)] = up.conn
+    assert set(opened) == {NODE_A, NODE_B, NODE_C}
+    writes: dict[int, bytes] = {}
+    for conn in opened.values():
+        pb >> UpstreamConnected(conn)
+        out = pb.take()
+        assert isinstance(out, Write)
+        writes[out.conn] = out.data
+    assert writes[opened[NODE_A]] == cmd("MGET", "b") + cmd("MGET", "bar")
+    assert writes[opened[NODE_B]] == cmd("MGET", "c")
+    assert writes[opened[NODE_C]] == cmd("MGET", "a")
+    pb >> DataReceived(opened[NODE_C], array(bulk("A")))
+    pb >> DataReceived(opened[NODE_B], array(NIL))
+    pb << None
+    pb >> DataReceived(opened[NODE_A], array(bulk("B")) + array(bulk("BAR")))
+    pb << Write(1, array(bulk("A"), bulk("B"), NIL, bulk("BAR")))
+    pb >> Closed(1)
+    for conn in opened.values():
+        pb >> Closed(conn)
+    pb.assert_clean()

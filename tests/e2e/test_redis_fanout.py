@@ -8,14 +8,18 @@ from __future__ import annotations
 import re
 import subprocess
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
 
-from metaprotocol.codecs.redis.slots import hash_tag
+from metaprotocol.codecs.redis.slots import hash_tag, key_slot
+from metaprotocol.core.config import Endpoint
+from metaprotocol.core.proxy import Proxy
+from metaprotocol.discovery.redis_cluster import fetch_slot_map
 from metaprotocol.testing.serving import RunningProxy, start_proxy
-from tests.e2e.servers import DEADLINE, proxy_config
+from tests.e2e.redis_clusters import RedisCluster, command
+from tests.e2e.servers import DEADLINE, proxy_config, wait_until
 from tests.peers import require_binary
 
 # Two adapters (issue 16 asks for the asyncio one and at least one other).
@@ -169,3 +173,41 @@ def test_redis_benchmark_mset_mget_through_three_shards(sharded: RunningProxy) -
     assert stats.counters[("response", listener)] == stats.counters[("request", listener)]
     # Ten random keys per command spread over the shards: the commands were split.
     assert stats.counters[("request_split", listener)] >= 3000
+
+
+@pytest.mark.parametrize("adapter_name", FANOUT_ADAPTERS)
+def test_multi_key_commands_split_per_slot_on_a_redis_cluster(
+    adapter_name: str, redis_cluster_3: RedisCluster
+) -> None:
+    """A plain client's MSET / MGET / DEL / EXISTS of keys over many slots of a real
+    three-primary Redis Cluster: split per slot, no -CROSSSLOT, every key at its owner."""
+    config = proxy_config(
+        "redis",
+        {"rc": [redis_cluster_3.ports[0]]},
+        cluster_options={"redis_cluster": {"refresh_interval": "30s"}},
+    )
+    with start_proxy(config, adapter_name) as running:
+
+        def nodes_known() -> int:
+            slots = cast(Proxy, running.proxy).runtime.clusters["rc"].slots
+            return 0 if slots is None or slots.slot_map is None else len(slots.slot_map.nodes())
+
+        wait_until(lambda: running.call(nodes_known) == 3, DEADLINE, "the slot map")
+        client = _client(running.ports["redis"])
+        keys = [f"slots:{adapter_name}:{i}" for i in range(100)]
+        try:
+            assert len({key_slot(key) for key in keys}) > 90
+            assert client.mset({key: f"v{key}" for key in keys}) is True
+            asked = [keys[3], f"slots:{adapter_name}:missing", *keys]
+            assert client.mget(asked) == [
+                f"v{keys[3]}".encode(), None, *(f"v{key}".encode() for key in keys)
+            ]  # fmt: skip
+            assert client.exists(*asked) == 101
+            owners = fetch_slot_map([Endpoint("127.0.0.1", p) for p in redis_cluster_3.ports])
+            for key in keys[::9]:
+                owner = owners.primary(key_slot(key))
+                assert owner is not None
+                assert command(owner.port, "GET", key) == f"v{key}".encode()
+            assert client.delete(*keys) == 100
+        finally:
+            client.close()

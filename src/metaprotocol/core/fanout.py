@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Final, cast
 
+from metaprotocol.codecs.redis.slots import key_slot
 from metaprotocol.core.codec import NarrowsHashInput, PartFailed
 from metaprotocol.core.message import ErrorType, Message, ResponseStatus
 from metaprotocol.core.routing import hash_key, match_route
@@ -43,10 +44,9 @@ class SplitTarget:
     - a route with weighted clusters: the route (its parts pick a cluster each);
     - a cluster without a hashing policy, or a route without ``hash_policy``: the cluster;
     - a ``ring_hash`` / ``maglev`` cluster with the route's ``hash_policy``: the endpoint
-      the hash picks (hash tags narrowed by ``narrowing``), as ``Sender.send`` will pick it.
-
-    (A Redis Cluster's key slot belongs here too: redis-server refuses a multi-key command
-    across slots even on one node.)
+      the hash picks (hash tags narrowed by ``narrowing``), as ``Sender.send`` will pick it;
+    - a Redis Cluster (``ClusterRuntime.slots``): the ``key``'s slot, not its node:
+      redis-server refuses a multi-key command across slots even on one node.
     """
 
     __slots__ = ("clusters", "listener", "narrow", "now")
@@ -68,6 +68,9 @@ class SplitTarget:
         if name is None:
             return ("route", route.name)
         cluster = self.clusters.get(name)
+        if cluster is not None and cluster.slots is not None:
+            key = properties.get("key")
+            return ("cluster", name) if key is None else ("slot", name, key_slot(key))
         if (
             cluster is None
             or not action.hash_policy
