@@ -4,7 +4,7 @@ The text form follows Envoy's ``/clusters``, one ``cluster::endpoint::field::val
 field; ``?format=json`` gives ``{"clusters": [{"name": ..., "endpoints": [{...}]}]}``. With
 ``--workers`` the supervisor sums its workers' views (``merge_statuses``): connections,
 requests and ejections add up, an endpoint is healthy only if every worker has it in
-rotation, and ``ejected_for`` is the longest of them.
+rotation, ``ejected_for`` is the longest of them and ``health`` the worst.
 """
 
 from __future__ import annotations
@@ -21,9 +21,8 @@ def clusters_text(statuses: Iterable[EndpointStatus]) -> str:
     lines: list[str] = []
     for st in statuses:
         prefix = f"{st.cluster}::{st.address}::"
-        flags = "healthy" if st.healthy else "/failed_outlier_check"
         lines += [
-            f"{prefix}health_flags::{flags}",
+            f"{prefix}health_flags::{_flags(st)}",
             f"{prefix}ejected_for::{st.ejected_for:g}",
             f"{prefix}ejections::{st.ejections}",
             f"{prefix}consecutive_failures::{st.consecutive_failures}",
@@ -31,6 +30,20 @@ def clusters_text(statuses: Iterable[EndpointStatus]) -> str:
             f"{prefix}rq_active::{st.rq_active}",
         ]
     return "".join(line + "\n" for line in lines)
+
+
+def _flags(st: EndpointStatus) -> str:
+    """Envoy's words: ``healthy``, or why not (``/failed_outlier_check``: ejected by outlier
+    detection; ``/failed_active_hc``: out after failed health checks; ``/pending_active_hc``:
+    not probed yet)."""
+    flags = ""
+    if st.ejected_for > 0:
+        flags += "/failed_outlier_check"
+    if st.health == "unhealthy":
+        flags += "/failed_active_hc"
+    elif st.health == "pending":
+        flags += "/pending_active_hc"
+    return "healthy" if st.healthy and not flags else flags or "/excluded"
 
 
 def clusters_json(statuses: Iterable[EndpointStatus]) -> dict[str, Any]:
@@ -45,6 +58,7 @@ def clusters_json(statuses: Iterable[EndpointStatus]) -> dict[str, Any]:
                 "consecutive_failures": st.consecutive_failures,
                 "cx_active": st.cx_active,
                 "rq_active": st.rq_active,
+                "health": st.health,
             }
         )
     return {
@@ -65,6 +79,7 @@ def statuses_from_json(data: Any) -> list[EndpointStatus]:
                 int(ep["consecutive_failures"]),
                 int(ep["cx_active"]),
                 int(ep["rq_active"]),
+                str(ep.get("health", "")),
             )
             for cluster in data["clusters"]
             for ep in cluster["endpoints"]
@@ -92,5 +107,14 @@ def merge_statuses(views: Iterable[Sequence[EndpointStatus]]) -> list[EndpointSt
                 have.consecutive_failures + st.consecutive_failures,
                 have.cx_active + st.cx_active,
                 have.rq_active + st.rq_active,
+                _worst(have.health, st.health),
             )
     return list(merged.values())
+
+
+def _worst(a: str, b: str) -> str:
+    """The health of an endpoint two workers saw: unhealthy if either says so."""
+    for word in ("unhealthy", "pending", "healthy"):
+        if word in (a, b):
+            return word
+    return ""

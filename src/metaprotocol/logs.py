@@ -17,7 +17,12 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from metaprotocol.core.outputs import EndpointConnectFailed, EndpointEjected, Output
+from metaprotocol.core.outputs import (
+    EndpointConnectFailed,
+    EndpointEjected,
+    EndpointHealthChanged,
+    Output,
+)
 
 __all__ = [
     "LOG_FORMATS",
@@ -139,4 +144,15 @@ class OperationsLog:
                 output.cluster,
                 output.duration,
                 output.ejections,
+            )
+        elif isinstance(output, EndpointHealthChanged):
+            self._limiter.log(
+                logging.WARNING if output.health == "unhealthy" else logging.INFO,
+                ("health", output.cluster, output.endpoint, output.health),
+                "endpoint %s of cluster %s %s after %d %s probe(s) in a row",
+                output.endpoint,
+                output.cluster,
+                output.health,
+                output.probes,
+                "failed" if output.health == "unhealthy" else "good",
             )

@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,9 +49,12 @@ def _config(cluster: str, ports: dict[str, int]) -> dict[str, Any]:
 class ProxyProcess:
     """``python -m metaprotocol run`` with its log lines collected by a reader thread."""
 
-    def __init__(self, config_path: Path, adapter: str, *extra_args: str) -> None:
+    def __init__(
+        self, config_path: Path, adapter: str, *extra_args: str, prefix: Sequence[str] = ()
+    ) -> None:
+        """``prefix``: a command the proxy runs under (it execs ``"$@"``)."""
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "metaprotocol", "run", str(config_path),
+            [*prefix, sys.executable, "-m", "metaprotocol", "run", str(config_path),
              "--adapter", adapter, *extra_args],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,

@@ -1,9 +1,6 @@
-"""What every adapter does the same way, whatever its loop (docs/architecture.md,
-"Adapters"): a core and its dispatcher built from a config (``loading``), the observers,
-the external calls, the TLS contexts, the admin endpoint's core, reload, drain, and jobs
-off the loop. An adapter makes one
-``Serving`` and keeps only its IO: sockets, tasks, its timer.
-"""
+"""What every adapter does alike (docs/architecture.md, "Adapters"): a core and its dispatcher
+built from a config (``loading``), the observers, the external calls, the TLS contexts, the
+admin core, reload, drain, jobs off the loop, DNS discovery; adapters keep only their IO."""
 
 from __future__ import annotations
 
@@ -33,6 +30,7 @@ from metaprotocol.core.config import Config
 from metaprotocol.core.events import Event
 from metaprotocol.core.outputs import ExternalCall, Instruction, RefreshSlotMap
 from metaprotocol.core.stats import EndpointStatus
+from metaprotocol.discovery.refresher import DnsRefresher
 from metaprotocol.metrics import with_endpoints
 from metaprotocol.tls import TlsContexts
 
@@ -128,6 +126,7 @@ class Serving:
         self.draining = False  # draining or closed: no new listeners, /ready says 503
         self.closed = False
         self.on_drained: Callable[[], None] | None = None
+        self.discovery = DnsRefresher.feeding(post, self.dispatcher.feed).started(config)
 
     @classmethod
     def start(
@@ -225,6 +224,7 @@ class Serving:
         self.tls = prepared.tls
         self.dispatcher.apply(outputs)
         self.slot_maps.update(config)
+        self.discovery.update(config)
 
     # -- drain and close ------------------------------------------------------------------
 
@@ -275,6 +275,7 @@ class Serving:
         self.closed = True
         for job in self.jobs:
             job.close(timeout=0)
+        self.discovery.stop(timeout=0.0)
         self.close_logs()
 
     def close_logs(self) -> None:

@@ -31,7 +31,7 @@ def stable_hash(key: str) -> int:
 
 
 class EndpointState:
-    """One endpoint's live state: load and outlier-ejection bookkeeping."""
+    """One endpoint's live state: load, outlier-ejection bookkeeping, active health."""
 
     __slots__ = (
         "active_requests",
@@ -39,6 +39,7 @@ class EndpointState:
         "ejected_until",
         "ejection_count",
         "endpoint",
+        "health_excluded",
         "label",
         "pools",
     )
@@ -51,9 +52,12 @@ class EndpointState:
         self.ejected_until = 0.0
         self.ejection_count = 0
         self.pools: dict[str, Any] = {}  # listener name -> its Pool to this endpoint
+        # Active health checking has it out of rotation (core/health.py: never while too
+        # few of the cluster's endpoints are healthy).
+        self.health_excluded = False
 
     def available(self, now: float) -> bool:
-        return self.ejected_until <= now
+        return self.ejected_until <= now and not self.health_excluded
 
 
 class Balancer:
@@ -83,7 +87,7 @@ class RoundRobin(Balancer):
         self, now: float, hash_key: str | None, exclude: frozenset[str]
     ) -> EndpointState | None:
         eps = self.endpoints
-        if len(eps) == 1 and not exclude and eps[0].ejected_until <= now:
+        if len(eps) == 1 and not exclude and eps[0].available(now):
             return eps[0]  # the common single-endpoint fast path
         cands = self.candidates(now, exclude)
         if not cands:

@@ -11,11 +11,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from metaprotocol.codecs.redis.cluster import SlotMap
+from metaprotocol.core.config import Endpoint
 
 __all__ = [
     "Accepted",
     "Closed",
     "DataReceived",
+    "EndpointsChanged",
     "EofReceived",
     "Event",
     "ExternalCallCompleted",
@@ -117,6 +119,16 @@ class SlotMapChanged:
 
 
 @dataclass(frozen=True, slots=True)
+class EndpointsChanged:
+    """Discovery (DNS) found a new endpoint set for ``cluster``: connections to endpoints
+    that remain are kept, removed endpoints take no new requests and their connections
+    close once their requests are answered."""
+
+    cluster: str
+    endpoints: tuple[Endpoint, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class TimePassed:
     """Time moved on; the ``now`` passed to ``handle`` is what matters."""
 
@@ -133,5 +145,6 @@ Event = (
     | WriteBufferLow
     | ExternalCallCompleted
     | SlotMapChanged
+    | EndpointsChanged
     | TimePassed
 )

@@ -16,6 +16,7 @@ __all__ = [
     "Decoded",
     "EndpointConnectFailed",
     "EndpointEjected",
+    "EndpointHealthChanged",
     "ExternalCall",
     "FilterFailed",
     "Instruction",
@@ -198,6 +199,18 @@ class EndpointEjected:
 
 
 @dataclass(frozen=True, slots=True)
+class EndpointHealthChanged:
+    """Active health checking moved an endpoint to ``health`` (``healthy`` or
+    ``unhealthy``) after ``probes`` probe results of that kind in a row. Emitted like
+    ``EndpointEjected``."""
+
+    cluster: str
+    endpoint: str
+    health: str
+    probes: int
+
+
+@dataclass(frozen=True, slots=True)
 class FilterFailed:
     """A filter raised while deciding on a request of ``conn``; the request was answered with
     an internal error. Emitted whether or not observers are on, for the adapter to log: it
@@ -218,6 +231,7 @@ ObserverEvent = (
     | RequestCompleted
     | EndpointConnectFailed
     | EndpointEjected
+    | EndpointHealthChanged
     | FilterFailed
 )
 Output = Instruction | ObserverEvent

@@ -27,6 +27,7 @@ from metaprotocol.core.filterchain import FilterChain
 from metaprotocol.core.flow import FlowControl
 from metaprotocol.core.lifecycle import PendingCall
 from metaprotocol.core.merging import PipelineMerge
+from metaprotocol.core.mesh import Mesh
 from metaprotocol.core.outputs import Output
 from metaprotocol.core.pools import Pools
 from metaprotocol.core.replies import Replies
@@ -55,6 +56,7 @@ class Proxy:
         "flow",
         "lifecycle",
         "merge",
+        "mesh",
         "pools",
         "replies",
         "router",
@@ -96,6 +98,9 @@ class Proxy:
         self.replies.abandon = self.upstream.abandoned_on
         self.pools.on_request_timeout = self.upstream.request_timeout
         self.pools.on_connect_timeout = self.upstream.connect_timeout
+        # Run-time endpoint sets and active health checks (core/mesh.py).
+        self.mesh = Mesh(ctx, self.pools)
+        self.mesh.configure(now)
 
     # -- public API ------------------------------------------------------------------------
 
@@ -146,7 +151,7 @@ class Proxy:
 
     def endpoint_statuses(self, now: float) -> list[EndpointStatus]:
         """Health and load of every upstream endpoint (the admin's ``/clusters``)."""
-        return self.ctx.runtime.endpoint_statuses(now)
+        return self.mesh.annotate(self.ctx.runtime.endpoint_statuses(now))
 
     def codec_factory(self, name: str) -> CodecFactory:
         factory = self._codecs.get(name)
@@ -173,6 +178,8 @@ class Proxy:
                 up = ctx.upstreams.get(event.conn)
                 if up is not None:
                     self.upstream.data(up, event.data, now)
+                elif self.mesh.owns(event.conn):
+                    self.mesh.data(event.conn, event.data, now)
             heap = ctx.timers.heap
             if heap and heap[0][0] <= now:
                 ctx.timers.fire_due(now)
@@ -183,13 +190,18 @@ class Proxy:
             case ev.Accepted(conn, listener, peer):
                 self.downstream.accepted(conn, listener, peer, now)
             case ev.UpstreamConnected(conn):
-                self.upstream.connected(conn, now)
+                if self.mesh.owns(conn):
+                    self.mesh.connected(conn, now)
+                else:
+                    self.upstream.connected(conn, now)
             case ev.UpstreamConnectFailed(conn, error):
                 up = ctx.upstreams.get(conn)
                 if up is not None:
                     # The adapter's error names the address: it goes to the log (the
                     # event), the clients' replies only say what kind of failure it was.
                     self.upstream.connect_failed(up, error or "refused", now)
+                elif self.mesh.owns(conn):
+                    self.mesh.connect_failed(conn, now)
             case ev.EofReceived(conn) | ev.Closed(conn):
                 eof = isinstance(event, ev.EofReceived)
                 ds = ctx.downstreams.get(conn)
@@ -199,6 +211,8 @@ class Proxy:
                     up = ctx.upstreams.get(conn)
                     if up is not None:
                         self.upstream.ended(up, eof, now)
+                    elif self.mesh.owns(conn):
+                        self.mesh.ended(conn, now)
             case ev.WriteBufferHigh(conn):
                 ds = ctx.downstreams.get(conn)
                 if ds is not None:
@@ -223,8 +237,11 @@ class Proxy:
                 self.filters.call_completed(call, result, error, now)
             case ev.SlotMapChanged(cluster, slot_map):
                 self.slot_map_changed(cluster, slot_map)
+            case ev.EndpointsChanged(cluster, endpoints):
+                self.mesh.endpoints_changed(cluster, endpoints, now)
             case ev.TimePassed():
                 pass
+        self.mesh.tick(now)
         ctx.timers.fire_due(now)
         outputs = out[:]
         del out[:]
@@ -241,7 +258,11 @@ class Proxy:
                 self.pools.retire(pool)
 
     def next_deadline(self) -> float | None:
-        return self.ctx.timers.next_deadline()
+        deadline = self.ctx.timers.next_deadline()
+        probe = self.mesh.due
+        if probe is not None and (deadline is None or probe < deadline):
+            return probe
+        return deadline
 
     def reload(self, config: Config, now: float) -> list[Output]:
         """Swap routes, clusters and filters atomically. In-flight requests finish on the
@@ -250,6 +271,7 @@ class Proxy:
         answered, nothing more is read, then they close."""
         ctx = self.ctx
         ctx.now = now
+        config = self.mesh.overlay(config)  # discovered endpoint sets stay
         new = Runtime(config, ctx.stats, ctx.random, self.codec_factory, now)
         old = ctx.runtime
         ctx.runtime = new
@@ -267,6 +289,7 @@ class Proxy:
             elif listener.codec_factory is ds.listener.codec_factory:
                 ds.listener = listener
         self.pools.carry_over(old, new)
+        self.mesh.configure(now)
         ctx.stats.inc("config_reload")
         return self._take_outputs()
 

@@ -65,8 +65,10 @@ class Histogram:
 class EndpointStatus:
     """One upstream endpoint as the admin's ``/clusters`` and the per-endpoint gauges show it.
 
-    ``healthy`` is False while outlier detection keeps the endpoint ejected (for
-    ``ejected_for`` more seconds); ``ejections`` counts every ejection so far."""
+    ``healthy`` is False while the endpoint is out of rotation: outlier detection keeps it
+    ejected (for ``ejected_for`` more seconds), or active health checking has it out;
+    ``ejections`` counts every ejection so far. ``health`` is the active health check's
+    verdict (``healthy``, ``unhealthy``, ``pending``), "" for a cluster without one."""
 
     cluster: str
     address: str
@@ -76,6 +78,7 @@ class EndpointStatus:
     consecutive_failures: int
     cx_active: int
     rq_active: int
+    health: str = ""
 
 
 @dataclass(frozen=True, slots=True)

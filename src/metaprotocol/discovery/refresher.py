@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 
 from metaprotocol.core.config import Config, Endpoint
+from metaprotocol.core.events import EndpointsChanged
 from metaprotocol.discovery.dns import FIRST_RETRY, DnsJob, Resolve, dns_jobs, system_resolve
 
 __all__ = ["Deliver", "DnsRefresher"]
@@ -32,7 +33,7 @@ class DnsRefresher:
 
     def __init__(
         self,
-        deliver: Deliver,
+        deliver: Deliver | None,
         resolve: Resolve = system_resolve,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -45,10 +46,37 @@ class DnsRefresher:
         self._thread: threading.Thread | None = None
         self.rounds = 0  # rounds run, for tests and stats
 
+    @classmethod
+    def feeding(
+        cls,
+        post: Callable[[Callable[[], None]], object] | None,
+        feed: Callable[[EndpointsChanged], object],
+    ) -> DnsRefresher:
+        """A refresher whose sets reach a core: each is posted to the loop (``post``: its
+        thread-safe "run this soon") and fed there as an event. Without ``post`` it never
+        runs (the adapter cannot take results from a thread)."""
+        if post is None:
+            return cls(None)
+
+        def deliver(cluster: str, endpoints: tuple[Endpoint, ...]) -> None:
+            def run() -> None:  # on the loop's thread: nothing once stopped (closing)
+                if not refresher._stopped:
+                    feed(EndpointsChanged(cluster, endpoints))
+
+            post(run)
+
+        refresher = cls(deliver)
+        return refresher
+
     @property
     def clusters(self) -> tuple[str, ...]:
         with self._wake:
             return tuple(self._jobs)
+
+    def started(self, config: Config) -> DnsRefresher:
+        """``start(config)``, then this refresher."""
+        self.start(config)
+        return self
 
     def start(self, config: Config) -> None:
         """Take ``config``'s DNS clusters and start the thread (a no-op thread-wise when
@@ -59,7 +87,8 @@ class DnsRefresher:
         """Resolve ``config``'s DNS clusters from now on (after a reload)."""
         with self._wake:
             self._jobs = dns_jobs(config, self._jobs, self._resolve)
-            if self._jobs and self._thread is None and not self._stopped:
+            idle = self._deliver is None or self._stopped
+            if self._jobs and self._thread is None and not idle:
                 self._thread = threading.Thread(
                     target=self._run, name="metaprotocol-dns", daemon=True
                 )
@@ -80,6 +109,8 @@ class DnsRefresher:
             self._wake.notify_all()
 
     def stop(self, timeout: float = 5.0) -> None:
+        """End the thread (waiting up to ``timeout`` for a resolution in progress; nothing
+        is delivered after it returns, unless a delivery had already begun)."""
         with self._wake:
             self._stopped = True
             self._wake.notify_all()
@@ -109,10 +140,12 @@ class DnsRefresher:
             log.warning("cluster %s: DNS resolution failed: %s", job.cluster, failure)
         with self._wake:
             current = self._jobs.get(job.cluster) is job and not self._stopped
-        if current and result.changed and result.endpoints:
+        if current and result.changed and result.endpoints and self._deliver is not None:
             try:
                 self._deliver(job.cluster, result.endpoints)
             except Exception:  # the loop is gone (stopping) or refused: the next round retries
+                if self._stopped:
+                    return
                 log.exception("cluster %s: new DNS endpoints not applied", job.cluster)
                 job.forget()
                 job.next_run = min(job.next_run, self._clock() + FIRST_RETRY)
