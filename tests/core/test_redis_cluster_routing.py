@@ -35,9 +35,9 @@ def slot_map(replica: bool = False) -> SlotMap:
     )
 
 
-def cluster_playbook(read_from: str = "primary") -> Playbook:
+def cluster_playbook(read_from: str = "primary", seed: tuple[str, int] = A) -> Playbook:
     redis_cluster = RedisClusterConfig(read_from=read_from)  # type: ignore[arg-type]
-    clusters = (ClusterConfig("redis", (Endpoint(*A),), redis_cluster=redis_cluster),)
+    clusters = (ClusterConfig("redis", (Endpoint(*seed),), redis_cluster=redis_cluster),)
     pb = playbook(config(routes=(route("redis"),), clusters=clusters, codec="redis"))
     pb >> Accepted(1, "main")
     return pb
@@ -156,22 +156,28 @@ def test_redirections_are_followed_a_bounded_number_of_times() -> None:
 
 
 def test_replica_preferred_reads_from_a_replica_over_readonly_and_writes_to_the_primary() -> None:
-    pb = cluster_playbook("replica_preferred")
-    pb >> SlotMapChanged("redis", slot_map(replica=True))
-    pb >> DataReceived(1, cmd("GET", "b"))  # a read: A's replica
+    pb = cluster_playbook("replica_preferred", seed=REPLICA_A)
+    pb >> DataReceived(1, cmd("PING"))  # keyless: the seed (a replica), on a plain connection
     pb << OpenUpstream(-1, *REPLICA_A)
     pb >> UpstreamConnected(-1)
-    pb << Write(-1, cmd("READONLY") + cmd("GET", "b"))
-    pb >> DataReceived(-1, b"+OK\r\n")  # READONLY's answer: consumed by the codec
-    pb >> DataReceived(-1, bulk("r"))
+    pb << Write(-1, cmd("PING"))
+    pb >> DataReceived(-1, b"+PONG\r\n")
+    pb << Write(1, b"+PONG\r\n")
+    pb >> SlotMapChanged("redis", slot_map(replica=True))
+    pb >> DataReceived(1, cmd("GET", "b"))  # a read: A's replica, never on the plain one
+    pb << OpenUpstream(-2, *REPLICA_A)
+    pb >> UpstreamConnected(-2)
+    pb << Write(-2, cmd("READONLY") + cmd("GET", "b"))
+    pb >> DataReceived(-2, b"+OK\r\n")  # READONLY's answer: consumed by the codec
+    pb >> DataReceived(-2, bulk("r"))
     pb << Write(1, bulk("r"))
     pb >> DataReceived(1, cmd("SET", "b", "v"))  # a write: the primary
-    pb << OpenUpstream(-2, *A)
-    pb >> UpstreamConnected(-2)
-    pb << Write(-2, cmd("SET", "b", "v"))
-    pb >> DataReceived(-2, b"+OK\r\n")
+    pb << OpenUpstream(-3, *A)
+    pb >> UpstreamConnected(-3)
+    pb << Write(-3, cmd("SET", "b", "v"))
+    pb >> DataReceived(-3, b"+OK\r\n")
     pb << Write(1, b"+OK\r\n")
-    for conn in (1, -1, -2):
+    for conn in (1, -1, -2, -3):
         pb >> Closed(conn)
     pb.assert_clean()
 

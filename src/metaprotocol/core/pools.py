@@ -81,7 +81,7 @@ class Pools:
         listener = req.listener
         ds = req.downstream
         pool = None
-        if not (
+        if req.hop is None and not (  # (a Redis Cluster hop may ask for a variant)
             listener.caps.preamble and ds is not None and cast(OpensWithPreamble, ds.codec).variant
         ):
             pool = endpoint.pools.get(listener.config.name)  # no variant: the listener's pool
