@@ -426,3 +426,25 @@ def test_a_periodic_job_runs_off_the_loop_and_its_outcome_reaches_the_core(adapt
         )
     assert fed[0] == ExternalCallCompleted(77, "resolved", "")
     assert job_threads[0] == "discover" and loop_threads[0] == loop_thread
+
+
+@pytest.mark.parametrize("backend", ["trio", "asyncio"])
+def test_a_moved_listener_serves_the_clients_waiting_in_its_backlog(backend: str) -> None:
+    """A client the kernel accepted into the old listener's backlog before a reload moved
+    the listener is served, not reset (anyio adapter; the loop does not run between the
+    connect and the reload, so the client is still waiting when the listener closes)."""
+    import anyio
+
+    from metaprotocol.adapters import anyio as anyio_adapter
+
+    start = _listeners(echo=0)
+    core = FakeCore(start)
+
+    async def main() -> bytes:
+        async with anyio_adapter.serve(start, proxy=core, admin=False) as handle:
+            with socket.create_connection(handle.addresses["echo"], TIMEOUT) as waiting:
+                handle.reload(_listeners(echo=_free_port()))
+                waiting.sendall(b"from the backlog")
+                return await anyio.to_thread.run_sync(_recv_exactly, waiting, 16)
+
+    assert anyio.run(main, backend=backend) == b"from the backlog"

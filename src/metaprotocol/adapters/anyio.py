@@ -33,6 +33,7 @@ import anyio.abc
 from anyio.abc import SocketAttribute, SocketListener
 
 from metaprotocol.adapters.anyio_connections import Streams, close_quietly
+from metaprotocol.adapters.anyio_listening import listen as _listen
 from metaprotocol.adapters.binding import bound_address
 from metaprotocol.adapters.dispatcher import Core, Dispatcher
 from metaprotocol.adapters.jobs import running_loop_post
@@ -210,33 +211,6 @@ class Handle(ServerInfo):
 async def _in_scope(fn: Callable[[], Awaitable[None]], scope: anyio.CancelScope) -> None:
     with scope:
         await fn()
-
-
-async def _listen(
-    listener: anyio.abc.Listener[anyio.abc.SocketStream],
-    handler: Callable[[anyio.abc.SocketStream], Any],
-    scope: anyio.CancelScope,
-) -> None:
-    """Accept until ``scope`` is cancelled (drain) or the listener is closed; ``handler``
-    starts each connection's task in the server's task group, so cancelling ``scope``
-    stops accepting and nothing else."""
-    with scope:
-        try:
-            async with listener:
-                subs: list[Any] = list(getattr(listener, "listeners", None) or [listener])
-                if len(subs) == 1:
-                    await _accept_loop(subs[0], handler)
-                else:  # a listener per address family
-                    async with anyio.create_task_group() as tg:
-                        for sub in subs:
-                            tg.start_soon(_accept_loop, sub, handler)
-        except anyio.ClosedResourceError:  # Handle.close closed it under us
-            pass
-
-
-async def _accept_loop(listener: Any, handler: Callable[[anyio.abc.SocketStream], Any]) -> None:
-    while True:
-        handler(await listener.accept())
 
 
 @asynccontextmanager

@@ -16,6 +16,7 @@ __all__ = [
     "bound_address",
     "peer_text",
     "set_nodelay",
+    "take_backlog",
 ]
 
 
@@ -45,6 +46,19 @@ def bind_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def take_backlog(sock: socket.socket) -> list[tuple[socket.socket, Any]]:
+    """The clients (and their addresses) the kernel connected on listening ``sock`` and
+    nobody accepted yet (closing ``sock`` would reset them), accepted without waiting."""
+    accepted: list[tuple[socket.socket, Any]] = []
+    while True:
+        try:
+            client, peer = sock.accept()
+        except OSError:  # BlockingIOError: the backlog is empty; or the socket is closed
+            return accepted
+        client.setblocking(False)
+        accepted.append((client, peer))
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any, TypeVar, assert_never
 
+from metaprotocol.adapters.binding import peer_text, take_backlog
 from metaprotocol.adapters.blocking_connections import Connection, Connections
 from metaprotocol.adapters.dispatcher import Core, Dispatcher
 from metaprotocol.adapters.jobs import WorkerThread
@@ -192,6 +193,8 @@ class _Loop:
         for name in changes.removed:
             for listener in [lst for lst in self.listeners if lst.name == name]:
                 self.sel.unregister(listener.sock)
+                for client, peer in take_backlog(listener.sock):  # closing resets them
+                    self.io.accept(client, peer_text(peer), name)
                 listener.sock.close()
                 self.listeners.remove(listener)
         for name, sock in changes.added.items():
