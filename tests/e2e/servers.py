@@ -42,6 +42,7 @@ __all__ = [
     "recv_exactly",
     "recv_until_closed",
     "redis_server",
+    "refused_port",
     "scrape_admin",
     "wait_for_port",
     "wait_until",
@@ -66,6 +67,18 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+@contextlib.contextmanager
+def refused_port() -> Iterator[int]:
+    """A loopback port that refuses connections while the block runs: bound and never
+    listening, so unlike a ``free_port`` number no other process's listener can take it
+    meanwhile, and no outgoing connection gets it as its own source port (a connection
+    to an unbound ephemeral port can connect to itself)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        yield port
 
 
 def wait_until(what: Callable[[], T], timeout: float = DEADLINE, message: str = "") -> T:

@@ -23,10 +23,10 @@ from tests.e2e.dubbo_frames import read_frame, request_frame
 from tests.e2e.servers import (
     DEADLINE,
     MiniServer,
-    free_port,
     proxy_config,
     recv_exactly,
     recv_until_closed,
+    refused_port,
     scrape_admin,
     wait_until,
 )
@@ -123,7 +123,8 @@ def _stall(conn: socket.socket) -> None:
 @contextlib.contextmanager
 def _upstream(fault: str, case: Case) -> Iterator[int]:
     if fault == "refused":
-        yield free_port()  # nobody listens there
+        with refused_port() as port:
+            yield port
         return
     behaviour = _reset_after_half(case) if fault == "reset" else _stall
     with MiniServer(behaviour) as server:
@@ -165,8 +166,8 @@ def test_error_replies_name_the_failure_not_the_address(
     """A refused upstream connection: the client learns it was a connect failure; the OS
     error, which names the internal address, goes to the adapter's log only."""
     caplog.set_level(logging.WARNING, logger="metaprotocol")
-    port = free_port()  # nobody listens there
     with (
+        refused_port() as port,
         start_proxy(proxy_config(codec, {"up": [port]}), adapter) as running,
         socket.create_connection(("127.0.0.1", running.ports[codec]), DEADLINE) as sock,
     ):
