@@ -17,6 +17,7 @@ import contextlib
 import re
 import socket
 import statistics
+import threading
 import time
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -34,6 +35,7 @@ from tests.e2e.dubbo_frames import DubboClient, request_frame
 from tests.e2e.servers import (
     BIG_BODY,
     DEADLINE,
+    MiniServer,
     dubbo_provider,
     proxy_config,
     recv_exactly,
@@ -270,3 +272,80 @@ def test_redis_non_reader_does_not_stall_an_innocent_client(adapter: str, redis_
                 assert recv_exactly(innocent, 7) == b"$1\r\nv\r\n"
 
             _innocent_keeps_its_pace(call, NonReader(address, _resp_get(key)), running, 50)
+
+
+# -- (c) a non-reader alone on its upstream connection: the proxy stops reading the upstream --
+
+STALL = 2.0  # seconds a write of the upstream makes no progress: the proxy stopped reading it
+
+
+class _StallingUpstream:
+    """A Redis stand-in answering each ``request`` with ``reply``, one blocking write after
+    another; ``stalled`` is set once a write made no progress for ``STALL`` seconds while
+    answers were still owed (the proxy no longer reads the connection)."""
+
+    def __init__(self, request: bytes, reply: bytes) -> None:
+        self.request = request
+        self.reply = reply
+        self.written = 0
+        self.stalled = threading.Event()
+        self.errors: list[bytes] = []
+
+    def __call__(self, conn: socket.socket) -> None:
+        conn.settimeout(STALL)
+        pending = b""
+        while True:
+            try:
+                data = conn.recv(65536)
+            except TimeoutError:
+                continue
+            if not data:
+                return
+            pending += data
+            count = len(pending) // len(self.request)
+            if pending[: count * len(self.request)] != self.request * count:
+                self.errors.append(pending[:200])  # not the GET the non-reader sends
+                return
+            pending = pending[count * len(self.request) :]
+            for _ in range(count):
+                self._write(conn, memoryview(self.reply))
+
+    def _write(self, conn: socket.socket, data: memoryview) -> None:
+        while data:
+            try:
+                sent = conn.send(data)
+            except TimeoutError:
+                self.stalled.set()
+                continue
+            self.written += sent
+            data = data[sent:]
+
+
+def test_the_upstream_of_only_a_non_reader_is_no_longer_read(adapter: str) -> None:
+    """A client that never reads, alone on its upstream connection: past its write high
+    watermark the proxy stops reading that connection (ReadDisable), so the upstream's
+    writes block and its answers wait there, not in the proxy. (Without the ReadDisable
+    the proxy reads them all, closing the client as it overflows, and the upstream's
+    writes never block.)"""
+    request = _resp_get("big")
+    upstream = _StallingUpstream(request, b"$%d\r\n%s\r\n" % (len(BIG_BODY), BIG_BODY))
+    with MiniServer(upstream) as server:
+        config = proxy_config(
+            "redis",
+            {"redis": [server.port]},
+            listener={**LIMITS, "max_message_size": "2MiB"},
+            cluster_options={"max_connections_per_endpoint": 1},
+        )
+        with (
+            start_proxy(config, adapter) as running,
+            NonReader(("127.0.0.1", running.ports["redis"]), request) as hog,
+        ):
+            wait_until(upstream.stalled.is_set, 3 * DEADLINE, "the upstream's writes to block")
+            assert not upstream.errors, upstream.errors
+            assert hog.sent > 0
+            paused = running.call(
+                lambda: running.proxy.stats.counter(
+                    "upstream_flow_control_paused", (("cluster", "redis"),)
+                )
+            )
+            assert paused >= 1
