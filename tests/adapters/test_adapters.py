@@ -448,3 +448,32 @@ def test_a_moved_listener_serves_the_clients_waiting_in_its_backlog(backend: str
                 return await anyio.to_thread.run_sync(_recv_exactly, waiting, 16)
 
     assert anyio.run(main, backend=backend) == b"from the backlog"
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_moved_listener_serves_its_backlog_on_the_asyncio_adapter(loop: str) -> None:
+    """The same on the asyncio adapter, on asyncio's loop and on uvloop's: the reload runs
+    before the loop gets to accept the waiting client."""
+    import asyncio
+
+    from metaprotocol.adapters import asyncio as asyncio_adapter
+
+    start = _listeners(echo=0)
+    core = FakeCore(start)
+
+    async def main() -> bytes:
+        handle = await asyncio_adapter.serve(start, proxy=core, admin=False)
+        try:
+            with socket.create_connection(handle.addresses["echo"], TIMEOUT) as waiting:
+                handle.reload(_listeners(echo=_free_port()))
+                waiting.sendall(b"from the backlog")
+                running = asyncio.get_running_loop()
+                return await running.run_in_executor(None, _recv_exactly, waiting, 16)
+        finally:
+            await handle.close()
+
+    if loop == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+        assert uvloop.run(main()) == b"from the backlog"
+    else:
+        assert asyncio.run(main()) == b"from the backlog"

@@ -39,6 +39,7 @@ from tests.e2e.servers import (
     DEADLINE,
     big_body,
     dubbo_provider,
+    free_port,
     http_server,
     proxy_config,
     recv_until_closed,
@@ -309,6 +310,45 @@ def test_reload_reads_the_certificates_again(adapter: str, pki: Pki, redis_port:
         with pytest.raises(TlsError, match="key_file"):
             running.reload(valid_then)
         assert peer_certificate(port, pki.ca) == after
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_moved_tls_listener_serves_its_backlog_on_the_asyncio_adapter(
+    loop: str, pki: Pki, redis_port: int
+) -> None:
+    """A client the kernel queued on a TLS listener before a reload moved it (the loop does
+    not run between the connect and the reload) gets its handshake and its answers."""
+    import asyncio
+
+    from metaprotocol.adapters import asyncio as asyncio_adapter
+
+    def config(port: int) -> Any:
+        return parse_config({
+            "listeners": [{"name": "redis", "address": f"127.0.0.1:{port}", "codec": "redis",
+                           "tls": pki.listener_tls(),
+                           "routes": [{"name": "all", "route": {"cluster": "main"}}]}],
+            "clusters": [{"name": "main", "endpoints": [f"127.0.0.1:{redis_port}"]}],
+        })  # fmt: skip
+
+    def ping(raw: socket.socket) -> bytes:
+        with pki.client_context().wrap_socket(raw, server_hostname="localhost") as tls:
+            tls.sendall(b"*1\r\n$4\r\nPING\r\n")
+            return tls.recv(7)
+
+    async def main() -> bytes:
+        handle = await asyncio_adapter.serve(config(0), admin=False)
+        try:
+            with socket.create_connection(handle.addresses["redis"], DEADLINE) as waiting:
+                handle.reload(config(free_port()))
+                return await asyncio.get_running_loop().run_in_executor(None, ping, waiting)
+        finally:
+            await handle.close()
+
+    if loop == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+        assert uvloop.run(main()) == b"+PONG\r\n"
+    else:
+        assert asyncio.run(main()) == b"+PONG\r\n"
 
 
 def test_tls_listener_counts_a_client_that_never_finishes_its_handshake_as_closed(

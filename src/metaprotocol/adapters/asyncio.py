@@ -14,7 +14,8 @@ TLS (metaprotocol.tls) is the loop's own: a TLS listener accepts itself and hand
 client to ``connect_accepted_socket(ssl=...)`` (the core hears of it once the handshake is
 done); upstream ``create_connection(ssl=...)`` (``UpstreamConnected`` after the handshake).
 What is not IO is ``metaprotocol.adapters.serving``'s; the connections (admin ones too)
-are in ``metaprotocol.adapters.asyncio_connections``.
+are in ``metaprotocol.adapters.asyncio_connections``, starting and retiring listeners in
+``metaprotocol.adapters.asyncio_listening``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ import socket
 from collections.abc import Coroutine
 from typing import Any, assert_never
 
-from metaprotocol.adapters.asyncio_connections import Connection, Timer, TlsListener
+from metaprotocol.adapters.asyncio_connections import Connection, Timer
+from metaprotocol.adapters.asyncio_listening import Listener, listen, retire
 from metaprotocol.adapters.dispatcher import CLOSE_LINGER, Core, Dispatcher
 from metaprotocol.adapters.serving import ServerInfo, Serving
 from metaprotocol.core import events as ev
@@ -179,18 +181,6 @@ class _Server:
                 assert proto.conn is not None
                 self.dispatcher.feed(ev.UpstreamConnectFailed(proto.conn, str(exc)))
 
-    async def listen(
-        self, name: str, sock: socket.socket, dispatcher: Dispatcher | None = None
-    ) -> asyncio.Server | TlsListener:
-        """Accept on a bound socket, feeding ``dispatcher`` (the proxy's by default); a TLS
-        listener accepts itself (see ``TlsListener``)."""
-        if dispatcher is None and self.serving.tls.listener(name) is not None:
-            return TlsListener(self, name, sock)
-        feeds = dispatcher or self.dispatcher
-        return await self.loop.create_server(
-            lambda: Connection(self, feeds, None, name), sock=sock, backlog=1024
-        )
-
 
 class Handle(ServerInfo):
     """A running proxy inside the caller's event loop."""
@@ -199,9 +189,9 @@ class Handle(ServerInfo):
         super().__init__()
         self._server = server
         self.serving = server.serving
-        self._listeners: dict[str, asyncio.Server | TlsListener] = {}
+        self._listeners: dict[str, tuple[Listener, socket.socket]] = {}
         self._binding: dict[str, socket.socket] = {}  # added by a reload, not yet accepting
-        self._admin: asyncio.Server | TlsListener | None = None
+        self._admin: Listener | None = None
 
     @property
     def proxy(self) -> Core:
@@ -213,14 +203,14 @@ class Handle(ServerInfo):
 
     def reload(self, config: Config) -> None:
         """Swap routes and clusters atomically, bind the listeners ``config`` adds or moves
-        and stop accepting on those it removes (their connections drain). Binding happens
-        first: if a listener cannot be bound this raises and nothing changes."""
+        and stop accepting on those it removes (their connections drain, the clients in
+        their backlogs are served). Binding happens first: if a listener cannot be bound
+        this raises and nothing changes."""
         changes = self.serving.reload(config)
         changes.update(self.addresses)
         for name in changes.removed:
-            listener = self._listeners.pop(name, None)
-            if listener is not None:
-                listener.close()
+            if (listening := self._listeners.pop(name, None)) is not None:
+                retire(self._server, name, *listening)
             self._binding.pop(name, None)
         for name, sock in changes.added.items():
             self._binding[name] = sock
@@ -228,7 +218,7 @@ class Handle(ServerInfo):
 
     async def _accept_on(self, name: str, sock: socket.socket) -> None:
         try:
-            listener = await self._server.listen(name, sock)
+            listener = await listen(self._server, name, sock)
         except BaseException:
             sock.close()
             raise
@@ -236,11 +226,11 @@ class Handle(ServerInfo):
             listener.close()  # closed, draining, or removed or moved again meanwhile
         else:
             del self._binding[name]
-            self._listeners[name] = listener
+            self._listeners[name] = listener, sock
 
     async def drain(self, timeout: float) -> None:
         """Stop accepting, let in-flight requests finish for up to ``timeout``, then close."""
-        for listener in self._listeners.values():
+        for listener, _ in self._listeners.values():
             listener.close()
         done = asyncio.Event()
         self.serving.start_drain(done.set)
@@ -255,7 +245,8 @@ class Handle(ServerInfo):
         if serving.closed:
             return
         serving.closed = serving.draining = True
-        servers = [*self._listeners.values(), *([self._admin] if self._admin else [])]
+        servers = [lst for lst, _ in self._listeners.values()]
+        servers += [self._admin] if self._admin else []
         for listener in servers:
             listener.close()
         for timer in serving.timers:
@@ -289,9 +280,9 @@ async def serve(
     try:
         bound, admin_sock = serving.bind(handle)
         for name, sock in bound.items():
-            handle._listeners[name] = await server.listen(name, sock)
+            handle._listeners[name] = await listen(server, name, sock), sock
         if admin_sock is not None:
-            handle._admin = await server.listen("admin", admin_sock, serving.admin)
+            handle._admin = await listen(server, "admin", admin_sock, serving.admin)
     except BaseException:
         await handle.close()
         raise
