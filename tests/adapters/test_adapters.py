@@ -477,3 +477,30 @@ def test_a_moved_listener_serves_its_backlog_on_the_asyncio_adapter(loop: str) -
         assert uvloop.run(main()) == b"from the backlog"
     else:
         assert asyncio.run(main()) == b"from the backlog"
+
+
+@pytest.mark.parametrize("backend", ["trio", "asyncio"])
+def test_plain_tcp_runs_on_its_socket_under_trio_only(backend: str) -> None:
+    """Under trio a plain TCP connection is read and written on its socket
+    (adapters/trio_sockets.py); under asyncio through anyio's stream. Both echo 8 MiB, more
+    than the kernel takes at once, so what it leaves waits for the writer task."""
+    import anyio
+
+    from metaprotocol.adapters import anyio as anyio_adapter
+
+    start = _listeners(echo=0)
+    payload = bytes(range(256)) * (32 * 1024)
+
+    async def main() -> tuple[bytes, list[bool]]:
+        async with anyio_adapter.serve(start, proxy=FakeCore(start), admin=False) as handle:
+            with socket.create_connection(handle.addresses["echo"], TIMEOUT) as client:
+                sender = threading.Thread(target=client.sendall, args=(payload,))
+                sender.start()
+                echoed = await anyio.to_thread.run_sync(_recv_exactly, client, len(payload))
+                sender.join()
+                on_socket = [c.sock is not None for c in handle._server.io.conns.values()]
+        return echoed, on_socket
+
+    echoed, on_socket = anyio.run(main, backend=backend)
+    assert echoed == payload
+    assert on_socket == [backend == "trio"]

@@ -9,7 +9,10 @@ Embedding (inside ``trio.run`` or ``anyio.run``)::
 Each connection has a reader task (``receive()``, skipped while the core has reading
 disabled: at most one ``READ_CHUNK`` already requested can still arrive) and a writer task
 that sends whatever accumulated in the connection's out buffer (up to ``SEND_CHUNK`` at a
-time). Watermarks, and the size reported by ``WriteBufferGrew`` above the high one, are
+time). Under trio a plain TCP connection skips anyio's stream for its reads and writes
+(adapters/trio_sockets.py): the reader waits for readability and reads the socket, a write
+is sent at once as far as the kernel takes it, and only the rest waits for a writer task.
+Watermarks, and the size reported by ``WriteBufferGrew`` above the high one, are
 measured on that out buffer (bytes handed to the adapter and not yet accepted by the
 kernel), not on the kernel's send buffer: honest, but coarser than asyncio's transport.
 Core calls are synchronous, so the single core is safe without locks or channels.
@@ -20,6 +23,7 @@ an upstream reports ``UpstreamConnected`` after its handshake.
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import sys
@@ -46,28 +50,29 @@ __all__ = ["Handle", "serve"]
 
 
 class Timer:
-    """One dispatcher's timer: a task sleeping until the deadline (``run``)."""
+    """One dispatcher's timer: a task sleeping in a cancel scope whose deadline is the
+    timer's (``run``). Arming moves that deadline and wakes no task: the core re-arms on
+    most requests, and a task switch each time cost trio several µs per request."""
 
     def __init__(self, fire: Callable[[float], None]) -> None:
         self.fire = fire
         self.deadline: float | None = None
-        self.wakeup = anyio.Event()
+        self.scope = anyio.CancelScope()
 
     def arm(self, deadline: float | None) -> None:
         self.deadline = deadline
-        self.wakeup.set()
+        self.scope.deadline = math.inf if deadline is None else deadline
 
     async def run(self) -> None:
         while True:
-            self.wakeup = wakeup = anyio.Event()
+            with self.scope:
+                await anyio.sleep_forever()  # until the scope's deadline
             deadline = self.deadline
-            if deadline is None:
-                await wakeup.wait()
-                continue
-            with anyio.move_on_after(max(0.0, deadline - anyio.current_time())) as scope:
-                await wakeup.wait()
-            if scope.cancelled_caught and self.deadline == deadline:
+            if deadline is not None and anyio.current_time() >= deadline:
+                self.deadline, self.scope = None, anyio.CancelScope()  # fire re-arms
                 self.fire(deadline)
+            else:  # re-armed later after the scope expired
+                self.scope = anyio.CancelScope(deadline=math.inf if deadline is None else deadline)
 
 
 class _Server:
@@ -81,7 +86,7 @@ class _Server:
             timer=self.timer, post=running_loop_post(), **options,
         )  # fmt: skip
         self.dispatcher = serving.dispatcher
-        self.io = Streams(tg, serving)  # the connections
+        self.io = Streams(tg, serving, on_trio=_on_trio())  # the connections
         if (redis := serving.config.global_ratelimit_redis) is not None:
             self.limiter = limiter = AnyioRedisRateLimiter.from_config(redis)
             run = serving.calls.run
@@ -218,17 +223,23 @@ async def _connection_tasks(tg: anyio.abc.TaskGroup) -> AsyncIterator[Any]:
     """Where connection tasks are started: under trio a plain trio nursery inside ``tg``
     (an anyio task handle costs about 0.7 KiB per idle connection), else ``tg`` itself.
     Both offer ``start_soon(fn, *args)`` and ``cancel_scope``."""
-    trio = sys.modules.get("trio")
-    if trio is not None:
-        try:
-            trio.lowlevel.current_trio_token()
-        except RuntimeError:  # trio is imported, but this is not a trio run
-            trio = None
-    if trio is None:
+    if not _on_trio():
         yield tg
         return
-    async with trio.open_nursery() as nursery:
+    async with sys.modules["trio"].open_nursery() as nursery:
         yield nursery
+
+
+def _on_trio() -> bool:
+    """Whether this runs under trio (anyio's trio backend)."""
+    trio = sys.modules.get("trio")
+    if trio is None:
+        return False
+    try:
+        trio.lowlevel.current_trio_token()
+    except RuntimeError:  # trio is imported, but this is not a trio run
+        return False
+    return True
 
 
 @asynccontextmanager

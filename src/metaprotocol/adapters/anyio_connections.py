@@ -4,6 +4,7 @@ hands instructions to ``Streams``; the handle owns the listeners."""
 
 from __future__ import annotations
 
+import socket
 import ssl
 from contextlib import nullcontext, suppress
 from typing import Any
@@ -20,6 +21,11 @@ from metaprotocol.core import events as ev
 from metaprotocol.core.config import ClusterTls
 from metaprotocol.tls import TlsError, count_handshake_error
 
+try:  # trio is an optional extra; its plain TCP fast path is only used under trio
+    from metaprotocol.adapters import trio_sockets
+except ImportError:  # pragma: no cover
+    trio_sockets = None  # type: ignore[assignment]
+
 __all__ = ["SEND_CHUNK", "Connection", "Streams", "close_quietly"]
 
 SEND_CHUNK = 1024 * 1024  # the most one send() copies out of a connection's out buffer
@@ -31,26 +37,15 @@ class Connection:
     """One downstream, upstream or admin stream and its tasks' state."""
 
     __slots__ = (
-        "closed_by_us",
-        "closing",
-        "conn",
-        "dispatcher",
-        "error",
-        "out",
-        "read_wakeup",
-        "readable",
-        "scope",
-        "started",
-        "stream",
-        "task",
-        "write_scope",
-        "writing",
-    )
+        "closed_by_us", "closing", "conn", "dispatcher", "error", "out", "read_wakeup",
+        "readable", "scope", "sock", "started", "stream", "task", "write_scope", "writing",
+    )  # fmt: skip
 
     def __init__(self, conn: int, dispatcher: Dispatcher) -> None:
         self.conn = conn
         self.dispatcher = dispatcher  # the proxy's, or the admin endpoint's
         self.stream: anyio.abc.ByteStream | None = None
+        self.sock: socket.socket | None = None  # under trio, plain TCP: see trio_sockets
         self.out = OutBuffer()
         # What stops the connection's task: the task's own handle where anyio gives one
         # (recent anyio: start_soon returns a TaskHandle), else a cancel scope of our own.
@@ -62,7 +57,7 @@ class Connection:
         # The writer is a task of its own only while there is something to write: an idle
         # connection costs one task (its reader), not two plus a task group.
         self.writing = False
-        self.write_scope: anyio.CancelScope | None = None
+        self.write_scope: Any = None  # the writer's anyio or trio cancel scope
         self.closing = False  # a flushing close was asked for
         self.closed_by_us = False
         self.started = False  # reading and writing (an upstream: connected)
@@ -81,10 +76,11 @@ class Connection:
 
 class Streams:
     """Every connection of one proxy and its tasks, started in ``tg`` (an anyio task group
-    or a trio nursery)."""
+    or a trio nursery; ``on_trio``: plain TCP connections run on their sockets)."""
 
-    def __init__(self, tg: Any, serving: Serving) -> None:
+    def __init__(self, tg: Any, serving: Serving, on_trio: bool = False) -> None:
         self.tg = tg
+        self.on_trio = on_trio
         self.serving = serving
         self.dispatcher = serving.dispatcher
         self.conns: dict[int, Connection] = {}
@@ -95,6 +91,10 @@ class Streams:
     def write(self, conn: int, data: bytes) -> None:
         c = self.conns.get(conn)
         if c is not None and not c.closing:
+            # On a socket with nothing queued: send at once what the kernel takes.
+            sock = c.sock if not c.out.data else None
+            if sock is not None and not (data := trio_sockets.send_now(c, sock, data)):
+                return
             if c.out.append(data):
                 c.dispatcher.feed(ev.WriteBufferHigh(conn))
             if c.out.above:
@@ -217,7 +217,11 @@ class Streams:
         until an error. (One function: every coroutine frame is held per idle connection.)"""
         c.started = True
         set_nodelay(stream.extra(SocketAttribute.raw_socket))
+        if self.on_trio:
+            c.sock = trio_sockets.socket_of(stream)
         self.kick_writer(c)  # an upstream may have requests queued before it connected
+        if c.sock is not None:
+            return await trio_sockets.pump(c, c.sock)
         feed = c.dispatcher.feed
         while True:
             while not c.readable:
@@ -242,7 +246,10 @@ class Streams:
             return
         if c.out.data or c.closing:
             c.writing = True
-            self.tg.start_soon(self.write_loop, c, c.stream)
+            if c.sock is not None:
+                self.tg.start_soon(trio_sockets.write_loop, c, c.sock)
+            else:
+                self.tg.start_soon(self.write_loop, c, c.stream)
 
     async def finish(self, c: Connection) -> None:
         if c.write_scope is not None:
