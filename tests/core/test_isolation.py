@@ -173,6 +173,45 @@ def test_a_client_whose_unread_replies_exceed_the_limit_is_closed_and_counted() 
     pb.assert_clean()
 
 
+def test_replies_written_after_the_last_reported_size_count_against_the_limit() -> None:
+    # An adapter reports its buffer's size after it flushes, and may hand the core several
+    # upstream reads before it flushes once (uvloop reads megabytes a loop iteration): the
+    # replies written to a client above its watermark since the last report count too, or
+    # the client is closed one flush (many answers) past its limit.
+    limit = 4096
+    pb = two_clients_on_one_upstream(playbook(config(output_buffer_limit=limit)))
+    pb >> WriteBufferHigh(1)
+    pb << ReadDisable(1)
+    pb >> WriteBufferGrew(1, limit - 100)
+    pb << None
+    pb >> DataReceived(UPSTREAM, resp(1, b"x" * 200))  # no report in between
+    pb << Write(1, resp(1, b"x" * 200))
+    pb << CloseConnection(1, flush=False)
+    pb << None
+    assert pb.proxy.stats.counter("downstream_cx_output_overflow", LABELS) == 1
+    pb >> DataReceived(UPSTREAM, resp(2))
+    pb << Write(2, resp(2))  # the other client goes on
+    pb >> Closed(UPSTREAM) >> Closed(2)
+    pb << None
+    pb.assert_clean()
+
+
+def test_a_client_that_reads_again_starts_counting_afresh() -> None:
+    limit = 4096
+    pb = two_clients_on_one_upstream(playbook(config(output_buffer_limit=limit)))
+    pb >> WriteBufferHigh(1)
+    pb << ReadDisable(1)
+    pb >> WriteBufferGrew(1, limit - 100)
+    pb >> WriteBufferLow(1)
+    pb << ReadEnable(1)
+    pb >> DataReceived(UPSTREAM, resp(1, b"x" * 200) + resp(2))
+    pb << Write(1, resp(1, b"x" * 200)) << Write(2, resp(2))
+    pb << None  # below its watermark: the adapter's buffer is small, nothing to count
+    pb >> Closed(UPSTREAM) >> Closed(1) >> Closed(2)
+    pb << None
+    pb.assert_clean()
+
+
 # -- a reset of a shared connection: the other requests on it go out again, once, when safe ---
 
 # Requests are idempotent unless their "method" is "set": those are never sent twice.

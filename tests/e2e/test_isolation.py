@@ -22,12 +22,16 @@ import time
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import redis
 import yaml
 
+from metaprotocol.core.events import Event, WriteBufferGrew
 from metaprotocol.core.flow import Reason
+from metaprotocol.core.outputs import Output
 from metaprotocol.core.proxy import Proxy
+from metaprotocol.core.stats import Stats
 from metaprotocol.samples.dubbo_provider import ECHO, GREETINGS
 from metaprotocol.testing.hostile import NonReader, peak_rss
 from metaprotocol.testing.serving import RunningProxy, start_proxy
@@ -183,6 +187,76 @@ def test_redis_non_reader_is_bounded_closed_and_counted(
 
 def _resp_get(key: str) -> bytes:
     return b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(key), key.encode())
+
+
+# -- (a') the bound itself: what is buffered for the non-reader when it is closed --------------
+
+
+class _BufferProbe:
+    """The proxy's core, and the largest write buffer each client connection was reported
+    to have (``WriteBufferGrew``: the adapter's own buffer, after each flush above the high
+    watermark)."""
+
+    def __init__(self, proxy: Proxy) -> None:
+        self.proxy = proxy
+        self.largest: dict[int, int] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.proxy, name)
+
+    @property
+    def stats(self) -> Stats:
+        return self.proxy.stats
+
+    @property
+    def drained(self) -> bool:
+        return self.proxy.drained
+
+    def handle(self, event: Event, now: float) -> list[Output]:
+        if isinstance(event, WriteBufferGrew) and event.conn in self.proxy.downstreams:
+            self.largest[event.conn] = max(self.largest.get(event.conn, 0), event.size)
+        return self.proxy.handle(event, now)
+
+
+def test_a_non_reader_is_closed_within_one_answer_of_its_limit(
+    adapter: str, redis_port: int
+) -> None:
+    """Sharing its upstream connection with a client that reads, a non-reader's 1 MiB
+    answers fill its buffer in the proxy: it is closed with at most output_buffer_limit plus
+    one answer buffered, on every adapter. (uvloop reads megabytes of answers a loop
+    iteration: counted only at each flush, the buffer reached 8-11 MiB with a 4 MiB limit.)"""
+    key = f"isolation:big-c:{adapter}"
+    redis.Redis(port=redis_port).set(key, BIG_BODY)
+    routes = [{"name": "all", "route": {"cluster": "redis", "retries": RESEND["redis"]}}]
+    config = proxy_config(
+        "redis",
+        {"redis": [redis_port]},
+        routes,
+        listener={**LIMITS, "max_message_size": "2MiB"},
+        cluster_options={"max_connections_per_endpoint": 1},
+    )
+    probe = _BufferProbe(Proxy(config, now=time.monotonic()))
+    big_reply = b"$%d\r\n%s\r\n" % (len(BIG_BODY), BIG_BODY)
+    with start_proxy(config, adapter, proxy=probe) as running:
+        address = ("127.0.0.1", running.ports["redis"])
+        with (
+            socket.create_connection(address, DEADLINE) as innocent,
+            NonReader(address, _resp_get(key)) as hog,
+        ):
+            end = time.monotonic() + 3 * DEADLINE
+            while hog.closed < 3:  # its connections, one after another
+                innocent.sendall(_resp_get(key))
+                assert recv_exactly(innocent, len(big_reply)) == big_reply
+                assert time.monotonic() < end, "the non-reader was not closed three times"
+        largest = running.call(lambda: dict(probe.largest))
+        overflows = running.call(
+            lambda: probe.stats.counter("downstream_cx_output_overflow", (("listener", "redis"),))
+        )
+    assert overflows >= 3
+    assert largest, "no client went above its write high watermark"
+    assert max(largest.values()) <= OUTPUT_LIMIT + len(big_reply), {
+        conn: round(size / MiB, 2) for conn, size in largest.items()
+    }
 
 
 # -- (b) latency: a non-reader beside an innocent client on one shared upstream connection ----

@@ -29,7 +29,7 @@ from typing import Any, assert_never
 
 from metaprotocol.adapters.asyncio_connections import Connection, Timer
 from metaprotocol.adapters.asyncio_listening import Listener, listen, retire
-from metaprotocol.adapters.dispatcher import CLOSE_LINGER, Core, Dispatcher
+from metaprotocol.adapters.dispatcher import CLOSE_LINGER, HIGH_WATERMARK, Core, Dispatcher
 from metaprotocol.adapters.serving import ServerInfo, Serving
 from metaprotocol.core import events as ev
 from metaprotocol.core import outputs as out
@@ -49,6 +49,7 @@ class _Server:
         self.loop = loop
         self.conns: dict[int, Connection] = {}
         self.pending: dict[int, list[bytes]] = {}
+        self.coalesced: dict[int, int] = {}  # bytes in pending lists of two chunks or more
         self.next_id = 1
         self.flush_scheduled = False
         self.tasks: set[asyncio.Task[None]] = set()
@@ -84,13 +85,17 @@ class _Server:
             self.schedule_flush()
 
     def queue_write(self, conn: int, data: bytes) -> None:
-        """Writes are coalesced per connection and flushed once per loop iteration."""
-        chunks = self.pending.get(conn)
-        if chunks is None:
+        """Coalesced per connection, flushed once per loop iteration or at once past the high
+        watermark (uvloop reads megabytes an iteration: the core must hear it is full)."""
+        if (chunks := self.pending.get(conn)) is None:
             self.pending[conn] = [data]
-        else:
-            chunks.append(data)
-        self.schedule_flush()
+            self.schedule_flush()
+            return
+        chunks.append(data)
+        size = self.coalesced[conn] = self.coalesced.get(conn, len(chunks[0])) + len(data)
+        if size >= HIGH_WATERMARK:
+            del self.pending[conn], self.coalesced[conn]
+            self.flush_one(conn, chunks)
 
     def execute(self, instruction: out.Instruction) -> None:
         match instruction:
@@ -124,18 +129,22 @@ class _Server:
     def flush(self) -> None:
         self.flush_scheduled = False
         pending, self.pending = self.pending, {}
+        self.coalesced.clear()
         for conn, chunks in pending.items():
-            proto = self.conns.get(conn)
-            if proto is None:
-                continue
-            if proto.transport is None:  # an upstream still connecting: keep it for later
-                self.pending[conn] = chunks
-                continue
-            transport = proto.transport
-            transport.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
-            if proto.write_paused and not proto.closed_by_us:
-                size = transport.get_write_buffer_size()
-                proto.dispatcher.feed(ev.WriteBufferGrew(conn, size))
+            self.flush_one(conn, chunks)
+
+    def flush_one(self, conn: int, chunks: list[bytes]) -> None:
+        proto = self.conns.get(conn)
+        if proto is None:
+            return
+        if proto.transport is None:  # an upstream still connecting: keep it for later
+            self.pending[conn] = chunks
+            return
+        transport = proto.transport
+        transport.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+        if proto.write_paused and not proto.closed_by_us:
+            size = transport.get_write_buffer_size()
+            proto.dispatcher.feed(ev.WriteBufferGrew(conn, size))
 
     def close_connection(self, conn: int, flush: bool) -> None:
         proto = self.conns.pop(conn, None)

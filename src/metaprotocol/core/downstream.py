@@ -311,13 +311,13 @@ class Downstreams:
             self.out.append(CloseConnection(ds.id, flush=True))
 
     def write_buffer_grew(self, ds: Downstream, size: int) -> None:
-        if size > ds.listener.config.output_buffer_limit:
-            # Like Redis's client-output-buffer-limit: a client this far behind is closed
-            # rather than let its unread replies grow without bound.
-            ds.listener.counters.downstream_cx_output_overflow += 1
-            self.replies.close(ds, flush=False)
+        # A client this far behind is closed rather than let its unread replies grow
+        # without bound (Replies.over_limit).
+        ds.unread = size
+        self.replies.over_limit(ds)
 
     def write_buffer_low(self, ds: Downstream, now: float) -> None:
+        ds.unread = None
         self.flow.enable(ds, Reason.OWN_WRITE_BUFFER_HIGH)
         self.flow.unblock_upstreams(ds)
         if ds.buffer and not ds.closing:  # requests that arrived before it filled up

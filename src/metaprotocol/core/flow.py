@@ -127,6 +127,8 @@ class FlowControl:
         and this client's answers wait in its own output buffer (up to output_buffer_limit)
         instead of stalling the others."""
         self.disable(ds, Reason.OWN_WRITE_BUFFER_HIGH)
+        if ds.unread is None:
+            ds.unread = 0  # what it is written from now on counts (Downstream.unread)
         for req in ds.active:
             held = req.upstream
             if held is None or ds in held.blocked_by:

@@ -107,7 +107,7 @@ class PipelineMerge:
     def answer_part(self, up: Upstream, req: ActiveRequest, msg: Message) -> bool:
         """Some of the answers ``req`` waits for: kept until the last, or written when they
         pass ``PARTIAL_FLUSH`` with nothing before them owed. True when the client's held
-        answers must be checked against its limit (``Replies.held_too_much``)."""
+        answers must be checked against its limit (``Replies.over_limit``)."""
         n = msg.count
         req.remaining -= n
         if req.done:
@@ -132,10 +132,13 @@ class PipelineMerge:
         if ds.held > PARTIAL_FLUSH and (req.slot is None or (slots and slots[0] is req.slot)):
             # Nothing before it is still owed: the client gets these parts now, rather than
             # the proxy holding up to max_pending_requests answers for it.
-            ds.held -= sum(len(part) for part in partial)
-            self.out.append(Write(ds.id, b"".join(partial)))
+            data = b"".join(partial)
+            ds.held -= len(data)
+            self.out.append(Write(ds.id, data))
             partial.clear()
-            return False
+            if ds.unread is None:
+                return False
+            ds.unread += len(data)  # it does not read its replies: count them
         return True
 
     @staticmethod

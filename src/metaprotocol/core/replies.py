@@ -115,10 +115,14 @@ class Replies:
             if req.message.properties.get("connection") == "close":
                 slot.close_after = True
             self.flush_slots(ds)
-            if ds.slots and self.held_too_much(ds):
+            if (ds.slots or ds.unread is not None) and self.over_limit(ds):
                 return
         else:
             self.out.append(Write(ds.id, data))
+            if ds.unread is not None:  # it does not read its replies: count this one
+                ds.unread += len(data)
+                if self.over_limit(ds):
+                    return
         if completed is not None:
             self.out.append(completed)
         if not ds.gate.reasons and not ds.closing:
@@ -184,6 +188,8 @@ class Replies:
             self.flush_slots(ds)
         else:
             self.out.append(Write(ds.id, reply))
+            if ds.unread is not None:
+                ds.unread += len(reply)
 
     def flush_slots(self, ds: Downstream) -> None:
         slots = ds.slots
@@ -201,14 +207,19 @@ class Replies:
         if not slots:
             ds.slots = None
         if chunks:
-            self.out.append(Write(ds.id, chunks[0] if len(chunks) == 1 else b"".join(chunks)))
+            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            self.out.append(Write(ds.id, data))
+            if ds.unread is not None:
+                ds.unread += len(data)
         if close:
             self.close(ds, flush=True)
 
-    def held_too_much(self, ds: Downstream) -> bool:
-        """Close ``ds`` if the answers held back for it pass its output_buffer_limit (as
-        unread replies in the adapter's buffer do); True if it was closed."""
-        if ds.held <= ds.listener.config.output_buffer_limit:
+    def over_limit(self, ds: Downstream) -> bool:
+        """Close ``ds`` if its output it has not got (the answers held back for it, and
+        above its write high watermark the replies in the adapter's buffer) passes its
+        output_buffer_limit, as Redis's client-output-buffer-limit does; True if closed."""
+        unread = ds.held if ds.unread is None else ds.held + ds.unread
+        if unread <= ds.listener.config.output_buffer_limit:
             return False
         ds.listener.counters.downstream_cx_output_overflow += 1
         self.close(ds, flush=False)

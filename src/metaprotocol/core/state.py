@@ -276,6 +276,7 @@ class Downstream:
         "pinned",
         "slots",
         "streams",
+        "unread",
     )
 
     def __init__(
@@ -296,6 +297,13 @@ class Downstream:
         # Bytes of answers held back for it: in slots behind an earlier unanswered request,
         # and parts of a merged message's answer. Output it has not got: output_buffer_limit.
         self.held = 0
+        # Above its write high watermark only (None below it): the bytes of replies the
+        # adapter holds for it, as last reported (WriteBufferGrew) plus what was written to
+        # it since. An adapter reports after it flushes, and one may read several upstream
+        # messages before it flushes once (uvloop reads up to megabytes a loop iteration):
+        # counting the writes in between closes the client at output_buffer_limit instead
+        # of one flush later.
+        self.unread: int | None = None
         self.streams: dict[int, ActiveRequest] = {}  # downstream stream id -> its init request
         self.closing = False  # close once every reply is written
         self.closed = False  # gone: no longer in the engine's tables

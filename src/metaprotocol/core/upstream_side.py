@@ -127,6 +127,9 @@ class UpstreamSide:
             self.replies.answer(init, data, "ok", None, now)
         else:
             self.out.append(Write(ds.id, data))
+            if ds.unread is not None:
+                ds.unread += len(data)
+                self.replies.over_limit(ds)
 
     # -- upstream side -----------------------------------------------------------------------
 
@@ -213,7 +216,7 @@ class UpstreamSide:
                 return
             if merge.waits_for_more(req, msg):  # a merged message: not all its answers yet
                 if merge.answer_part(up, req, msg) and req.downstream is not None:
-                    self.replies.held_too_much(req.downstream)
+                    self.replies.over_limit(req.downstream)
                 return
             fifo.popleft()
             merge.taken_off(up, req)
