@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from metaprotocol.core.codec import CodecFactory, Ordering, Side
@@ -224,12 +226,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--codec", action="append", default=[], help="only these case labels or codec names"
     )
+    parser.add_argument(
+        "--json", type=Path, help="also write the results there (benchmarks.e2e reads it)"
+    )
     args = parser.parse_args(argv)
     selected = [
         case for case in CASES if not args.codec or {case.label, case.codec} & set(args.codec)
     ]
     rows: list[str] = []
     notes: list[str] = []
+    records: list[dict[str, Any]] = []
     for case in selected:
         try:
             results = measure_case(case, args.seconds)
@@ -240,6 +246,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             notes.append(f"- skipped {case.label}: {type(exc).__name__}: {exc}")
             continue
         for result in results:
+            records.append(
+                {
+                    "label": case.label,
+                    "operation": result.operation,
+                    "best_msgs_per_s": result.best_msgs_per_s,
+                    "msgs_per_s": result.msgs_per_s,
+                    "mb_per_s": result.mb_per_s,
+                }
+            )
             operation = "decode + metadata" if result.operation == "decode" else result.operation
             rows.append(
                 f"| {case.label} | {operation} | {result.best_msgs_per_s:,.0f} | "
@@ -258,6 +273,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print()
         for note in notes:
             print(note)
+    if args.json is not None:
+        args.json.write_text(json.dumps({"codecs": records, "notes": notes}, indent=1))
     return 0
 
 

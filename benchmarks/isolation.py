@@ -16,6 +16,9 @@ and the innocent client's p50 / p99 latency alone and beside the non-reader (fro
 after it started).
 
     python benchmarks/isolation.py [--seconds 8] [--adapters asyncio,uvloop,trio,blocking]
+
+The end-to-end benchmark runs the same measurement as its ``isolation`` group
+(``benchmarks/e2e/isolation.py``), for each build, into latest.md / latest.json.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,17 +46,27 @@ from tests.e2e.servers import BIG_BODY, nginx_server, recv_exactly, redis_server
 
 from metaprotocol.testing.hostile import NonReader, peak_rss  # noqa: E402
 
+__all__ = ["SETUPS", "Outcome", "ProxyProcess", "config", "main", "peers", "run_one"]
+
 MiB = 1 << 20
+SETUPS = ("default", "shared")
 
 
 class ProxyProcess:
-    """``python -m metaprotocol run``; its ports come from its log."""
+    """``python -m metaprotocol run`` (on ``python``: another build's interpreter); its ports
+    come from its log."""
 
-    def __init__(self, config: dict[str, Any], adapter: str, workdir: Path) -> None:
+    def __init__(
+        self,
+        config: dict[str, Any],
+        adapter: str,
+        workdir: Path,
+        python: str = sys.executable,
+    ) -> None:
         path = workdir / f"isolation-{adapter}.yaml"
         path.write_text(yaml.safe_dump(config))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "metaprotocol", "run", str(path), "--adapter", adapter],
+            [python, "-m", "metaprotocol", "run", str(path), "--adapter", adapter],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -139,19 +153,66 @@ def redis_call(sock: socket.socket) -> None:
         raise AssertionError("wrong answer")
 
 
-def percentiles(samples: list[float]) -> str:
+def percentiles(samples: list[float]) -> tuple[float, float] | None:
+    """p50 and p99 in ms of the answered calls (None when none was answered)."""
     ordered = sorted(x for x in samples if x == x)  # NaN: an error reply
     if not ordered:
-        return "-"
+        return None
     p50 = ordered[len(ordered) // 2]
     p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
-    return f"{p50 * 1e3:.2f} / {p99 * 1e3:.2f}"
+    return p50 * 1e3, p99 * 1e3
+
+
+def _ms(pair: tuple[float, float] | None) -> str:
+    return "-" if pair is None else f"{pair[0]:.2f} / {pair[1]:.2f}"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One measurement: ``adapter`` (the build's name included when it is not the default),
+    ``codec``, ``setup`` (one of ``SETUPS``); the proxy's peak RSS above its warm level, how
+    often the non-reader was closed (and how often the proxy counted it), and the innocent
+    client's p50 / p99 in ms alone and beside the non-reader."""
+
+    adapter: str
+    codec: str
+    setup: str
+    grown_mib: float
+    closed: int
+    counted: int
+    alone: tuple[float, float] | None
+    beside: tuple[float, float] | None
+    requests: int
+    errors: int
+
+    def row(self) -> str:
+        return (
+            f"| {self.adapter} | {self.codec} | {self.setup} | {self.grown_mib:.1f} | "
+            f"{self.closed} ({self.counted} counted) | {_ms(self.alone)} | "
+            f"{_ms(self.beside)} | {self.requests} ({self.errors} errors) |"
+        )
+
+
+HEADER = (
+    "| adapter | protocol | setup | peak RSS above warm (MiB) | non-reader closed | "
+    "innocent p50 / p99 alone (ms) | beside the non-reader (ms) | innocent requests |\n"
+    "|---|---|---|--:|---|---|---|---|"
+)
 
 
 def run_one(
-    adapter: str, codec: str, upstream: int, shared: bool, seconds: float, workdir: Path
-) -> str:
-    proxy = ProxyProcess(config(codec, upstream, shared), adapter, workdir)
+    adapter: str,
+    codec: str,
+    upstream: int,
+    shared: bool,
+    seconds: float,
+    workdir: Path,
+    *,
+    python: str = sys.executable,
+    label: str = "",
+) -> Outcome:
+    """Measure ``adapter`` on ``python`` (named ``label`` in the outcome, else ``adapter``)."""
+    proxy = ProxyProcess(config(codec, upstream, shared), adapter, workdir, python)
     try:
         port = proxy.port("listener bench")
         hog_request = (
@@ -172,10 +233,17 @@ def run_one(
                 time.sleep(1.0)
                 beside = timed(lambda: call(innocent), seconds)
             grown = (peak_rss(proxy.proc.pid) - base) / MiB
-        return (
-            f"| {adapter} | {codec} | {'shared' if shared else 'default'} | {grown:.1f} | "
-            f"{hog.closed} ({proxy.overflows()} counted) | {percentiles(alone)} | "
-            f"{percentiles(beside)} | {len(beside)} ({sum(x != x for x in beside)} errors) |"
+        return Outcome(
+            adapter=label or adapter,
+            codec=codec,
+            setup=SETUPS[shared],
+            grown_mib=grown,
+            closed=hog.closed,
+            counted=proxy.overflows(),
+            alone=percentiles(alone),
+            beside=percentiles(beside),
+            requests=len(beside),
+            errors=sum(x != x for x in beside),
         )
     finally:
         proxy.stop()
@@ -213,17 +281,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--adapters", default="asyncio,uvloop,trio,blocking")
     args = parser.parse_args()
-    print(
-        "| adapter | protocol | setup | peak RSS above warm (MiB) | non-reader closed | "
-        "innocent p50 / p99 alone (ms) | beside the non-reader (ms) | innocent requests |"
-    )
-    print("|---|---|---|---|---|---|---|---|")
+    print(HEADER)
     with peers() as (nginx_port, redis_port), tempfile.TemporaryDirectory() as tmp:
         for adapter in args.adapters.split(","):
             for codec, upstream in (("http1", nginx_port), ("redis", redis_port)):
                 for shared in (False, True):
-                    row = run_one(adapter, codec, upstream, shared, args.seconds, Path(tmp))
-                    print(row, flush=True)
+                    outcome = run_one(adapter, codec, upstream, shared, args.seconds, Path(tmp))
+                    print(outcome.row(), flush=True)
 
 
 if __name__ == "__main__":

@@ -58,14 +58,39 @@ def _run(argv: list[str], timeout: float) -> str:
     return done.stdout
 
 
+def _combined(outputs: Sequence[str], requests: int, wall: float) -> Load:
+    """One ``Load`` from the ``--csv`` outputs of redis-benchmark tests of ``requests`` each:
+    req/s is the combined rate (all requests over the summed per-test durations); p50/p99
+    are the means of the tests' percentiles."""
+    rows = [r for out in outputs for r in csv.DictReader(io.StringIO(out)) if r.get("rps")]
+    seconds = sum(requests / float(r["rps"]) for r in rows)
+    total = requests * len(rows)
+    return Load(
+        requests=total,
+        seconds=min(seconds, wall),
+        rps=total / seconds,
+        p50_ms=sum(float(r["p50_latency_ms"]) for r in rows) / len(rows),
+        p99_ms=sum(float(r["p99_latency_ms"]) for r in rows) / len(rows),
+    )
+
+
+def _result_rows(out: str, expected: int) -> None:
+    found = sum(1 for r in csv.DictReader(io.StringIO(out)) if r.get("rps"))
+    if found != expected:
+        raise DriverError(f"redis-benchmark printed {found} result rows:\n{out[-500:]}")
+
+
 def redis_benchmark(
-    port: int, *, pipeline: int, requests: int, clients: int = 50, tls_ca: str | None = None
+    port: int,
+    *,
+    pipeline: int,
+    requests: int,
+    clients: int = 50,
+    tls_ca: str | None = None,
+    timeout: float = 180,
 ) -> Load:
     """``redis-benchmark -t ping_mbulk,set,get -c clients -n requests -P pipeline --csv``
-    (with ``tls_ca``: over TLS, ``--tls --cacert tls_ca``).
-
-    req/s is the combined rate (all requests over the summed per-test durations); p50/p99
-    are the means of the three tests' percentiles.
+    (with ``tls_ca``: over TLS, ``--tls --cacert tls_ca``), as one ``Load`` (``_combined``).
     """
     tests = ("ping_mbulk", "set", "get")
     started = time.perf_counter()
@@ -87,21 +112,10 @@ def redis_benchmark(
             "--csv",
             *(["--tls", "--cacert", tls_ca] if tls_ca else []),
         ],
-        timeout=180,
+        timeout=timeout,
     )
-    wall = time.perf_counter() - started
-    rows = [r for r in csv.DictReader(io.StringIO(out)) if r.get("rps")]
-    if len(rows) != len(tests):
-        raise DriverError(f"redis-benchmark printed {len(rows)} result rows:\n{out[-500:]}")
-    seconds = sum(requests / float(r["rps"]) for r in rows)
-    total = requests * len(rows)
-    return Load(
-        requests=total,
-        seconds=min(seconds, wall),
-        rps=total / seconds,
-        p50_ms=sum(float(r["p50_latency_ms"]) for r in rows) / len(rows),
-        p99_ms=sum(float(r["p99_latency_ms"]) for r in rows) / len(rows),
-    )
+    _result_rows(out, len(tests))
+    return _combined([out], requests, time.perf_counter() - started)
 
 
 MGET_KEYS = 10  # as many keys as redis-benchmark's own MSET test writes
@@ -110,28 +124,16 @@ MGET_KEYS = 10  # as many keys as redis-benchmark's own MSET test writes
 def redis_mset_mget(port: int, *, requests: int, clients: int = 50) -> Load:
     """``redis-benchmark -t mset`` (10 keys) and an MGET of 10 keys, both with
     ``-r 100000`` so that the keys of one command fall on different shards. req/s and the
-    percentiles combine the two as ``redis_benchmark`` does."""
+    percentiles combine the two as ``redis_benchmark`` does (``_combined``)."""
     common = ["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-c", str(clients)]
     common += ["-n", str(requests), "-r", "100000", "--csv"]
     mget = ["MGET", *(["key:__rand_int__"] * MGET_KEYS)]
-    rows = []
+    outputs = []
     started = time.perf_counter()
     for argv in ([*common, "-t", "mset"], [*common, *mget]):
-        out = _run(argv, timeout=180)
-        found = [r for r in csv.DictReader(io.StringIO(out)) if r.get("rps")]
-        if len(found) != 1:
-            raise DriverError(f"redis-benchmark printed {len(found)} result rows:\n{out[-500:]}")
-        rows += found
-    wall = time.perf_counter() - started
-    seconds = sum(requests / float(r["rps"]) for r in rows)
-    total = requests * len(rows)
-    return Load(
-        requests=total,
-        seconds=min(seconds, wall),
-        rps=total / seconds,
-        p50_ms=sum(float(r["p50_latency_ms"]) for r in rows) / len(rows),
-        p99_ms=sum(float(r["p99_latency_ms"]) for r in rows) / len(rows),
-    )
+        outputs.append(_run(argv, timeout=180))
+        _result_rows(outputs[-1], 1)
+    return _combined(outputs, requests, time.perf_counter() - started)
 
 
 def _resp(*args: str) -> bytes:
@@ -142,9 +144,11 @@ def _resp(*args: str) -> bytes:
     return out
 
 
-def _ask(port: int, *commands: tuple[str, ...]) -> bytes:
+def _ask(port: int, *commands: tuple[str, ...], lines: int = 0) -> bytes:
     """Send ``commands`` pipelined to 127.0.0.1:port; all the raw reply bytes (read until
-    one reply line per command has arrived and nothing more comes for 0.2 s)."""
+    ``lines`` reply lines, at least one per command, have arrived and nothing more comes for
+    0.2 s, or for 5 s)."""
+    lines = max(lines, len(commands))
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
         sock.sendall(b"".join(_resp(*c) for c in commands))
         data = b""
@@ -154,7 +158,7 @@ def _ask(port: int, *commands: tuple[str, ...]) -> bytes:
             try:
                 chunk = sock.recv(65536)
             except TimeoutError:
-                if data.count(b"\r\n") >= len(commands):
+                if data.count(b"\r\n") >= lines:
                     break
                 continue
             if not chunk:
@@ -173,7 +177,9 @@ def split_problem(proxy: int, shards: Sequence[int], keys: int = 30) -> str | No
     reply = _ask(proxy, ("MSET", *(x for n in names for x in (n, "v-" + n))))
     if not reply.startswith(b"+OK"):
         return f"MSET through the proxy answered {reply[:80]!r}"
-    lost = [n for n in names if b"v-" + n.encode() not in _ask(proxy, ("GET", n))]
+    # One exchange for all the GETs: each _ask ends on 0.2 s of silence.
+    found = _ask(proxy, *(("GET", n) for n in names), lines=2 * len(names))
+    lost = [n for n in names if b"$%d\r\nv-%s\r\n" % (len(n) + 2, n.encode()) not in found]
     held = [_ask(port, ("DBSIZE",)) for port in shards]
     for port in shards:
         _ask(port, ("FLUSHALL",))
@@ -197,8 +203,9 @@ def _ms(text: str) -> float:
     return float(m.group(1)) * _UNITS[m.group(2)]
 
 
-def wrk(port: int, path: str, *, seconds: int, clients: int = 50) -> Load:
-    """``wrk -t1 -c clients -d seconds --latency http://127.0.0.1:port/path``."""
+def wrk(port: int, path: str, *, seconds: int, clients: int = 50, tls: bool = False) -> Load:
+    """``wrk -t1 -c clients -d seconds --latency http://127.0.0.1:port/path`` (``https``
+    with ``tls``: wrk does not check the certificate)."""
     out = _run(
         [
             "wrk",
@@ -206,7 +213,7 @@ def wrk(port: int, path: str, *, seconds: int, clients: int = 50) -> Load:
             f"-c{clients}",
             f"-d{seconds}s",
             "--latency",
-            f"http://127.0.0.1:{port}{path}",
+            f"{'https' if tls else 'http'}://127.0.0.1:{port}{path}",
         ],
         timeout=seconds + 60,
     )

@@ -1,4 +1,5 @@
-"""Render end-to-end results: a Markdown report (tables, ratios, goals) and a PNG chart."""
+"""Render end-to-end results: a Markdown report (tables, ratios) and a PNG chart; the goals
+are checked in goals.py."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 from .drivers import Load
 from .memory import MemoryResult
 
-__all__ = ["GOALS", "Goal", "Row", "Sample", "Scenario", "chart", "markdown", "summarise"]
+__all__ = ["Row", "Sample", "Scenario", "chart", "markdown", "summarise"]
 
 
 @dataclass(frozen=True)
@@ -77,51 +78,6 @@ def _per_request(
     return statistics.median(values) if values else None
 
 
-@dataclass(frozen=True)
-class Goal:
-    """A goal of issue 18, checked on one run: metaprotocol's best shipped adapter of one
-    build (or the named ``target``) against ``peer`` in ``scenario``."""
-
-    scenario: str
-    peer: str
-    compiled: bool  # the mypyc build's rows (metaprotocol[mypyc]/...), else the interpreted
-    min_ratio: float | None = None  # throughput >= min_ratio x the peer's
-    max_cpu: float | None = None  # CPU per request <= max_cpu x the peer's
-    max_p99: float | None = None  # p99 latency <= max_p99 x the peer's
-    target: str | None = None  # a given target instead of the best adapter
-
-    def text(self) -> str:
-        build = "mypyc" if self.compiled else "interpreted"
-        who = self.target or f"best {build} adapter"
-        parts = []
-        if self.min_ratio is not None:
-            parts.append(f"req/s >= {self.min_ratio:g}x")
-        if self.max_cpu is not None:
-            parts.append(f"CPU/req <= {self.max_cpu:g}x")
-        if self.max_p99 is not None:
-            parts.append(f"p99 <= {self.max_p99:g}x")
-        return f"{self.scenario}, {who}: {', '.join(parts)} {self.peer}"
-
-
-GOALS: tuple[Goal, ...] = (
-    Goal("http", "haproxy-http", True, min_ratio=1.0, max_cpu=1.0),
-    Goal("http", "haproxy-http", False, min_ratio=0.6),
-    Goal("redis-p1", "twemproxy", True, max_cpu=1.5, max_p99=2.0),
-    Goal("redis-p1", "rawfwd/uvloop", True, min_ratio=1.0),
-    Goal("redis-p16", "twemproxy", True, min_ratio=0.8),
-    Goal("dubbo", "rawfwd/uvloop", True, min_ratio=1.0),
-    Goal("dubbo", "rawfwd/uvloop", False, min_ratio=0.8),
-    Goal("thrift", "rawfwd/uvloop", True, min_ratio=1.0),
-    Goal("thrift", "rawfwd/uvloop", False, min_ratio=0.8),
-    *(
-        Goal(scenario, "metaprotocol/asyncio", False, max_cpu=2.0, target="metaprotocol/trio")
-        for scenario in ("redis-p1", "redis-p16", "http", "thrift", "dubbo")
-    ),
-)
-"""Issue 18's goals (Performance v2); a goal whose rows are not in the run is left out."""
-IDLE_GOAL_BYTES = 10 * 1024
-
-
 def _fmt_rps(v: float) -> str:
     return f"{v:,.0f}" if v else "-"
 
@@ -172,77 +128,6 @@ def _scenario_table(s: Scenario, rows: list[Row]) -> list[str]:
     return [*out, ""]
 
 
-def _reached(goal: Goal, mine: Row, theirs: Row) -> tuple[str, bool]:
-    """What ``mine`` reached against ``theirs`` (ratios), and whether the goal is met."""
-    parts: list[str] = []
-    met = True
-    if goal.min_ratio is not None:
-        ratio = mine.rps / theirs.rps
-        parts.append(f"{ratio:.2f}x req/s")
-        met = met and ratio >= goal.min_ratio
-    if goal.max_cpu is not None:
-        if mine.cpu_us is None or not theirs.cpu_us:
-            parts.append("CPU not measured")
-            met = False
-        else:
-            cpu = mine.cpu_us / theirs.cpu_us
-            parts.append(f"{cpu:.2f}x CPU ({mine.cpu_us:.1f} vs {theirs.cpu_us:.1f} µs)")
-            met = met and cpu <= goal.max_cpu
-    if goal.max_p99 is not None:
-        if not theirs.p99_ms:
-            parts.append("p99 not measured")
-            met = False
-        else:
-            p99 = mine.p99_ms / theirs.p99_ms
-            parts.append(f"{p99:.2f}x p99")
-            met = met and p99 <= goal.max_p99
-    return ", ".join(parts), met
-
-
-def _goals(rows: list[Row], memory: Sequence[MemoryResult]) -> list[str]:
-    out = ["## Goals (issue 18)", ""]
-    out += ["| goal | target | reached | met |", "|---|---|--:|:-:|"]
-    for goal in GOALS:
-        theirs = next(
-            (r for r in rows if r.scenario == goal.scenario and r.target == goal.peer and r.rps),
-            None,
-        )
-        mine = [
-            r
-            for r in rows
-            if r.scenario == goal.scenario
-            and r.kind == "metaprotocol"
-            and r.rps
-            and (
-                r.target == goal.target
-                if goal.target is not None
-                # shipped adapters only: not A/B experiments such as .../uvloop-noobserve,
-                # nor rloop (the benchmark's own launcher)
-                else "-" not in r.target
-                and not r.target.endswith("/rloop")
-                and ("[mypyc]" in r.target) == goal.compiled
-            )
-        ]
-        if not mine:
-            continue  # not in this run (no compiled build, or the group was not run)
-        if theirs is None:
-            out.append(f"| {goal.text()} | - | {goal.peer} not measured | - |")
-            continue
-        best = max(mine, key=lambda r: r.rps)
-        reached, met = _reached(goal, best, theirs)
-        out.append(f"| {goal.text()} | {best.target} | {reached} | {'yes' if met else 'no'} |")
-    idle = [m for m in memory if "idle after" in m.note and m.target.startswith("metaprotocol")]
-    if idle:
-        # The worst adapter counts: every adapter should stay under the goal.
-        worst = max(idle, key=lambda m: m.bytes_per_item)
-        ok = "yes" if worst.bytes_per_item <= IDLE_GOAL_BYTES else "no"
-        out.append(
-            f"| idle connection <= 10 KiB (worst adapter) | {worst.target} | "
-            f"{worst.bytes_per_item / 1024:.1f} KiB | {ok} |"
-        )
-    return [*out, ""]
-
-
 def _memory(results: Sequence[MemoryResult]) -> list[str]:
     if not results:
         return []
@@ -270,13 +155,15 @@ def markdown(
     memory: Sequence[MemoryResult],
     profile: Sequence[str],
     notes: Sequence[str],
+    sections: Sequence[str] = (),
 ) -> str:
-    out = list(header)
+    """The report: ``header``, ``sections`` (the goals, then what is not a load scenario),
+    each scenario's table, memory, the profile and the notes."""
+    out = [*header, *sections]
     for s in scenarios:
         mine = [r for r in rows if r.scenario == s.key]
         if mine:
             out += _scenario_table(s, mine)
-    out += _goals(rows, memory)
     out += _memory(memory)
     out += list(profile)
     if notes:

@@ -2,14 +2,18 @@
 
 Groups share one upstream: ``redis`` (redis-server; scenarios redis-p1 and redis-p16),
 ``redis-tls`` (the same, with TLS terminated by the proxy: redis-benchmark --tls; set side
-by side with redis-p1, it gives the TLS cost per request),
-``http`` (nginx serving a 122-byte file; wrk), ``thrift`` and ``dubbo`` (canned servers;
-our load generator). A group starts its upstream and every proxy in front of it, warms each
-target up once, then runs ``rounds`` rounds; each round runs every scenario of the group
-against every target, in an order rotated by one each round, so slow drifts of a shared
-machine spread over all targets. Reported numbers are medians over the rounds. After the
-redis rounds: py-spy profiles of metaprotocol under ``redis-benchmark -P 1``, and the memory
-measurements on freshly started proxies.
+by side with redis-p1, it gives the TLS cost per request), ``http`` (nginx serving a
+122-byte file; wrk), ``http-tls`` (the same over https, TLS terminated by the proxy),
+``thrift`` and ``dubbo`` (canned servers; our load generator), ``redis-shards`` (three
+redis-servers; MSET/MGET split across them). A group starts its upstream and every proxy in
+front of it, warms each target up once, then runs ``rounds`` rounds; each round runs every
+scenario of the group against every target, in an order rotated by one each round, so slow
+drifts of a shared machine spread over all targets. Reported numbers are medians over the
+rounds. After the redis rounds: py-spy profiles of metaprotocol under ``redis-benchmark -P
+1``, and the memory measurements on freshly started proxies. Two groups are not load
+scenarios: ``micro`` (benchmarks/codecs.py and benchmarks/core.py on each build, micro.py)
+and ``isolation`` (benchmarks/isolation.py's bounds on each adapter and build, bounds.py).
+Each goal of issue 18 is then checked on the run's own data (goals.py).
 """
 
 from __future__ import annotations
@@ -30,10 +34,12 @@ from functools import partial
 from pathlib import Path
 from types import FrameType
 
-from . import drivers, targets
+from benchmarks.isolation import Outcome
+
+from . import bounds, drivers, goals, lineup, micro, targets
 from .drivers import DriverError, Load
 from .memory import MemoryResult, idle_connections, inflight_requests
-from .procs import Proc, Procs, StartError, cpu_times, free_port, raise_nofile
+from .procs import Procs, StartError, cpu_times, raise_nofile
 from .profile import Profile, py_spy, record
 from .report import Row, Sample, Scenario, chart, markdown, summarise
 from .targets import Target
@@ -54,10 +60,14 @@ class Settings:
     idle_connections: int  # metaprotocol and twemproxy; TCP forwarders get FORWARDER_CAP
     inflight: int
     profile_requests: int  # -n per test of the profiled redis-benchmark -P 1
+    redis_shards: int  # -n per redis-benchmark test of redis-mset-mget (MSET, MGET)
+    isolation_seconds: float  # of non-reader per isolation measurement
+    codec_seconds: float  # CPU time per codec measurement (benchmarks/codecs.py)
+    core_requests: int  # round trips per core measurement (benchmarks/core.py)
 
 
-FULL = Settings(3, 20_000, 100_000, 3, 50_000, 10_000, 5_000, 40_000)
-QUICK = Settings(1, 5_000, 30_000, 1, 20_000, 2_000, 1_000, 0)
+FULL = Settings(3, 20_000, 100_000, 3, 50_000, 10_000, 5_000, 40_000, 5_000, 3.0, 0.5, 200_000)
+QUICK = Settings(1, 5_000, 30_000, 1, 20_000, 2_000, 1_000, 0, 2_000, 1.5, 0.1, 20_000)
 FORWARDER_CAP = 9_000  # 2 fds per connection under a 20k hard RLIMIT_NOFILE
 # rloop (a Rust asyncio event loop, ``pip install rloop``) runs the asyncio adapter through
 # the benchmark's own launcher (mprun.py); a target that does not start is a note.
@@ -91,6 +101,13 @@ SCENARIOS = (
         ("haproxy-http", "haproxy-tcp", "nginx-stream", "mitmdump", "rawfwd/uvloop"),
     ),
     Scenario(
+        "http-tls",
+        "HTTP/1.1 over TLS to the proxy (plaintext upstream), wrk -t1 -c50 https (122-byte "
+        "static file)",
+        "http-tls",
+        ("haproxy-http-tls",),
+    ),
+    Scenario(
         "thrift",
         "Thrift (framed binary), 50 clients, one call in flight each",
         "thrift",
@@ -110,106 +127,17 @@ SCENARIOS = (
         ("twemproxy",),
     ),
 )
-GROUPS = ("redis", "redis-tls", "http", "thrift", "dubbo", "redis-shards")
-CODEC = {
-    "redis": "redis",
-    "redis-tls": "redis",
-    "http": "http1",
-    "thrift": "thrift",
-    "dubbo": "dubbo",
-    "redis-shards": "redis",
-}
-
-Factory = Callable[[Procs, int], Target]  # (procs, upstream port) -> started target
-
-
-def _start_metaprotocol(adapter: str, codec: str, procs: Procs, upstream: int) -> Target:
-    return targets.start_metaprotocol(procs, adapter, codec, upstream)
-
-
-def _start_no_observe(codec: str, procs: Procs, upstream: int) -> Target:
-    return targets.start_metaprotocol(
-        procs, "uvloop", codec, upstream, label="-noobserve", launcher_flags=("--no-observe",)
-    )
-
-
-def _start_compiled(python: str, adapter: str, codec: str, procs: Procs, upstream: int) -> Target:
-    return targets.start_metaprotocol(procs, adapter, codec, upstream, python=python)
-
-
-def _start_tls(adapter: str, tls: targets.TlsFiles, procs: Procs, upstream: int) -> Target:
-    extra = f"    tls: {{cert_file: {tls.cert}, key_file: {tls.key}}}\n"
-    return targets.start_metaprotocol(procs, adapter, "redis", upstream, extra=extra)
-
-
-def _tls_factories(adapters: tuple[str, ...], tls: targets.TlsFiles) -> list[tuple[str, Factory]]:
-    """TLS termination: metaprotocol on each adapter and haproxy (mode tcp), both ``ssl``."""
-    out: list[tuple[str, Factory]] = [
-        (f"metaprotocol/{a}", partial(_start_tls, a, tls)) for a in adapters
-    ]
-    out.append(("haproxy-tcp-tls", lambda p, u: targets.start_haproxy(p, "tcp", u, tls=tls)))
-    return out
-
-
-def _factories(
-    group: str,
-    adapters: tuple[str, ...],
-    experiments: bool = False,
-    compiled: tuple[str, tuple[str, ...]] | None = None,
-) -> list[tuple[str, Factory]]:
-    codec = CODEC[group]
-    out: list[tuple[str, Factory]] = [
-        (f"metaprotocol/{a}", partial(_start_metaprotocol, a, codec)) for a in adapters
-    ]
-    if compiled is not None:  # the mypyc build, side by side in the same rounds
-        python, compiled_adapters = compiled
-        out += [
-            (f"metaprotocol[mypyc]/{a}", partial(_start_compiled, python, a, codec))
-            for a in compiled_adapters
-        ]
-    if experiments:  # the engine without observer events: what that option would save
-        out.append(("metaprotocol/uvloop-noobserve", partial(_start_no_observe, codec)))
-    if group == "redis":
-        out.append(("twemproxy", targets.start_twemproxy))
-    if group == "http":
-        out.append(("haproxy-http", lambda p, u: targets.start_haproxy(p, "http", u)))
-    out.append(("haproxy-tcp", lambda p, u: targets.start_haproxy(p, "tcp", u)))
-    if group in ("redis", "http"):
-        out.append(("nginx-stream", targets.start_nginx_stream))
-    if group == "http":
-        out.append(("mitmdump", targets.start_mitmdump))
-    out.append(("rawfwd/uvloop", lambda p, u: targets.start_rawfwd(p, "uvloop", u)))
-    out.append(("rawfwd/asyncio", lambda p, u: targets.start_rawfwd(p, "asyncio", u)))
-    if "rloop" in adapters:  # the same forwarder on rloop: its loop's own cost per request
-        out.append(("rawfwd/rloop", lambda p, u: targets.start_rawfwd(p, "rloop", u)))
-    return out
-
-
-def _start_upstream(group: str, procs: Procs) -> tuple[list[int], list[Proc]]:
-    """The group's upstream server(s), their ports and processes (``redis-shards``: three
-    redis-servers; the other groups one server)."""
-    port = free_port()
-    if group in ("redis", "redis-tls"):
-        return [port], [targets.start_redis(procs, port)]
-    if group == "redis-shards":
-        ports = [port, free_port(), free_port()]
-        return ports, [targets.start_redis(procs, p) for p in ports]
-    if group == "http":
-        return [port], [targets.start_nginx_http(procs, port)]
-    return [port], [targets.start_canned(procs, group, port)]
-
-
-def _start_shards(adapter: str, ports: list[int], procs: Procs, upstream: int) -> Target:
-    return targets.start_metaprotocol(procs, adapter, "redis-shards", upstream, shards=ports)
-
-
-def _shard_factories(adapters: tuple[str, ...], ports: list[int]) -> list[tuple[str, Factory]]:
-    """Three Redis shards behind metaprotocol (``ring_hash`` on the key) and twemproxy."""
-    out: list[tuple[str, Factory]] = [
-        (f"metaprotocol/{a}", partial(_start_shards, a, ports)) for a in adapters
-    ]
-    out.append(("twemproxy", lambda p, u: targets.start_twemproxy(p, u, shards=ports)))
-    return out
+GROUPS = (
+    "micro",
+    "redis",
+    "redis-tls",
+    "http",
+    "http-tls",
+    "thrift",
+    "dubbo",
+    "redis-shards",
+    "isolation",
+)
 
 
 def _loads(s: Settings, ca: str) -> dict[str, Callable[[int], Load]]:
@@ -220,19 +148,27 @@ def _loads(s: Settings, ca: str) -> dict[str, Callable[[int], Load]]:
         ),
         "redis-p16": lambda port: drivers.redis_benchmark(port, pipeline=16, requests=s.redis_p16),
         "http": lambda port: drivers.wrk(port, "/index.html", seconds=s.wrk_seconds),
+        "http-tls": lambda port: drivers.wrk(port, "/index.html", seconds=s.wrk_seconds, tls=True),
         "thrift": lambda port: drivers.loadgen("thrift", port, requests=s.rpc_requests),
         "dubbo": lambda port: drivers.loadgen("dubbo", port, requests=s.rpc_requests),
-        "redis-mset-mget": lambda port: drivers.redis_mset_mget(port, requests=s.redis_p1),
+        "redis-mset-mget": lambda port: drivers.redis_mset_mget(port, requests=s.redis_shards),
     }
 
 
-_WARMUP: dict[str, Callable[[int], Load]] = {
-    "redis": lambda port: drivers.redis_benchmark(port, pipeline=1, requests=1000),
-    "http": lambda port: drivers.wrk(port, "/index.html", seconds=1),
-    "thrift": lambda port: drivers.loadgen("thrift", port, requests=2000),
-    "dubbo": lambda port: drivers.loadgen("dubbo", port, requests=2000),
-    "redis-shards": lambda port: drivers.redis_mset_mget(port, requests=1000),
-}
+def _warmups(ca: str) -> dict[str, Callable[[int], Load]]:
+    """One short load per group before its rounds (bounded: a target that hangs on it is
+    skipped within a minute)."""
+    return {
+        "redis": lambda port: drivers.redis_benchmark(port, pipeline=1, requests=1000, timeout=60),
+        "redis-tls": lambda port: drivers.redis_benchmark(
+            port, pipeline=1, requests=1000, tls_ca=ca, timeout=60
+        ),
+        "http": lambda port: drivers.wrk(port, "/index.html", seconds=1),
+        "http-tls": lambda port: drivers.wrk(port, "/index.html", seconds=1, tls=True),
+        "thrift": lambda port: drivers.loadgen("thrift", port, requests=2000),
+        "dubbo": lambda port: drivers.loadgen("dubbo", port, requests=2000),
+        "redis-shards": lambda port: drivers.redis_mset_mget(port, requests=1000),
+    }
 
 
 class Run:
@@ -253,6 +189,9 @@ class Run:
         self.notes: list[str] = []
         self.memory: list[MemoryResult] = []
         self.profile_md: list[str] = []
+        self.micro: dict[str, dict[str, object]] = {}
+        self.isolation: list[Outcome] = []
+        self.timings: dict[str, float] = {}
         self.tls = targets.make_certificates(procs.workdir)
         self.upstream_pgids: list[int] = []  # the current group's upstream servers
 
@@ -261,22 +200,60 @@ class Run:
 
     # Throughput ------------------------------------------------------------------------
 
+    def timed_group(self, group: str, profile: bool, memory: bool) -> None:
+        """Run ``group`` and record (and print) how long it took."""
+        started = time.monotonic()
+        try:
+            if group == "micro":
+                self.run_micro()
+            elif group == "isolation":
+                self.run_isolation()
+            else:
+                self.group(group, profile, memory)
+        finally:
+            self.timings[group] = time.monotonic() - started
+            self.log(f"{group}: took {self.timings[group]:.0f} s")
+
+    def builds(self) -> list[tuple[str, str, tuple[str, ...]]]:
+        """(target prefix, python, adapters) of the interpreted build and the compiled one."""
+        out = [("metaprotocol", sys.executable, self.adapters)]
+        if self.compiled is not None:
+            out.append(("metaprotocol[mypyc]", *self.compiled))
+        return out
+
+    def run_micro(self) -> None:
+        pythons = {"interpreted": sys.executable}
+        if self.compiled is not None:
+            pythons["mypyc"] = self.compiled[0]
+        settings = micro.MicroSettings(self.settings.codec_seconds, self.settings.core_requests)
+        self.log(f"micro: benchmarks/codecs.py and benchmarks/core.py on {', '.join(pythons)}")
+        self.micro = dict(micro.measure(pythons, settings, self.notes))
+
+    def run_isolation(self) -> None:
+        self.log(f"isolation: {self.settings.isolation_seconds:g} s of non-reader each")
+        self.isolation = bounds.measure(
+            self.builds(), self.settings.isolation_seconds, self.log, self.notes
+        )
+
     def group(self, group: str, profile: bool, memory: bool) -> None:
         scenarios = [s for s in SCENARIOS if s.group == group]
         ca = self.tls.ca
         loads = _loads(self.settings, ca)
-        ports, servers = _start_upstream(group, self.procs)
+        ports, servers = lineup.start_upstream(group, self.procs)
         upstream = ports[0]
         self.upstream_pgids = [proc.pgid for proc in servers]
-        if group == "redis-tls":  # the upstream is plaintext: no direct row
+        if group in ("redis-tls", "http-tls"):  # the upstream is plaintext: no direct row
             started: list[Target] = []
-            factories = _tls_factories(self.adapters, self.tls)
+            factories = lineup.tls_factories(group, self.adapters, self.tls, self.compiled)
+            skipped = [a for a in self.adapters if a in lineup.NO_TLS]
+            if skipped:
+                self.notes.append(f"{group}: not measured on {', '.join(skipped)} (no TLS)")
         elif group == "redis-shards":  # no direct row either: a client cannot split MGET
             started = []
-            factories = _shard_factories(self.adapters, ports)
+            factories = lineup.shard_factories(self.adapters, ports, self.compiled)
         else:
             started = [Target("direct", "direct", upstream)]
-            factories = _factories(group, self.adapters, self.experiments, self.compiled)
+            factories = lineup.factories(group, self.adapters, self.experiments, self.compiled)
         for name, factory in factories:
             try:
                 target = factory(self.procs, upstream)
@@ -293,12 +270,10 @@ class Run:
                     if target.proc is not None:
                         self.procs.stop(target.proc)
         live = []
+        warmup = _warmups(ca)[group]
         for target in started:
             try:
-                if group == "redis-tls":
-                    drivers.redis_benchmark(target.port, pipeline=1, requests=1000, tls_ca=ca)
-                else:
-                    _WARMUP[group](target.port)
+                warmup(target.port)
                 live.append(target)
             except DriverError as exc:
                 self._skip(group, target.name, f"failed its warm-up: {exc}")
@@ -414,7 +389,7 @@ class Run:
 
     def measure_memory(self, upstream: int) -> None:
         n = self.settings.idle_connections
-        for name, factory in _factories("redis", self.adapters):
+        for name, factory in lineup.factories("redis", self.adapters):
             count = (
                 n
                 if name.startswith("metaprotocol") or name == "twemproxy"
@@ -541,11 +516,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
     parser.add_argument("--keep-workdir", action="store_true", help="keep configs and logs")
     args = parser.parse_args(argv)
+    command = " ".join(["python -m benchmarks.e2e", *(sys.argv[1:] if argv is None else argv)])
     settings = QUICK if args.quick else FULL
     if args.rounds:
         settings = replace(settings, rounds=args.rounds)
     adapters = tuple(a for a in args.adapters.split(",") if a)
     groups = [g for g in args.groups.split(",") if g]
+    unknown = [g for g in groups if g not in GROUPS]
+    if unknown:
+        parser.error(f"unknown group(s) {', '.join(unknown)}; choose from {', '.join(GROUPS)}")
     missing = [
         b for b in ("redis-server", "redis-benchmark", "wrk", "nginx") if not shutil.which(b)
     ]
@@ -568,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     try:
         for group in groups:
-            run.group(
+            run.timed_group(
                 group,
                 profile=group == "redis" and not args.no_profile and settings.profile_requests > 0,
                 memory=group == "redis" and not args.no_memory,
@@ -589,12 +568,27 @@ def main(argv: list[str] | None = None) -> int:
         )
     rows = run.rows()
     mode = "--quick" if args.quick else "full"
+    data = {
+        "mode": mode,
+        "command": command,
+        "settings": asdict(settings),
+        "seconds": elapsed,
+        "timings": run.timings,
+        "rows": [asdict(r) for r in rows],
+        "memory": [asdict(m) | {"bytes_each": m.bytes_per_item} for m in run.memory],
+        "micro": run.micro,
+        "isolation": [asdict(o) for o in run.isolation],
+        "notes": run.notes,
+    }
+    verdicts = goals.evaluate(data)
+    data["goals"] = [asdict(v) for v in verdicts]
     header = [
         "# metaprotocol end-to-end benchmark",
         "",
-        f"`python -m benchmarks.e2e{' --quick' if args.quick else ''}` ({mode}: "
-        f"{settings.rounds} round(s), targets alternating per round, medians), "
-        f"{time.strftime('%Y-%m-%d %H:%M')}, took {elapsed:.0f} s.",
+        f"`{command}` ({mode}: {settings.rounds} round(s), targets alternating per round, "
+        f"medians), {time.strftime('%Y-%m-%d %H:%M')}, took {elapsed:.0f} s ("
+        + ", ".join(f"{g} {t:.0f} s" for g, t in run.timings.items())
+        + ").",
         "",
         *_machine(),
         "- every proxy single-threaded / one worker; proxy CPU = utime+stime of its process "
@@ -604,22 +598,16 @@ def main(argv: list[str] | None = None) -> int:
         "",
     ]
     chosen = [s for s in SCENARIOS if s.group in groups]
-    text = markdown(header, chosen, rows, run.memory, run.profile_md, run.notes)
-    (args.out / "latest.md").write_text(text)
-    (args.out / "latest.json").write_text(
-        json.dumps(
-            {
-                "mode": mode,
-                "settings": asdict(settings),
-                "rows": [asdict(r) for r in rows],
-                "memory": [asdict(m) | {"bytes_each": m.bytes_per_item} for m in run.memory],
-                "notes": run.notes,
-            },
-            indent=1,
-        )
-    )
     problem = chart(args.out / "latest.png", chosen, rows, f"metaprotocol e2e ({mode})", run.memory)
     if problem:
         run.notes.append(problem)
+    sections = [
+        *goals.markdown(verdicts),
+        *micro.markdown(run.micro),
+        *bounds.markdown(run.isolation, settings.isolation_seconds),
+    ]
+    text = markdown(header, chosen, rows, run.memory, run.profile_md, run.notes, sections)
+    (args.out / "latest.md").write_text(text)
+    (args.out / "latest.json").write_text(json.dumps(data, indent=1))
     print(text)
     return 0
