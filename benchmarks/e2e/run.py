@@ -258,7 +258,7 @@ class Run:
             try:
                 target = factory(self.procs, upstream)
             except (StartError, OSError) as exc:
-                self._skip(group, name, f"did not start: {str(exc).splitlines()[0]}")
+                self._skip(group, name, f"did not start: {_reason(exc)}")
                 continue
             self.kinds[target.name] = target.kind
             started.append(target)
@@ -276,7 +276,7 @@ class Run:
                 warmup(target.port)
                 live.append(target)
             except DriverError as exc:
-                self._skip(group, target.name, f"failed its warm-up: {exc}")
+                self._skip(group, target.name, f"failed its warm-up: {_reason(exc)}")
         self.log(f"{group}: {len(live)} targets: {', '.join(t.name for t in live)}")
         for rnd in range(self.settings.rounds):
             for scenario in scenarios:
@@ -311,8 +311,8 @@ class Run:
         try:
             result = load(target.port)
         except DriverError as exc:
-            self.failed[(key, target.name)] = str(exc).splitlines()[0][:200]
-            self.notes.append(f"{target.name} ({key}): {exc}")
+            self.failed[(key, target.name)] = _reason(exc)
+            self.notes.append(f"{target.name} ({key}): {_reason(exc)}")
             return
         upstream = sum(sum(cpu_times(pgid)) for pgid in self.upstream_pgids) - upstream_before
         sample = Sample(result, None, upstream_seconds=upstream)
@@ -398,7 +398,7 @@ class Run:
             try:
                 target = factory(self.procs, upstream)
             except (StartError, OSError) as exc:
-                self.notes.append(f"memory of {name}: did not start: {exc}")
+                self.notes.append(f"memory of {name}: did not start: {_reason(exc)}")
                 continue
             assert target.proc is not None
             try:
@@ -432,6 +432,16 @@ class Run:
                 for t in started:
                     if t.proc is not None:
                         self.procs.stop(t.proc)
+
+
+def _reason(exc: BaseException) -> str:
+    """An error as one line of a Markdown list: its first line and, when the cause is further
+    down (a process's log tail), its last one."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    text = lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"
+    return text[:300]
 
 
 def _profile_tables(name: str, prof: Profile) -> list[str]:
