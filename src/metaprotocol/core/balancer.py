@@ -26,8 +26,12 @@ RandomSource = Callable[[], float]
 
 
 def stable_hash(key: str) -> int:
-    """A 64-bit hash that is the same in every process (Python's ``hash`` is salted)."""
-    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big")
+    """A 64-bit hash that is the same in every process (Python's ``hash`` is salted). A key
+    decoded from a client's bytes may hold lone surrogates (undecodable bytes, kept with
+    ``surrogateescape``): they hash as those bytes instead of raising."""
+    return int.from_bytes(
+        hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=8).digest(), "big"
+    )
 
 
 class EndpointState:
