@@ -97,6 +97,30 @@ def test_mget_merges_resp3_elements_as_they_came() -> None:
     assert merged == b"*2\r\n_\r\n$1\r\nx\r\n"
 
 
+ELEMENTS = st.one_of(
+    st.binary(max_size=12).map(lambda b: b"$%d\r\n%s\r\n" % (len(b), b)),
+    st.sampled_from([b"$-1\r\n", b"_\r\n", b"$0\r\n\r\n", b"$4\r\n\r\n\r\n\r\n", b":7\r\n",
+                     b"*2\r\n$1\r\n$\r\n_\r\n", b"%1\r\n+a\r\n$-1\r\n"]),
+)  # fmt: skip
+
+
+@given(st.lists(ELEMENTS, min_size=1, max_size=12), st.data())
+def test_mget_merge_copies_every_element_kind_as_it_came(
+    elements: list[bytes], data: st.DataObject
+) -> None:
+    """Bulk strings and nils are framed in place, other kinds (RESP3 nulls, nested
+    replies) by the reply decoder, in one part's answer alike: each lands where its key was."""
+    keys = [f"{'ab'[data.draw(st.integers(0, 1))]}{i}" for i in range(len(elements))]
+    fan = split(pack("MGET", *keys))
+    if fan is None:
+        return  # every key on one shard: it goes whole
+    answers = []
+    for letter in ("a", "b") if keys[0][0] == "a" else ("b", "a"):
+        mine = [e for e, k in zip(elements, keys, strict=True) if k[0] == letter]
+        answers.append(reply(b"*%d\r\n%s" % (len(mine), b"".join(mine))))
+    assert fan.merge(answers) == b"*%d\r\n%s" % (len(elements), b"".join(elements))
+
+
 def test_mset_splits_pairs_and_answers_ok_when_all_parts_did() -> None:
     fan = split(pack("MSET", "a1", "1", "b1", "2", "a2", "3"))
     assert [frame for frame, _ in parts_of(fan)] == [

@@ -15,7 +15,9 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Final, cast
 
 from metaprotocol.codecs.redis.slots import key_slot
+from metaprotocol.core.balancer import Balancer
 from metaprotocol.core.codec import NarrowsHashInput, PartFailed
+from metaprotocol.core.config import RouteAction
 from metaprotocol.core.message import ErrorType, Message, ResponseStatus
 from metaprotocol.core.routing import hash_key, match_route
 from metaprotocol.core.state import ActiveRequest, ClusterRuntime, ListenerRuntime
@@ -47,9 +49,14 @@ class SplitTarget:
       the hash picks (hash tags narrowed by ``narrowing``), as ``Sender.send`` will pick it;
     - a Redis Cluster (``ClusterRuntime.slots``): the ``key``'s slot, not its node:
       redis-server refuses a multi-key command across slots even on one node.
+
+    One instance serves one split, which asks once per key: the route and cluster are
+    looked up once per combination of the values the routes match on
+    (``ListenerRuntime.route_reads``, usually just the command, the same for every key),
+    so a key costs only its hash or slot.
     """
 
-    __slots__ = ("clusters", "listener", "narrow", "now")
+    __slots__ = ("clusters", "listener", "narrow", "now", "plans", "reads")
 
     def __init__(
         self, listener: ListenerRuntime, clusters: Mapping[str, ClusterRuntime], now: float
@@ -58,30 +65,74 @@ class SplitTarget:
         self.clusters = clusters
         self.now = now
         self.narrow = narrowing(listener)
+        self.reads = listener.route_reads
+        self.plans: dict[tuple[str | None, ...], _Plan] = {}
 
     def __call__(self, properties: Mapping[str, str]) -> Hashable:
+        get = properties.get
+        memo = tuple([get(name) for name in self.reads])
+        plan = self.plans.get(memo)
+        if plan is None:
+            plan = self.plans[memo] = self._plan(properties)
+        kind = plan.kind
+        if kind == _FIXED:
+            return plan.fixed
+        if kind == _SLOT:
+            key = get("key")
+            return plan.fixed if key is None else ("slot", plan.name, key_slot(key))
+        key = hash_key(plan.action, properties, self.narrow)
+        if key is None:
+            return plan.fixed
+        balancer = plan.balancer
+        assert balancer is not None  # a _HASHED plan has its cluster's
+        endpoint = balancer.pick(self.now, key, frozenset())
+        return ("endpoint", plan.name, endpoint.label if endpoint is not None else "")
+
+    def _plan(self, properties: Mapping[str, str]) -> _Plan:
         route = match_route(self.listener.routes, dict(properties))
         if route is None:
-            return None
+            return _Plan(_FIXED, None)
         action = route.action
         name = action.cluster
         if name is None:
-            return ("route", route.name)
+            return _Plan(_FIXED, ("route", route.name))
+        whole = ("cluster", name)
         cluster = self.clusters.get(name)
-        if cluster is not None and cluster.slots is not None:
-            key = properties.get("key")
-            return ("cluster", name) if key is None else ("slot", name, key_slot(key))
-        if (
-            cluster is None
-            or not action.hash_policy
-            or cluster.config.lb_policy not in HASHED_POLICIES
-        ):
-            return ("cluster", name)
-        key = hash_key(action, properties, self.narrow)
-        if key is None:
-            return ("cluster", name)
-        endpoint = cluster.balancer.pick(self.now, key, frozenset())
-        return ("endpoint", name, endpoint.label if endpoint is not None else "")
+        if cluster is None:
+            return _Plan(_FIXED, whole)
+        if cluster.slots is not None:
+            return _Plan(_SLOT, whole, name)
+        if not action.hash_policy or cluster.config.lb_policy not in HASHED_POLICIES:
+            return _Plan(_FIXED, whole)
+        return _Plan(_HASHED, whole, name, action, cluster.balancer)
+
+
+# How a ``_Plan`` answers for a key: its ``fixed`` target, the key's slot, the key's hash.
+_FIXED: Final = 0
+_SLOT: Final = 1
+_HASHED: Final = 2
+_NO_ACTION: Final = RouteAction()  # a plan without a route's (it never hashes)
+
+
+class _Plan:
+    """What ``SplitTarget`` found for one route: ``fixed`` is the target of every key
+    (``_FIXED``), or of a key without a slot or hash key."""
+
+    __slots__ = ("action", "balancer", "fixed", "kind", "name")
+
+    def __init__(
+        self,
+        kind: int,
+        fixed: Hashable,
+        name: str = "",
+        action: RouteAction = _NO_ACTION,
+        balancer: Balancer | None = None,
+    ) -> None:
+        self.kind = kind
+        self.fixed = fixed
+        self.name = name
+        self.action = action
+        self.balancer = balancer
 
 
 def child_request(parent: ActiveRequest, part: Message, index: int, now: float) -> ActiveRequest:

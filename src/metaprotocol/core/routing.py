@@ -51,9 +51,16 @@ def hash_key(
     """The consistent-hashing key built from the route's ``hash_policy`` metadata keys.
     ``narrow(name, value)``: the part of each value that hashing sees (the codec's
     ``NarrowsHashInput.hash_input``: a Redis key's hash tag), when the codec has one."""
-    if not action.hash_policy:
+    policy = action.hash_policy
+    if not policy:
         return None
-    parts = [properties.get(k) for k in action.hash_policy]
+    if len(policy) == 1:  # the common case (``[key]``), once per key of a split: no join
+        name = policy[0]
+        value = properties.get(name)
+        if value is None:
+            return None
+        return value if narrow is None else narrow(name, value)
+    parts = [properties.get(k) for k in policy]
     if all(p is None for p in parts):
         return None
     if narrow is not None:

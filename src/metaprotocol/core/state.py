@@ -56,6 +56,7 @@ class ListenerRuntime:
         "labels",
         "ordered",
         "route_counters",
+        "route_reads",
         "routes",
     )
 
@@ -77,6 +78,11 @@ class ListenerRuntime:
         self.filters = filters
         self.labels = labels
         self.routes: tuple[RouteConfig, ...] = config.routes
+        # The property names any route matches on (fanout.SplitTarget: keys whose
+        # properties agree on these take the same route, so it is matched once for them).
+        self.route_reads: tuple[str, ...] = tuple(
+            sorted({name for route in config.routes for name, _ in route.match.metadata})
+        )
         self.ordered = codec_factory.ordering is not Ordering.MULTIPLEXED
         # Optional codec hooks, looked up once here rather than per message.
         self.caps: Capabilities = capabilities_of(codec_factory)

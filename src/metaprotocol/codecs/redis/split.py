@@ -201,22 +201,52 @@ def _error(encode_error: ErrorReply, request: Message, error: ErrorType, detail:
 
 
 def _elements(frame: bytes) -> list[bytes] | None:
-    """The elements of an array reply, each as its own bytes; None if not an array."""
+    """The elements of an array reply, each as its own bytes; None if not an array.
+
+    ``frame`` is one whole reply the upstream decoder framed already. MGET's elements are
+    bulk strings and RESP2 nils: those are sliced out here in place (a few bytes
+    operations each); any other kind (a RESP3 null, a nested reply) goes through a
+    ``ReplyDecoder``, which costs a parse and a copy of the rest of the frame."""
     if frame[:1] != b"*":
         return None
     eol = frame.find(b"\r\n")
     count_text = frame[1:eol]
     if eol < 0 or not count_text.isdigit():
         return None
-    buffer = bytearray(frame[eol + 2 :])
-    decoder = ReplyDecoder(len(frame) + 1, _MAX_ELEMENTS, _MAX_DEPTH)
+    size = len(frame)
+    pos = eol + 2
     elements = []
     for _ in range(int(count_text)):
-        try:
-            element = decoder.decode(buffer)
-        except ProtocolError:
-            return None
-        if element is NEED_DATA:
-            return None
-        elements.append(element.frame)
-    return elements if not buffer else None
+        end = -1
+        if frame[pos : pos + 1] == b"$":
+            eol = frame.find(b"\r\n", pos)
+            if eol < 0:
+                return None
+            line = frame[pos + 1 : eol]
+            if line == b"-1":
+                end = eol + 2
+            elif line.isdigit():
+                end = eol + 4 + int(line)
+                if end > size or frame[end - 2 : end] != b"\r\n":
+                    return None
+        if end < 0:
+            end = _decoded_end(frame, pos)
+            if end < 0:
+                return None
+        elements.append(frame[pos:end])
+        pos = end
+    return elements if pos == size else None
+
+
+def _decoded_end(frame: bytes, pos: int) -> int:
+    """Where the reply at ``pos`` in ``frame`` ends, by the reply decoder; -1 if it does
+    not decode."""
+    buffer = bytearray(frame[pos:])
+    decoder = ReplyDecoder(len(buffer) + 1, _MAX_ELEMENTS, _MAX_DEPTH)
+    try:
+        element = decoder.decode(buffer)
+    except ProtocolError:
+        return -1
+    if element is NEED_DATA:
+        return -1
+    return len(frame) - len(buffer)
