@@ -320,3 +320,39 @@ def test_a_redis_cluster_splits_per_slot_not_per_node() -> None:
     for conn in opened.values():
         pb >> Closed(conn)
     pb.assert_clean()
+
+
+def test_a_listener_whose_requests_all_go_to_one_place_does_not_ask_the_codec() -> None:
+    """Every route to one cluster with a catch-all: no key can land elsewhere, so the router
+    skips the codec's ``split`` (a per-request cost); the command goes whole."""
+    prefix_to_main = (
+        RouteConfig(
+            "sessions",
+            RouteAction(cluster="main"),
+            RouteMatch((("key", StringMatcher("prefix", "session:")),)),
+        ),
+        RouteConfig("default", RouteAction(cluster="main")),
+    )
+    proxy = Proxy(config(prefix_to_main, codec="redis"), now=0.0)
+    assert not proxy.runtime.listeners["main"].splits
+    pb = Playbook(proxy)
+    mget = cmd("MGET", "a", "session:b")
+    pb >> Accepted(1, "main") >> DataReceived(1, mget)
+    pb << OpenUpstream(-1, *UP)
+    pb >> UpstreamConnected(-1)
+    pb << Write(-1, mget)
+    pb >> DataReceived(-1, array(bulk("A"), NIL))
+    pb << Write(1, array(bulk("A"), NIL))
+    pb >> Closed(1) >> Closed(-1)
+    pb.assert_clean()
+    # Two clusters, no catch-all, a hashing cluster with a hash policy, a Redis Cluster:
+    # requests may go to several places, so the codec is asked.
+    assert by_prefix().runtime.listeners["main"].splits
+    only_prefix = Proxy(config(prefix_to_main[:1], codec="redis"), now=0.0)
+    assert only_prefix.runtime.listeners["main"].splits
+    hashed = (RouteConfig("all", RouteAction(cluster="main", hash_policy=("key",))),)
+    ring = (ClusterConfig("main", (Endpoint(*UP), Endpoint(*SESSIONS_UP)), lb_policy="ring_hash"),)
+    assert Proxy(config(hashed, ring, codec="redis"), now=0.0).runtime.listeners["main"].splits
+    plain = (ClusterConfig("main", (Endpoint(*UP),), lb_policy="round_robin"),)
+    assert not Proxy(config(hashed, plain, codec="redis"), now=0.0).runtime.listeners["main"].splits
+    assert cluster_playbook().proxy.runtime.listeners["main"].splits

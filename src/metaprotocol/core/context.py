@@ -10,10 +10,10 @@ a lookup in the table.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from metaprotocol.core.lifecycle import PendingCall
-from metaprotocol.core.outputs import Output
+from metaprotocol.core.outputs import Output, Write
 from metaprotocol.core.stats import Stats
 from metaprotocol.core.timers import DeadlineQueue, Timers
 
@@ -23,7 +23,23 @@ if TYPE_CHECKING:
     from metaprotocol.core.runtime import Runtime
     from metaprotocol.core.state import ActiveRequest, Downstream, Pool, Upstream
 
-__all__ = ["Context"]
+__all__ = ["Context", "write"]
+
+# ``Write`` is a frozen dataclass of core/outputs.py, which stays interpreted in the compiled
+# build: calling it runs its generated ``__init__`` in a Python frame, each field set through
+# ``object.__setattr__`` (about 0.3 us; two per request/response round trip). ``write`` makes
+# the same object by filling its two slots directly, a third of the cost.
+_new_object: Final = object.__new__
+_set_conn: Final = cast(Any, Write).__dict__["conn"].__set__
+_set_data: Final = cast(Any, Write).__dict__["data"].__set__
+
+
+def write(conn: int, data: bytes) -> Write:
+    """``Write(conn, data)``, made faster (the outputs' hot path): equal to it in every way."""
+    instruction = _new_object(Write)
+    _set_conn(instruction, conn)
+    _set_data(instruction, data)
+    return instruction
 
 
 class Context:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Final, cast
 
 from metaprotocol.core.codec import DecodesMany, SendsInterimReply, Side, codec_failure
-from metaprotocol.core.context import Context
+from metaprotocol.core.context import Context, write
 from metaprotocol.core.filterchain import FilterChain
 from metaprotocol.core.flow import FlowControl, Reason
 from metaprotocol.core.lifecycle import RequestState, advance
@@ -26,7 +26,6 @@ from metaprotocol.core.outputs import (
     Decoded,
     LocalReplied,
     RequestCompleted,
-    Write,
 )
 from metaprotocol.core.replies import Replies
 from metaprotocol.core.requests import RequestLifecycle
@@ -146,7 +145,7 @@ class Downstreams:
                         self.ctx.stats.inc("codec_error")
                         early = None
                     if early:
-                        self.out.append(Write(ds.id, early))
+                        self.out.append(write(ds.id, early))
                 if len(buffer) > lc.max_message_size:
                     too_large = ProtocolError("message too large", ErrorType.MESSAGE_TOO_LARGE)
                     self._decode_failed(ds, too_large, now, len(buffer))
@@ -271,7 +270,7 @@ class Downstreams:
         new_id = init.upstream_id if init.upstream_id != sid else None
         data = up.codec.encode(msg, request_id=new_id)
         if up.connected:
-            self.out.append(Write(up.id, data))
+            self.out.append(write(up.id, data))
         else:
             up.queued.append(data)
         if msg.type is MessageType.STREAM_CLOSE and msg.status is ResponseStatus.ERROR:

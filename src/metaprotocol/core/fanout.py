@@ -17,12 +17,19 @@ from typing import Final, cast
 from metaprotocol.codecs.redis.slots import key_slot
 from metaprotocol.core.balancer import Balancer
 from metaprotocol.core.codec import NarrowsHashInput, PartFailed
-from metaprotocol.core.config import RouteAction
+from metaprotocol.core.config import RouteAction, RouteConfig
 from metaprotocol.core.message import ErrorType, Message, ResponseStatus
 from metaprotocol.core.routing import hash_key, match_route
 from metaprotocol.core.state import ActiveRequest, ClusterRuntime, ListenerRuntime
 
-__all__ = ["HASHED_POLICIES", "SplitTarget", "child_request", "merged_status", "narrowing"]
+__all__ = [
+    "HASHED_POLICIES",
+    "SplitTarget",
+    "child_request",
+    "merged_status",
+    "narrowing",
+    "one_target",
+]
 
 # The load-balancing policies whose endpoint follows from the request's hash key alone
 # (any other picks per request: a cluster of them is one target).
@@ -133,6 +140,30 @@ class _Plan:
         self.name = name
         self.action = action
         self.balancer = balancer
+
+
+def one_target(routes: Sequence[RouteConfig], clusters: Mapping[str, ClusterRuntime]) -> bool:
+    """Whether ``SplitTarget`` has one answer for every request of ``routes``: each route
+    names the same cluster, which is no Redis Cluster and does not hash a route's
+    ``hash_policy`` to an endpoint, and one route matches everything (no request goes
+    unrouted). Such a listener never splits (its keys cannot span targets), so the router
+    does not ask the codec (``ListenerRuntime.splits``)."""
+    names = {route.action.cluster for route in routes}
+    if len(names) != 1:
+        return False
+    (name,) = names
+    if name is None:
+        return False  # weighted clusters: each route is a target of its own
+    cluster = clusters.get(name)
+    if cluster is not None and (
+        cluster.slots is not None
+        or (
+            cluster.config.lb_policy in HASHED_POLICIES
+            and any(route.action.hash_policy for route in routes)
+        )
+    ):
+        return False
+    return any(not route.match.metadata for route in routes)
 
 
 def child_request(parent: ActiveRequest, part: Message, index: int, now: float) -> ActiveRequest:

@@ -15,12 +15,15 @@ from typing import Final, cast
 
 from metaprotocol.core.codec import Codec, DecodesMany
 from metaprotocol.core.config import RouteConfig
+from metaprotocol.core.context import write
 from metaprotocol.core.message import Message, NeedData, ResponseStatus
-from metaprotocol.core.outputs import Output, Write
+from metaprotocol.core.outputs import Output
 from metaprotocol.core.routing import match_route
 from metaprotocol.core.state import ActiveRequest, ClusterRuntime, ListenerRuntime, Upstream
 
 __all__ = ["PARTIAL_FLUSH", "MergeRun", "PipelineMerge"]
+
+_OK: Final = ResponseStatus.OK  # a module constant: no class lookup when compiled
 
 _NO_LIMIT: Final = 2**62
 # Answers to a merged message are written in one piece, unless they pass this many bytes
@@ -115,7 +118,7 @@ class PipelineMerge:
             return False
         counters = req.listener.counters
         counters.response += n
-        if msg.status is ResponseStatus.OK:
+        if msg.status is _OK:
             counters.response_success += n
         else:
             counters.response_error += n
@@ -134,7 +137,7 @@ class PipelineMerge:
             # the proxy holding up to max_pending_requests answers for it.
             data = b"".join(partial)
             ds.held -= len(data)
-            self.out.append(Write(ds.id, data))
+            self.out.append(write(ds.id, data))
             partial.clear()
             if ds.unread is None:
                 return False

@@ -49,6 +49,11 @@ class Queued:
 QUEUED: Final = Queued()
 _TOO_MANY_PENDING: Final = Rejected(ErrorType.OVER_LIMIT, "too many pending requests")
 _MAX_CONNECTIONS: Final = Rejected(ErrorType.OVER_LIMIT, "cluster max_connections reached")
+# Enum members as module constants: a compiled build reads these without a class lookup.
+_MULTIPLEXED: Final = Ordering.MULTIPLEXED
+_ORDERED: Final = Ordering.ORDERED
+_EXCLUSIVE: Final = Ordering.EXCLUSIVE
+_ONEWAY: Final = MessageType.ONEWAY
 
 
 def _no_timeout(target: object, now: float) -> None:
@@ -89,7 +94,7 @@ class Pools:
             pool = self.pool(req, endpoint)
         conns = pool.connections
         if (
-            pool.ordering is Ordering.MULTIPLEXED
+            pool.ordering is _MULTIPLEXED
             and len(conns) == 1
             and conns[0].connected
             and len(conns[0].inflight) < SHARE_THRESHOLD
@@ -122,7 +127,7 @@ class Pools:
         """``acquire`` once the pool is known."""
         ordering = pool.ordering
         ds = req.downstream
-        if ordering is not Ordering.ORDERED or ds is None:
+        if ordering is not _ORDERED or ds is None:
             return self._choose(pool, req, now)
         # FIFO protocols: one client's requests stay on one upstream connection, or a
         # pipelined SET then GET could run in the other order on two connections.
@@ -136,14 +141,14 @@ class Pools:
 
     def _choose(self, pool: Pool, req: ActiveRequest, now: float) -> Upstream | Queued | Rejected:
         conns = pool.connections
-        if len(conns) == 1 and pool.ordering is not Ordering.EXCLUSIVE:
+        if len(conns) == 1 and pool.ordering is not _EXCLUSIVE:
             only = conns[0]
             if only.load < SHARE_THRESHOLD and only.connected and not only.blocked_by:
                 return only  # the common case: one shared, connected, lightly loaded connection
         limit = pool.cluster.config.max_connections_per_endpoint
         breakers = pool.cluster.config.circuit_breakers
         can_open = len(conns) < limit and pool.cluster.connections < breakers.max_connections
-        if pool.ordering is Ordering.EXCLUSIVE:
+        if pool.ordering is _EXCLUSIVE:
             for up in conns:
                 if up.load == 0 and not up.queued:
                     return up
@@ -208,7 +213,7 @@ class Pools:
                 req.downstream.id, req.route.name, pool.cluster.config.name, pool.endpoint.label
             )
             self.out.append(routed)
-        if req.message.type is MessageType.ONEWAY or req.deadline_queue is not None:
+        if req.message.type is _ONEWAY or req.deadline_queue is not None:
             return  # no answer to wait for, or the deadline of an earlier try still runs
         route = req.route
         assert route is not None

@@ -6,12 +6,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from metaprotocol.core.codec import Codec, Ordering, PartFailed
-from metaprotocol.core.context import Context
+from metaprotocol.core.context import Context, write
 from metaprotocol.core.fanout import merged_status
 from metaprotocol.core.flow import FlowControl, Reason
 from metaprotocol.core.merging import PipelineMerge
 from metaprotocol.core.message import ErrorType, Message, MessageType
-from metaprotocol.core.outputs import CloseConnection, LocalReplied, Write
+from metaprotocol.core.outputs import CloseConnection, LocalReplied
 from metaprotocol.core.requests import RequestLifecycle
 from metaprotocol.core.state import ActiveRequest, Downstream, ReplySlot, Upstream
 
@@ -118,7 +118,7 @@ class Replies:
             if (ds.slots or ds.unread is not None) and self.over_limit(ds):
                 return
         else:
-            self.out.append(Write(ds.id, data))
+            self.out.append(write(ds.id, data))
             if ds.unread is not None:  # it does not read its replies: count this one
                 ds.unread += len(data)
                 if self.over_limit(ds):
@@ -187,7 +187,7 @@ class Replies:
             ds.add_slot(slot)
             self.flush_slots(ds)
         else:
-            self.out.append(Write(ds.id, reply))
+            self.out.append(write(ds.id, reply))
             if ds.unread is not None:
                 ds.unread += len(reply)
 
@@ -208,7 +208,7 @@ class Replies:
             ds.slots = None
         if chunks:
             data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-            self.out.append(Write(ds.id, data))
+            self.out.append(write(ds.id, data))
             if ds.unread is not None:
                 ds.unread += len(data)
         if close:

@@ -3,7 +3,7 @@ The route-table walk and the weighted pick themselves are pure functions in rout
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Final, cast
 
 from metaprotocol.core.codec import SplitsRequests, codec_failure
 from metaprotocol.core.context import Context
@@ -17,6 +17,10 @@ from metaprotocol.core.sender import Sender
 from metaprotocol.core.state import ActiveRequest, Split
 
 __all__ = ["Router"]
+
+# Enum members as module constants: a compiled build reads these without a class lookup.
+_REQUEST: Final = MessageType.REQUEST
+_ROUTED: Final = RequestState.ROUTED
 
 
 class Router:
@@ -34,10 +38,10 @@ class Router:
     def route(self, req: ActiveRequest, now: float) -> None:
         ctx = self.ctx
         if (
-            req.listener.caps.split
+            req.listener.splits
             and req.parent is None
             and req.message.count == 1
-            and req.message.type is MessageType.REQUEST
+            and req.message.type is _REQUEST
             and req.downstream is not None
             and self.fan_out(req, now)
         ):
@@ -58,7 +62,7 @@ class Router:
             self.replies.local_reply(req, ErrorType.CLUSTER_NOT_FOUND, detail, now)
             return
         req.cluster = cluster
-        advance(req, RequestState.ROUTED)
+        advance(req, _ROUTED)
         req.listener.route_counters[route.name].route_hit += req.message.count
         if action.mirror:
             for mirror in action.mirror:
@@ -108,5 +112,5 @@ class Router:
         shadow.cluster = cluster
         shadow.filter_index = len(req.listener.filters)
         cluster.counters.mirror_sent += 1
-        advance(shadow, RequestState.ROUTED)
+        advance(shadow, _ROUTED)
         self.sender.send(shadow, now)

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from metaprotocol.core.balancer import EndpointState, make_balancer
 from metaprotocol.core.codec import CodecFactory
 from metaprotocol.core.config import ClusterConfig, Config, RouteConfig
+from metaprotocol.core.fanout import one_target
 from metaprotocol.core.filters import build_filters
 from metaprotocol.core.slotrouting import SlotRouting
 from metaprotocol.core.state import ClusterRuntime, ListenerRuntime
@@ -36,6 +37,10 @@ class Runtime:
         self.clusters: dict[str, ClusterRuntime] = {
             cc.name: _build_cluster(cc, stats, random) for cc in config.clusters
         }
+        # A listener whose requests all go to one place has nothing to split (fanout.py).
+        for listener in self.listeners.values():
+            if listener.splits and one_target(listener.routes, self.clusters):
+                listener.splits = False
         # Each key of a pipelined run may live on another Redis Cluster node: no merging.
         slotted = {name for name, c in self.clusters.items() if c.slots is not None}
         if slotted:

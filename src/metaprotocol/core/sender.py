@@ -7,12 +7,11 @@ from typing import Final
 
 from metaprotocol.core.balancer import EndpointState
 from metaprotocol.core.codec import Codec, Ordering, codec_failure
-from metaprotocol.core.context import Context
+from metaprotocol.core.context import Context, write
 from metaprotocol.core.fanout import narrowing
 from metaprotocol.core.flow import FlowControl
 from metaprotocol.core.lifecycle import RequestState, advance
 from metaprotocol.core.message import ErrorType, Message, MessageType, Mutation, ProtocolError
-from metaprotocol.core.outputs import Write
 from metaprotocol.core.pools import Pools, Rejected
 from metaprotocol.core.replies import Replies
 from metaprotocol.core.requests import RequestLifecycle
@@ -25,6 +24,10 @@ from metaprotocol.core.tracing import TraceSpan, with_traceparent
 __all__ = ["ID_SPACE", "Sender"]
 
 ID_SPACE: Final = 2**31 - 1  # request ids we allocate fit every protocol's id field (Thrift: i32)
+# Enum members as module constants: a compiled build reads these without a class lookup.
+_ONEWAY: Final = MessageType.ONEWAY
+_MULTIPLEXED: Final = Ordering.MULTIPLEXED
+_SENT: Final = RequestState.SENT
 
 
 class Sender:
@@ -116,8 +119,8 @@ class Sender:
         mutation = route.action.request_mutation
         up_id: int | None = None
         new_id: int | None = None
-        oneway = msg.type is MessageType.ONEWAY
-        if pool.ordering is Ordering.MULTIPLEXED and not oneway:
+        oneway = msg.type is _ONEWAY
+        if pool.ordering is _MULTIPLEXED and not oneway:
             up_id = msg.request_id
             if up_id is None or up_id in up.inflight or up_id in up.streams:
                 up_id = _free_id(up)
@@ -141,15 +144,15 @@ class Sender:
             return
         if oneway:
             req.upstream = up
-            advance(req, RequestState.SENT)
+            advance(req, _SENT)
             self.lifecycle.finish(req, "oneway", None, now)
         else:
             attach_sent(up, req, up_id)
-            advance(req, RequestState.SENT)
+            advance(req, _SENT)
         if req.early is not None:  # stream frames that came while it waited
             data = b"".join([data, *self._follow(req, up, up_id)])
         if up.connected:
-            self.out.append(Write(up.id, data))
+            self.out.append(write(up.id, data))
         else:
             up.queued.append(data)
         if up.paused:  # held off for slow readers only: this request's client waits too

@@ -58,6 +58,7 @@ class ListenerRuntime:
         "route_counters",
         "route_reads",
         "routes",
+        "splits",
     )
 
     def __init__(
@@ -86,6 +87,9 @@ class ListenerRuntime:
         self.ordered = codec_factory.ordering is not Ordering.MULTIPLEXED
         # Optional codec hooks, looked up once here rather than per message.
         self.caps: Capabilities = capabilities_of(codec_factory)
+        # Whether the router asks the codec to split requests (``SplitsRequests``): not when
+        # every request goes to one place anyway (set by Runtime: fanout.one_target).
+        self.splits = self.caps.split
         # Whether pipelined requests that take the same route may travel as one merged
         # message (the codec's ``decode_many``): only when nothing on the way needs to see
         # each request on its own (filters count them, mirrors and mutations copy or change

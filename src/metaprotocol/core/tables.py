@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+from typing import Final
+
 from metaprotocol.core.message import MessageType
 from metaprotocol.core.state import ActiveRequest, Downstream, Pool, ReplySlot, Upstream
 
@@ -26,6 +28,9 @@ __all__ = [
     "detach_upstream_tables",
 ]
 
+# An enum member as a module constant: a compiled build reads it without a class lookup.
+_STREAM_INIT: Final = MessageType.STREAM_INIT
+
 
 def attach_request(ds: Downstream, req: ActiveRequest) -> None:
     """A two-way request waits for its answer on ``ds`` (in reply order when ordered)."""
@@ -37,7 +42,7 @@ def attach_request(ds: Downstream, req: ActiveRequest) -> None:
         req.slot = ReplySlot()
         ds.add_slot(req.slot)
     msg = req.message
-    if msg.type is MessageType.STREAM_INIT and msg.request_id is not None:
+    if msg.type is _STREAM_INIT and msg.request_id is not None:
         ds.streams[msg.request_id] = req
 
 
@@ -96,7 +101,7 @@ def attach_sent(up: Upstream, req: ActiveRequest, up_id: int | None) -> None:
     req.upstream_id = up_id
     msg = req.message
     if up_id is not None:
-        if msg.type is MessageType.STREAM_INIT:
+        if msg.type is _STREAM_INIT:
             up.streams[up_id] = req
         else:
             up.inflight[up_id] = req

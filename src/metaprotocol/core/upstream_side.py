@@ -8,7 +8,7 @@ from typing import Final, cast
 
 from metaprotocol.core.balancer import EndpointState
 from metaprotocol.core.codec import Codec, DecodesAtEof, Ordering, codec_failure
-from metaprotocol.core.context import Context
+from metaprotocol.core.context import Context, write
 from metaprotocol.core.flow import FlowControl
 from metaprotocol.core.lifecycle import RequestState, advance
 from metaprotocol.core.merging import PipelineMerge
@@ -25,7 +25,6 @@ from metaprotocol.core.outputs import (
     EndpointConnectFailed,
     EndpointEjected,
     RefreshSlotMap,
-    Write,
 )
 from metaprotocol.core.pools import Pools
 from metaprotocol.core.replies import Replies
@@ -38,6 +37,13 @@ from metaprotocol.core.tables import detach_endpoint, detach_upstream_tables
 __all__ = ["UpstreamSide"]
 
 _ANSWERED: Final = RequestState.ANSWERED  # the first final state (``req.done``)
+# Enum members as module constants: a compiled build reads these without a class lookup.
+_HEARTBEAT: Final = MessageType.HEARTBEAT
+_STREAM_DATA: Final = MessageType.STREAM_DATA
+_STREAM_CLOSE: Final = MessageType.STREAM_CLOSE
+_MULTIPLEXED: Final = Ordering.MULTIPLEXED
+_OK: Final = ResponseStatus.OK
+_ERROR: Final = ResponseStatus.ERROR
 
 
 class UpstreamSide:
@@ -126,7 +132,7 @@ class UpstreamSide:
                 ds.streams.pop(orig, None)
             self.replies.answer(init, data, "ok", None, now)
         else:
-            self.out.append(Write(ds.id, data))
+            self.out.append(write(ds.id, data))
             if ds.unread is not None:
                 ds.unread += len(data)
                 self.replies.over_limit(ds)
@@ -144,7 +150,7 @@ class UpstreamSide:
         pool = up.pool
         pool.cluster.counters.upstream_cx_active += 1
         if up.queued:
-            self.out.append(Write(conn, b"".join(up.queued)))
+            self.out.append(write(conn, b"".join(up.queued)))
             up.queued.clear()
         if pool.ordering is Ordering.EXCLUSIVE:
             self.sender.serve_waiting(pool, now)
@@ -185,19 +191,19 @@ class UpstreamSide:
 
     def on_response(self, up: Upstream, msg: Message, now: float) -> None:
         mtype = msg.type
-        if mtype is MessageType.HEARTBEAT:
+        if mtype is _HEARTBEAT:
             reply = self.replies.heartbeat_reply(up.codec, msg)
             if reply is not None:
-                self.out.append(Write(up.id, reply))
+                self.out.append(write(up.id, reply))
             return  # upstream heartbeats never reach clients
-        if mtype is MessageType.STREAM_DATA or mtype is MessageType.STREAM_CLOSE:
+        if mtype is _STREAM_DATA or mtype is _STREAM_CLOSE:
             self._stream_frame(up, msg, now)
             return
         if msg.properties.get("push") == "1":
             return  # out-of-band (RESP3 push): not an answer to any request
         cluster_counters = up.pool.cluster.counters
         merge = self.merge
-        if up.pool.ordering is Ordering.MULTIPLEXED:
+        if up.pool.ordering is _MULTIPLEXED:
             rid = msg.request_id
             req = up.inflight.pop(rid, None) if rid is not None else None
             if req is None and rid is not None:
@@ -222,7 +228,7 @@ class UpstreamSide:
             merge.taken_off(up, req)
         n = msg.count
         if (
-            msg.status is ResponseStatus.ERROR
+            msg.status is _ERROR
             and req is not None
             and req.state < _ANSWERED
             and req.downstream is not None
@@ -240,7 +246,7 @@ class UpstreamSide:
             cluster_counters.response_dropped += n  # late (timed out) or abandoned
             self._after_freed(up, now)
             return
-        ok = msg.status is ResponseStatus.OK
+        ok = msg.status is _OK
         if req.parent is None:  # a part's response is counted once, as its parent's answer
             counters = req.listener.counters
             counters.response += n
@@ -281,7 +287,7 @@ class UpstreamSide:
                 # connections are shared, and the codec keeps the answer consistent with it.
                 self.replies.answer(req, data, "ok" if ok else "error", None, now)
         pool = up.pool
-        if closes and pool.ordering is not Ordering.MULTIPLEXED:
+        if closes and pool.ordering is not _MULTIPLEXED:
             self._closing(up, now)
         elif pool.retired or pool.waiting:
             self._after_freed(up, now)
