@@ -12,8 +12,6 @@ from metaprotocol.core.config import (
     RetryPolicy,
     RouteAction,
     RouteConfig,
-    RouteMatch,
-    StringMatcher,
 )
 from metaprotocol.core.events import (
     Accepted,
@@ -27,14 +25,21 @@ from metaprotocol.core.outputs import CloseConnection, OpenUpstream, Write
 from metaprotocol.core.proxy import Proxy
 from metaprotocol.testing.playbook import Playbook
 
+from .fanout_helpers import (
+    NIL,
+    SESSIONS_UP,
+    array,
+    cluster_playbook,
+    hashed_route,
+    ring_shards,
+    sessions_route,
+    slot_map,
+)
+from .fanout_helpers import A as NODE_A
+from .fanout_helpers import B as NODE_B
+from .fanout_helpers import C as NODE_C
 from .helpers import UP, bulk, cmd, config
-from .test_redis_cluster_routing import A as NODE_A
-from .test_redis_cluster_routing import B as NODE_B
-from .test_redis_cluster_routing import C as NODE_C
-from .test_redis_cluster_routing import cluster_playbook, slot_map
 
-SESSIONS_UP = ("10.0.0.2", 9000)
-NIL = b"$-1\r\n"
 TIMEOUT = b"-ERR upstream request timeout: request timed out\r\n"
 RESET = b"-ERR upstream connection reset: upstream connection closed\r\n"
 
@@ -44,11 +49,7 @@ def by_prefix(
 ) -> Proxy:
     """Keys starting with ``session:`` go to the ``sessions`` cluster, the rest to ``main``."""
     routes = (
-        RouteConfig(
-            "sessions",
-            RouteAction(cluster="sessions", retries=retries),
-            RouteMatch((("key", StringMatcher("prefix", "session:")),)),
-        ),
+        sessions_route(retries=retries),
         RouteConfig("default", RouteAction(cluster="main", retries=retries)),
     )
     clusters = (
@@ -65,10 +66,6 @@ def split_sent(pb: Playbook, data: bytes, main_part: bytes, sessions_part: bytes
     pb << OpenUpstream(-1, *UP) << OpenUpstream(-2, *SESSIONS_UP)
     pb >> UpstreamConnected(-1) >> UpstreamConnected(-2)
     pb << Write(-1, main_part) << Write(-2, sessions_part)
-
-
-def array(*items: bytes) -> bytes:
-    return b"*%d\r\n" % len(items) + b"".join(items)
 
 
 def test_all_parts_answered_merge_in_the_clients_key_order() -> None:
@@ -214,14 +211,7 @@ def test_keys_on_one_target_go_whole_and_msetnx_across_targets_is_refused() -> N
 
 
 def test_a_part_without_a_route_fails_the_whole_answer() -> None:
-    routes = (
-        RouteConfig(
-            "sessions",
-            RouteAction(cluster="main"),
-            RouteMatch((("key", StringMatcher("prefix", "session:")),)),
-        ),
-    )
-    proxy = Proxy(config(routes, codec="redis"), now=0.0, observe=False)
+    proxy = Proxy(config((sessions_route("main"),), codec="redis"), now=0.0, observe=False)
     pb = Playbook(proxy)
     pb >> Accepted(1, "main") >> DataReceived(1, cmd("MGET", "session:a", "other"))
     pb << OpenUpstream(-1, *UP)
@@ -237,10 +227,8 @@ def test_a_part_without_a_route_fails_the_whole_answer() -> None:
 
 def sharded() -> Proxy:
     """Three shards behind ``ring_hash`` with ``hash_policy: [key]``."""
-    routes = (RouteConfig("all", RouteAction(cluster="shards", hash_policy=("key",))),)
-    endpoints = tuple(Endpoint(f"10.0.1.{i}", 6379) for i in range(3))
-    clusters = (ClusterConfig("shards", endpoints, lb_policy="ring_hash"),)
-    return Proxy(config(routes, clusters, codec="redis"), now=0.0, observe=False)
+    cfg = config((hashed_route(),), (ring_shards(),), codec="redis")
+    return Proxy(cfg, now=0.0, observe=False)
 
 
 def shard_of(proxy: Proxy, key: str) -> str:
@@ -325,14 +313,7 @@ def test_a_redis_cluster_splits_per_slot_not_per_node() -> None:
 def test_a_listener_whose_requests_all_go_to_one_place_does_not_ask_the_codec() -> None:
     """Every route to one cluster with a catch-all: no key can land elsewhere, so the router
     skips the codec's ``split`` (a per-request cost); the command goes whole."""
-    prefix_to_main = (
-        RouteConfig(
-            "sessions",
-            RouteAction(cluster="main"),
-            RouteMatch((("key", StringMatcher("prefix", "session:")),)),
-        ),
-        RouteConfig("default", RouteAction(cluster="main")),
-    )
+    prefix_to_main = (sessions_route("main"), RouteConfig("default", RouteAction(cluster="main")))
     proxy = Proxy(config(prefix_to_main, codec="redis"), now=0.0)
     assert not proxy.runtime.listeners["main"].splits
     pb = Playbook(proxy)

@@ -11,15 +11,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from metaprotocol.codecs.redis.values import read_values
-from metaprotocol.core.config import (
-    ClusterConfig,
-    Endpoint,
-    RetryPolicy,
-    RouteAction,
-    RouteConfig,
-    RouteMatch,
-    StringMatcher,
-)
+from metaprotocol.core.config import ClusterConfig, Endpoint, RetryPolicy
 from metaprotocol.core.events import (
     Accepted,
     Closed,
@@ -30,6 +22,7 @@ from metaprotocol.core.events import (
 from metaprotocol.core.outputs import OpenUpstream, Output, Write
 from metaprotocol.core.proxy import Proxy
 
+from .fanout_helpers import hashed_route, ring_shards, sessions_route
 from .helpers import cmd, config
 
 KEYS = ["a", "b", "c", "d", "e", "{t}x", "{t}y", "session:1", "session:2"]
@@ -37,20 +30,8 @@ KEYS = ["a", "b", "c", "d", "e", "{t}x", "{t}y", "session:1", "session:2"]
 
 def sharded_proxy(retries: bool) -> Proxy:
     policy = RetryPolicy(attempts=1) if retries else None
-    routes = (
-        RouteConfig(
-            "sessions",
-            RouteAction(cluster="sessions", retries=policy),
-            RouteMatch((("key", StringMatcher("prefix", "session:")),)),
-        ),
-        RouteConfig("all", RouteAction(cluster="shards", hash_policy=("key",), retries=policy)),
-    )
-    clusters = (
-        ClusterConfig(
-            "shards", tuple(Endpoint(f"10.0.1.{i}", 6379) for i in range(3)), lb_policy="ring_hash"
-        ),
-        ClusterConfig("sessions", (Endpoint("10.0.2.1", 6379),)),
-    )
+    routes = (sessions_route(retries=policy), hashed_route(retries=policy))
+    clusters = (ring_shards(), ClusterConfig("sessions", (Endpoint("10.0.2.1", 6379),)))
     cfg = config(routes, clusters, codec="redis", request_timeout=1.0)
     return Proxy(cfg, now=0.0, observe=False)
 

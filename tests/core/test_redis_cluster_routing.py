@@ -6,57 +6,28 @@ unchanged) and replica reads over READONLY connections."""
 from __future__ import annotations
 
 from metaprotocol.codecs.redis.cluster import ClusterNode, Shard, SlotMap
-from metaprotocol.core.config import ClusterConfig, Endpoint, RedisClusterConfig
 from metaprotocol.core.events import (
-    Accepted,
     Closed,
     DataReceived,
     SlotMapChanged,
     UpstreamConnected,
 )
 from metaprotocol.core.outputs import OpenUpstream, RefreshSlotMap, Write
-from metaprotocol.testing import Playbook
 
-from .helpers import bulk, cmd, config, playbook, route
-
-A, B, C = ("10.0.0.1", 7000), ("10.0.0.2", 7000), ("10.0.0.3", 7000)
-REPLICA_A = ("10.0.0.4", 7000)
-# key slots: "b" 3300 and "bar" 5061 (A), "c" 7365 (B), "a" 15495 and "d" 11298 (C)
-
-
-def slot_map(replica: bool = False) -> SlotMap:
-    replicas = (ClusterNode(*REPLICA_A),) if replica else ()
-    return SlotMap(
-        (
-            Shard(((0, 5460),), ClusterNode(*A), replicas),
-            Shard(((5461, 10922),), ClusterNode(*B)),
-            Shard(((10923, 16383),), ClusterNode(*C)),
-        )
-    )
-
-
-def cluster_playbook(read_from: str = "primary", seed: tuple[str, int] = A) -> Playbook:
-    redis_cluster = RedisClusterConfig(read_from=read_from)  # type: ignore[arg-type]
-    clusters = (ClusterConfig("redis", (Endpoint(*seed),), redis_cluster=redis_cluster),)
-    pb = playbook(config(routes=(route("redis"),), clusters=clusters, codec="redis"))
-    pb >> Accepted(1, "main")
-    return pb
+from .fanout_helpers import REPLICA_A, A, B, C, cluster_playbook, opens_and_sends, slot_map
+from .helpers import bulk, cmd
 
 
 def test_before_the_slot_map_a_seed_serves_then_each_key_goes_to_its_slots_node() -> None:
     pb = cluster_playbook()
     pb >> DataReceived(1, cmd("GET", "a"))  # no map yet: the seed (a MOVED would follow)
-    pb << OpenUpstream(-1, *A)
-    pb >> UpstreamConnected(-1)
-    pb << Write(-1, cmd("GET", "a"))
+    opens_and_sends(pb, -1, A, cmd("GET", "a"))
     pb >> DataReceived(-1, bulk("1"))
     pb << Write(1, bulk("1"))
     pb >> SlotMapChanged("redis", slot_map())
     pb << None
     pb >> DataReceived(1, cmd("GET", "a"))  # slot 15495: C
-    pb << OpenUpstream(-2, *C)
-    pb >> UpstreamConnected(-2)
-    pb << Write(-2, cmd("GET", "a"))
+    opens_and_sends(pb, -2, C, cmd("GET", "a"))
     pb >> DataReceived(-2, bulk("2"))
     pb << Write(1, bulk("2"))
     pb >> DataReceived(1, cmd("SET", "c", "v"))  # slot 7365: B
@@ -80,14 +51,10 @@ def test_moved_resends_to_the_named_node_updates_the_map_and_asks_for_a_refresh(
     pb = cluster_playbook()
     pb >> SlotMapChanged("redis", slot_map())
     pb >> DataReceived(1, cmd("GET", "b"))  # the map says A
-    pb << OpenUpstream(-1, *A)
-    pb >> UpstreamConnected(-1)
-    pb << Write(-1, cmd("GET", "b"))
+    opens_and_sends(pb, -1, A, cmd("GET", "b"))
     pb >> DataReceived(-1, b"-MOVED 3300 10.0.0.2:7000\r\n")  # the slot moved to B
     pb << RefreshSlotMap("redis")
-    pb << OpenUpstream(-2, *B)
-    pb >> UpstreamConnected(-2)
-    pb << Write(-2, cmd("GET", "b"))
+    opens_and_sends(pb, -2, B, cmd("GET", "b"))
     pb >> DataReceived(-2, bulk("B"))
     pb << Write(1, bulk("B"))  # the client never saw the MOVED
     pb >> DataReceived(1, cmd("GET", "b"))  # the map now says B for slot 3300
@@ -108,9 +75,7 @@ def test_ask_sends_asking_and_the_command_to_the_named_node_once() -> None:
     pb = cluster_playbook()
     pb >> SlotMapChanged("redis", slot_map())
     pb >> DataReceived(1, cmd("GET", "b"))
-    pb << OpenUpstream(-1, *A)
-    pb >> UpstreamConnected(-1)
-    pb << Write(-1, cmd("GET", "b"))
+    opens_and_sends(pb, -1, A, cmd("GET", "b"))
     pb >> DataReceived(-1, b"-ASK 3300 10.0.0.3:7000\r\n")  # slot 3300 migrating to C
     pb << OpenUpstream(-2, *C)  # no refresh: the map is unchanged
     pb >> UpstreamConnected(-2)
@@ -133,13 +98,9 @@ def test_redirections_are_followed_a_bounded_number_of_times() -> None:
     pb = cluster_playbook()
     pb >> SlotMapChanged("redis", slot_map())
     pb >> DataReceived(1, cmd("GET", "b"))
-    pb << OpenUpstream(-1, *A)
-    pb >> UpstreamConnected(-1)
-    pb << Write(-1, cmd("GET", "b"))
+    opens_and_sends(pb, -1, A, cmd("GET", "b"))
     pb >> DataReceived(-1, b"-ASK 3300 10.0.0.3:7000\r\n")
-    pb << OpenUpstream(-2, *C)
-    pb >> UpstreamConnected(-2)
-    pb << Write(-2, cmd("ASKING") + cmd("GET", "b"))
+    opens_and_sends(pb, -2, C, cmd("ASKING") + cmd("GET", "b"))
     pb >> DataReceived(-2, b"+OK\r\n")
     bounce = b"-ASK 3300 10.0.0.1:7000\r\n"
     for _ in range(2):  # A and C keep sending it to each other
@@ -158,23 +119,17 @@ def test_redirections_are_followed_a_bounded_number_of_times() -> None:
 def test_replica_preferred_reads_from_a_replica_over_readonly_and_writes_to_the_primary() -> None:
     pb = cluster_playbook("replica_preferred", seed=REPLICA_A)
     pb >> DataReceived(1, cmd("PING"))  # keyless: the seed (a replica), on a plain connection
-    pb << OpenUpstream(-1, *REPLICA_A)
-    pb >> UpstreamConnected(-1)
-    pb << Write(-1, cmd("PING"))
+    opens_and_sends(pb, -1, REPLICA_A, cmd("PING"))
     pb >> DataReceived(-1, b"+PONG\r\n")
     pb << Write(1, b"+PONG\r\n")
     pb >> SlotMapChanged("redis", slot_map(replica=True))
     pb >> DataReceived(1, cmd("GET", "b"))  # a read: A's replica, never on the plain one
-    pb << OpenUpstream(-2, *REPLICA_A)
-    pb >> UpstreamConnected(-2)
-    pb << Write(-2, cmd("READONLY") + cmd("GET", "b"))
+    opens_and_sends(pb, -2, REPLICA_A, cmd("READONLY") + cmd("GET", "b"))
     pb >> DataReceived(-2, b"+OK\r\n")  # READONLY's answer: consumed by the codec
     pb >> DataReceived(-2, bulk("r"))
     pb << Write(1, bulk("r"))
     pb >> DataReceived(1, cmd("SET", "b", "v"))  # a write: the primary
-    pb << OpenUpstream(-3, *A)
-    pb >> UpstreamConnected(-3)
-    pb << Write(-3, cmd("SET", "b", "v"))
+    opens_and_sends(pb, -3, A, cmd("SET", "b", "v"))
     pb >> DataReceived(-3, b"+OK\r\n")
     pb << Write(1, b"+OK\r\n")
     for conn in (1, -1, -2, -3):
@@ -201,9 +156,7 @@ def test_a_new_map_retires_the_pools_of_nodes_it_no_longer_names() -> None:
     pb = cluster_playbook()
     pb >> SlotMapChanged("redis", slot_map())
     pb >> DataReceived(1, cmd("GET", "a"))
-    pb << OpenUpstream(-1, *C)
-    pb >> UpstreamConnected(-1)
-    pb << Write(-1, cmd("GET", "a"))
+    opens_and_sends(pb, -1, C, cmd("GET", "a"))
     pb >> DataReceived(-1, bulk("1"))
     pb << Write(1, bulk("1"))
     two = SlotMap(
