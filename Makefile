@@ -49,14 +49,20 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/core.py
 	$(BIN)/python benchmarks/codecs.py
 
-# The optional mypyc build of core/ and codecs/, in a virtual environment of its own:
+# The optional mypyc build of core/, codecs/ and the adapters' per-message path (setup.py's
+# HOT_ADAPTER_MODULES: the dispatcher, the asyncio/uvloop connections, observer routing),
+# in a virtual environment of its own:
 #   python -m benchmarks.e2e --compiled .venv-mypyc/bin/python   (side by side)
 # Reinstalled on every call (mypyc recompiles what changed; about a minute from scratch)
 # so that a stale build never tests old code.
+# mypyc type-checks everything the compiled modules import: the adapters reach the config
+# loader (PyYAML's stubs), the metrics (prometheus_client) and tracing (OpenTelemetry).
+COMPILED_TYPING := types-PyYAML prometheus_client opentelemetry-sdk \
+	opentelemetry-exporter-otlp-proto-http
 compiled:
 	test -d $(COMPILED) || $(PY) -m venv $(COMPILED)
 	$(COMPILED)/bin/pip install -q --upgrade pip "setuptools>=77" wheel mypy \
-		h11 anyio PyYAML typing-extensions mypy-extensions
+		h11 anyio PyYAML typing-extensions mypy-extensions $(COMPILED_TYPING)
 	rm -rf build/lib.* build/bdist.*  # what a previous build put there must not ship again
 	METAPROTOCOL_MYPYC=1 $(COMPILED)/bin/pip install -q --no-build-isolation '.[uvloop,dev]'
 	$(call restore_otel_proto,$(COMPILED)/bin)
@@ -64,8 +70,9 @@ compiled:
 # The whole suite again on the compiled build (the tests import the installed package:
 # the repository keeps it under src/, which is not on the path).
 unit-compiled: compiled
-	$(COMPILED)/bin/python -c "import metaprotocol.core.proxy as m, sys; \
-		sys.exit(0 if m.__file__.endswith('.so') else 'not the compiled build: ' + m.__file__)"
+	$(COMPILED)/bin/python -c "import sys, metaprotocol.core.proxy as m, metaprotocol.adapters.asyncio as a; \
+		bad = [x.__file__ for x in (m, a) if not x.__file__.endswith('.so')]; \
+		sys.exit('not the compiled build: ' + ', '.join(bad) if bad else 0)"
 	$(COMPILED)/bin/python -m pytest -W error -p no:cacheprovider
 
 clean:
